@@ -1,0 +1,27 @@
+# Two commands: `make demo` and `make test`. Both create .venv and install the project on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-all install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/python -c "import torchvision.ops, torch_pruning, torch_geometric, hydra" # the torch build must match torchvision
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python train.py overwrite=true logger=none
+
+test: $(STAMP)
+	WANDB_MODE=offline $(BIN)/python -m pytest -q
+
+test-all: $(STAMP)
+	WANDB_MODE=offline $(BIN)/python -m pytest -q -m "slow or not slow"
+
+clean:
+	rm -rf $(VENV) outputs multirun wandb

@@ -1,0 +1,9 @@
+"""metaprune: structural pruning with a learned metanetwork, DepGraph grouping and safe checkpoints.
+
+Everything is callable from Python with plain arguments; the Hydra entry points only compose configs.
+"""
+from .io import CheckpointError, load_model, load_state_dict_file, save_model
+from .models import build
+
+__version__ = "0.1.0"
+__all__ = ["build", "load_model", "save_model", "load_state_dict_file", "CheckpointError", "__version__"]

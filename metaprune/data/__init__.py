@@ -1,0 +1,10 @@
+"""Datasets by name: ``get_data(name, ...)`` returns a ``DataBundle`` with train / val / test splits.
+
+``digits`` is the embedded default (scikit-learn's bundled handwritten digits, no download);
+``cifar10``, ``cifar100``, ``svhn`` go through torchvision; ``imagenet`` reads an ImageFolder root.
+Model selection uses ``val``; ``test`` is for final reports only.
+"""
+from .core import DataBundle, DataNotFoundError, TensorLoader, get_data, available
+from .fixtures import write_cifar_fixture
+
+__all__ = ["DataBundle", "DataNotFoundError", "TensorLoader", "get_data", "available", "write_cifar_fixture"]

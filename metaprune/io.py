@@ -1,0 +1,208 @@
+"""Safe checkpoints: ``model.safetensors`` + ``spec.json`` in one directory, written atomically.
+
+Loading never unpickles code: weights come from safetensors, and legacy ``.pt``/``.pth`` state dicts
+are read only through ``torch.load(weights_only=True)``. A directory is written under a temporary
+name and renamed into place, so an interrupted run never leaves a half-written checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .models.spec import model_spec, rebuild
+
+WEIGHTS = "model.safetensors"
+SPEC = "spec.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read safely or does not fit its architecture."""
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None) -> None:
+    """Atomically write a name->tensor dict as safetensors (shared storage is cloned apart)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flat = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(flat, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_dir(target: str | os.PathLike):
+    """Context manager yielding a temp directory that replaces ``target`` when the block succeeds."""
+    return _AtomicDir(Path(target))
+
+
+class _AtomicDir:
+    def __init__(self, target: Path):
+        self.target = target
+
+    def __enter__(self) -> Path:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(dir=self.target.parent, prefix=f".{self.target.name}."))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        old = None
+        if self.target.exists():
+            old = self.target.with_name(f".{self.target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(self.target, old)
+        os.replace(self.tmp, self.target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return False
+
+
+def save_model(model: nn.Module, path: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Write ``model`` to directory ``path`` as ``model.safetensors`` + ``spec.json``.
+
+    ``extra`` (JSON-serialisable: accuracy, MACs, training config...) is stored in the spec.
+    """
+    spec = model_spec(model)
+    if extra:
+        spec["extra"] = {**spec.get("extra", {}), **extra}
+    path = Path(path)
+    with atomic_dir(path) as tmp:
+        save_tensors(model.state_dict(), tmp / WEIGHTS)
+        atomic_write_json(tmp / SPEC, spec)
+    return path
+
+
+def read_spec(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    spec_file = path / SPEC if path.is_dir() else path
+    if not spec_file.exists():
+        raise CheckpointError(f"{path}: no {SPEC} found; a metaprune checkpoint is a directory with {WEIGHTS} and {SPEC}")
+    try:
+        spec = json.loads(spec_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{spec_file}: not a valid spec file ({e})") from None
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise CheckpointError(f"{spec_file}: spec has no model 'name'")
+    return spec
+
+
+def check_finite(state: dict[str, torch.Tensor], source) -> None:
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{source}: NaN or Inf values in {len(bad)} tensor(s): {', '.join(bad[:5])}")
+
+
+def load_into(model: nn.Module, state: dict[str, torch.Tensor], source) -> nn.Module:
+    """Load ``state`` into ``model`` strictly, naming missing, unexpected and mis-shaped keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shape = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+             if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shape:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+        if shape:
+            parts.append(f"shape mismatch (file vs model) {shape[:5]}{' ...' if len(shape) > 5 else ''}")
+        raise CheckpointError(f"{source}: weights do not fit the architecture: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the model saved in directory ``path`` and load its weights; returns it in eval mode."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    if path.is_file():
+        raise CheckpointError(
+            f"{path}: is a file; a metaprune checkpoint is a directory holding {WEIGHTS} and {SPEC} "
+            "(plain state dicts load with load_state_dict_file)"
+        )
+    spec = read_spec(path)
+    weights = path / WEIGHTS
+    if not weights.exists():
+        raise CheckpointError(f"{path}: no {WEIGHTS} found")
+    try:
+        state = load_file(str(weights), device=str(map_location))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{weights}: not a readable safetensors file ({e})") from None
+    check_finite(state, weights)
+    try:
+        model = rebuild(spec)
+    except Exception as e:  # a spec naming an unknown model or bad args
+        raise CheckpointError(f"{path / SPEC}: cannot rebuild model {spec.get('name')!r}: {e}") from None
+    load_into(model, state, weights)
+    return model.to(map_location).eval()
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a plain state dict (.safetensors, or .pt/.pth via ``weights_only=True``), never running code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    if path.suffix == ".safetensors":
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise CheckpointError(
+                f"{path}: refused: the file holds pickled objects other than tensors, and loading it "
+                f"could run code. Re-save it as a plain state dict or safetensors. ({str(e).splitlines()[0]})"
+            ) from None
+        except (RuntimeError, EOFError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint ({str(e).splitlines()[0]})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: not a state dict (expected a mapping of names to tensors)")
+    check_finite(state, path)
+    return state
+
+
+def finite_or_none(x):
+    return x if isinstance(x, (int, float)) and math.isfinite(x) else None

@@ -1,0 +1,87 @@
+"""Accuracy, MACs/params (torch-pruning's counter) and measured latency."""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+
+
+def accuracy(logits: torch.Tensor, target: torch.Tensor) -> float:
+    return (logits.argmax(1) == target).float().mean().item()
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def macs_and_params(model: nn.Module, example_inputs) -> tuple[int, int]:
+    """MACs of one forward pass on ``example_inputs`` and the parameter count."""
+    import torch_pruning as tp
+
+    was_training = model.training
+    try:
+        macs, params = tp.utils.count_ops_and_params(model, example_inputs)
+    finally:
+        model.train(was_training)  # the counter leaves the model in eval mode
+    return int(macs), int(params)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def latency(model: nn.Module, input_shape, batch_size: int = 1, device="cpu", dtype=torch.float32,
+            warmup: int = 5, runs: int = 20, channels_last: bool = False) -> dict:
+    """Median wall time (ms) of one forward pass, after warm-up, with CUDA synchronisation.
+
+    Returns ``{"median_ms", "p10_ms", "p90_ms", "batch_size", "dtype", "device"}``.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model = model.eval().to(device)
+    x = torch.randn(batch_size, *input_shape, device=device)
+    if channels_last and x.dim() == 4:
+        x = x.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else _nullcontext()
+    times = []
+    with autocast:
+        for _ in range(warmup):
+            model(x)
+        _sync(device)
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            model(x)
+            _sync(device)
+            times.append((time.perf_counter() - t0) * 1e3)
+    model.train(was_training)
+    times.sort()
+    return {
+        "median_ms": statistics.median(times),
+        "p10_ms": times[int(0.1 * (len(times) - 1))],
+        "p90_ms": times[int(0.9 * (len(times) - 1))],
+        "batch_size": batch_size,
+        "dtype": str(dtype).replace("torch.", ""),
+        "device": device_name(device),
+    }
+
+
+def device_name(device) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False

@@ -1,0 +1,5 @@
+"""The one training loop (zoo training, finetuning after pruning, baselines)."""
+from .loop import TrainConfig, evaluate, fit, pick_device, seed_everything
+from .network import split_data_cfg, train_network
+
+__all__ = ["TrainConfig", "fit", "evaluate", "pick_device", "seed_everything", "train_network", "split_data_cfg"]
