@@ -4,7 +4,8 @@
 ``cifar10``, ``cifar100``, ``svhn`` go through torchvision; ``imagenet`` reads an ImageFolder root.
 Model selection uses ``val``; ``test`` is for final reports only.
 """
-from .core import DataBundle, DataNotFoundError, TensorLoader, get_data, available
+from .core import DataBundle, DataNotFoundError, TensorLoader, TensorPairs, available, get_data, register_data
 from .fixtures import write_cifar_fixture
 
-__all__ = ["DataBundle", "DataNotFoundError", "TensorLoader", "get_data", "available", "write_cifar_fixture"]
+__all__ = ["DataBundle", "DataNotFoundError", "TensorLoader", "TensorPairs", "get_data", "available", "register_data",
+           "write_cifar_fixture"]

@@ -234,6 +234,13 @@ _BUILDERS: dict[str, Callable[..., DataBundle]] = {
 }
 
 
+def register_data(name: str, builder: Callable[..., DataBundle]) -> None:
+    """Add a dataset builder under ``name`` (called with the ``data`` config's keys as kwargs)."""
+    if name in _BUILDERS:
+        raise ValueError(f"dataset {name!r} is already registered")
+    _BUILDERS[name] = builder
+
+
 def available() -> list[str]:
     return sorted(_BUILDERS)
 
