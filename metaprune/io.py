@@ -189,11 +189,13 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise CheckpointError(
-                f"{path}: refused: the file holds pickled objects other than tensors, and loading it "
-                f"could run code. Re-save it as a plain state dict or safetensors. ({str(e).splitlines()[0]})"
-            ) from None
+        except pickle.UnpicklingError:
+            if _pickles_code(path):
+                raise CheckpointError(
+                    f"{path}: refused: the file holds pickled objects other than tensors, and loading it "
+                    "could run code. Re-save it as a plain state dict or as safetensors."
+                ) from None
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint (unreadable pickle data)") from None
         except (RuntimeError, EOFError, OSError, ValueError) as e:
             raise CheckpointError(f"{path}: not a PyTorch checkpoint ({str(e).splitlines()[0]})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
@@ -202,6 +204,26 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a state dict (expected a mapping of names to tensors)")
     check_finite(state, path)
     return state
+
+
+def _pickles_code(path: Path) -> bool:
+    """True when the file (or a torch zip archive's data.pkl) references globals: inspected, never run."""
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                names = [n for n in z.namelist() if n.endswith("data.pkl")]
+                return bool(names) and _has_globals(z.read(names[0]), pickletools)
+        return _has_globals(path.read_bytes(), pickletools)
+    except Exception:
+        return False
+
+
+def _has_globals(data: bytes, pickletools) -> bool:
+    ops = {op.name for op, _, _ in pickletools.genops(data)}
+    return bool(ops & {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE"})
 
 
 def finite_or_none(x):

@@ -1,6 +1,7 @@
 """Dataset construction and loaders (see package docstring)."""
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -156,21 +157,76 @@ def _dataset_class(name: str, download: bool):
     """torchvision's class when downloading (checksummed), else one that accepts files already on disk."""
     import torchvision.datasets as D
 
-    cls = {"cifar10": D.CIFAR10, "cifar100": D.CIFAR100, "svhn": D.SVHN}[name]
+    cls = {"svhn": D.SVHN}[name]
     return cls if download else _local(cls)
 
 
+class _SafeUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR's python batches (dicts, lists, numpy arrays) and refuses any other global."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("copy_reg", "_reconstructor"),
+               ("copyreg", "_reconstructor"), ("builtins", "object")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}")
+        return super().find_class(module, name)
+
+
+class CIFARFolder(Dataset):
+    """CIFAR-10/100 in the official python format, read without running code from the files."""
+
+    LAYOUT = {"cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
+              "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels")}
+
+    def __init__(self, root, name: str, train: bool, transform=None):
+        folder, train_files, test_files, key = self.LAYOUT[name]
+        base = Path(root) / folder
+        data, labels = [], []
+        for f in train_files if train else test_files:
+            path = base / f
+            if not path.is_file():
+                raise DataNotFoundError(f"{name}: {path} is missing; {_HOW_TO_GET[name]}")
+            try:
+                with open(path, "rb") as fh:
+                    entry = _SafeUnpickler(fh, encoding="latin1").load()
+                data.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                labels.extend(entry[key])
+            except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as e:
+                raise DataNotFoundError(f"{name}: {path} is not a CIFAR batch file ({e}); {_HOW_TO_GET[name]}") from None
+        self.data = np.concatenate(data).transpose(0, 2, 3, 1)  # HWC for PIL
+        self.targets = [int(t) for t in labels]
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        img = Image.fromarray(self.data[i])
+        return (self.transform(img) if self.transform else img), self.targets[i]
+
+
 def _cifar(name: str, root=None, download=False, seed=0, augment=True, val_size=5000, size=32, **_) -> DataBundle:
-    cls = _dataset_class(name, download)
+    root_p = _require_root(name, root)
+    if download:  # torchvision fetches and checksums the archive; reading is ours
+        import torchvision.datasets as D
+
+        _torchvision_split({"cifar10": D.CIFAR10, "cifar100": D.CIFAR100}[name], name, root_p, True, train=True)
+    if not root_p.exists() or not any(root_p.iterdir()):
+        raise DataNotFoundError(f"{name} not found: {root_p} is {'empty' if root_p.exists() else 'missing'}; "
+                                f"{_HOW_TO_GET[name]}")
     t_train, t_eval = _cifar_transforms(name, augment, size)
-    train_aug = _torchvision_split(cls, name, root, download, train=True, transform=t_train)
-    train_plain = _torchvision_split(cls, name, root, False, train=True, transform=t_eval)
-    test = _torchvision_split(cls, name, root, download, train=False, transform=t_eval)
+    train_aug = CIFARFolder(root_p, name, True, t_train)
+    train_plain = CIFARFolder(root_p, name, True, t_eval)
+    test = CIFARFolder(root_p, name, False, t_eval)
     val_size = min(val_size, len(train_aug) // 5)
     tr_idx, val_idx = _val_split(len(train_aug), val_size, seed)
     ncls = 10 if name == "cifar10" else 100
     return DataBundle(name, Subset(train_aug, tr_idx), Subset(train_plain, val_idx), test, ncls, (3, size, size),
-                      {"root": str(root), "val_size": val_size})
+                      {"root": str(root_p), "val_size": val_size})
 
 
 def _svhn(root=None, download=False, seed=0, augment=True, val_size=5000, size=32, **_) -> DataBundle:
@@ -216,9 +272,6 @@ def _local(cls):
 
     class Local(cls):
         def _check_integrity(self) -> bool:
-            if hasattr(self, "train_list"):  # CIFAR: every batch file present
-                base = Path(self.root) / self.base_folder
-                return all((base / f).is_file() for f, _ in self.train_list + self.test_list)
             return (Path(self.root) / self.filename).is_file()  # SVHN: the split's .mat file
 
     Local.__name__ = cls.__name__

@@ -153,6 +153,7 @@ def fit(model: nn.Module, data, cfg: TrainConfig | dict | None = None, *, resume
     train_loader = data.loader("train", cfg.batch_size, seed=cfg.seed, num_workers=cfg.num_workers)
     val_loader = data.loader("val", 512, shuffle=False, num_workers=cfg.num_workers)
     opt = _optimizer(model, cfg)
+    base_lrs = [g["lr"] for g in opt.param_groups]  # before a resumed state overwrites them with decayed ones
     history, start, best = [], 0, None
     resume_file = Path(resume_dir) / "state.pt" if resume_dir else None
     if resume_file and resume_file.exists():
@@ -165,7 +166,6 @@ def fit(model: nn.Module, data, cfg: TrainConfig | dict | None = None, *, resume
             train_loader.generator.manual_seed(cfg.seed + start)
     steps_per_epoch = max(1, len(train_loader))
     total = cfg.epochs * steps_per_epoch
-    base_lrs = [g["lr"] for g in opt.param_groups]
     for epoch in range(start, cfg.epochs):
         model.train()
         if hasattr(train_loader, "generator"):
