@@ -1,0 +1,289 @@
+"""The one wrapper around torch-pruning: trace a model into ops and DepGraph pruning groups.
+
+Nothing else in metaprune reaches into torch-pruning's dependency graph; the converter reads the
+neutral :class:`Trace` returned here. The trace is torch-pruning's ``DependencyGraph`` (module nodes
+plus functional ops such as add, cat, reshape), re-expressed as a topologically ordered list of
+:class:`Op` with the output index of every input (needed for split / unbind), the shapes of every
+intermediate tensor (recorded with a ``TorchFunctionMode`` during the same forward pass) and the
+pruning groups at channel resolution.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+from torch.overrides import TorchFunctionMode
+
+import torch_pruning as tp
+from torch_pruning import ops as tp_ops
+
+
+class GraphConversionError(ValueError):
+    """A model (or one of its layers / ops) that the network <-> graph converter cannot represent."""
+
+
+_KIND = {
+    tp_ops.OPTYPE.CONV: "conv",
+    tp_ops.OPTYPE.DEPTHWISE_CONV: "conv",
+    tp_ops.OPTYPE.LINEAR: "linear",
+    tp_ops.OPTYPE.BN: "norm",
+    tp_ops.OPTYPE.LN: "norm",
+    tp_ops.OPTYPE.GN: "norm",
+    tp_ops.OPTYPE.IN: "norm",
+    tp_ops.OPTYPE.EMBED: "embedding",
+    tp_ops.OPTYPE.MHA: "mha",
+    tp_ops.OPTYPE.PARAMETER: "parameter",
+    tp_ops.OPTYPE.CONCAT: "concat",
+    tp_ops.OPTYPE.SPLIT: "split",
+    tp_ops.OPTYPE.UNBIND: "split",
+    tp_ops.OPTYPE.SLICE: "slice",
+    tp_ops.OPTYPE.RESHAPE: "pass",
+    tp_ops.OPTYPE.EXPAND: "pass",
+    tp_ops.OPTYPE.ELEMENTWISE: "elementwise",
+    tp_ops.OPTYPE.OUTPUT: "output",
+    tp_ops.OPTYPE.PRELU: "unsupported",
+    tp_ops.OPTYPE.LSTM: "unsupported",
+    tp_ops.OPTYPE.CUSTOMIZED: "unsupported",
+}
+
+
+@dataclass
+class Op:
+    """One traced operation: a module call, an unwrapped parameter, or a functional op."""
+
+    id: int
+    kind: str  # see _KIND values
+    name: str  # module path, parameter name, or grad_fn name for functional ops
+    module: object  # nn.Module, nn.Parameter, or None for functional ops
+    grad_fn: object
+    inputs: list = field(default_factory=list)  # [(op id, output index)]
+
+    @property
+    def op_name(self) -> str:
+        return self.grad_fn.name() if hasattr(self.grad_fn, "name") else type(self.grad_fn).__name__
+
+
+@dataclass
+class GroupItem:
+    op: int  # Op.id whose output channels are removed
+    idxs: torch.Tensor  # channel indices in that op's output
+    root_idxs: torch.Tensor  # the group channel each index belongs to
+
+
+@dataclass
+class Group:
+    root: str  # module path of the layer that roots the group
+    size: int  # number of prunable channels
+    items: list  # [GroupItem], output-channel removals only
+
+
+@dataclass
+class Trace:
+    ops: list  # [Op] in topological order
+    shapes: dict  # (grad_fn, output_nr) -> tuple shape of that tensor
+    groups: list  # [Group], filled by compute_groups
+    output_layers: list  # module paths of layers ignored for grouping (the network outputs)
+    _dg: object = None
+    _order: list = None
+
+
+class _ShapeRecorder(TorchFunctionMode):
+    """Records the shape of every tensor produced with autograd history, keyed by (grad_fn, output_nr)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        for t in outs:
+            if isinstance(t, torch.Tensor) and t.grad_fn is not None:
+                self.shapes[(t.grad_fn, t.output_nr)] = tuple(t.shape)
+        return out
+
+
+def _drop(_):
+    return None
+
+
+def _call(model, example_inputs):
+    if isinstance(example_inputs, dict):
+        return model(**example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return model(*example_inputs)
+    return model(example_inputs)
+
+
+def trace(model: nn.Module, example_inputs) -> Trace:
+    """Trace ``model`` on ``example_inputs`` with torch-pruning; restores train/eval mode and requires_grad."""
+    was_training = {m: m.training for m in model.modules()}
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(True)  # tracing follows autograd; frozen layers would vanish from the graph
+    calls: dict = {}
+    hooks = [m.register_forward_hook(lambda m, i, o: calls.__setitem__(m, calls.get(m, 0) + 1))
+             for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
+    recorder = _ShapeRecorder()
+
+    def forward_fn(m, x):
+        # The dependency graph reads only the structure of autograd's graph and its non-tensor saved
+        # attributes (dims, sizes); dropping saved activations keeps tracing memory at a few activations.
+        with recorder, torch.autograd.graph.saved_tensors_hooks(_drop, _drop):
+            return _call(m, x)
+
+    try:
+        with torch.enable_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dg = tp.DependencyGraph().build_dependency(model, example_inputs, forward_fn=forward_fn, verbose=False)
+    except GraphConversionError:
+        raise
+    except Exception as e:  # torch-pruning's own limits (e.g. channel shuffles) end here
+        raise GraphConversionError(
+            f"torch-pruning could not trace {type(model).__name__}: {type(e).__name__}: {e}") from e
+    finally:
+        for h in hooks:
+            h.remove()
+        for p in frozen:
+            p.requires_grad_(False)
+        for m, t in was_training.items():
+            m.train(t)
+    names = {m: n for n, m in model.named_modules()}
+    for m, n in calls.items():
+        if n > 1:
+            raise GraphConversionError(
+                f"module {names.get(m, '?')!r} ({type(m).__name__}) is called {n} times in one forward pass; "
+                "shared weights have no single place in the graph"
+            )
+    param_names = {p: n for n, p in model.named_parameters()}
+    return _from_dependency_graph(dg, names, param_names, recorder.shapes)
+
+
+def _from_dependency_graph(dg, module_names, param_names, shapes) -> Trace:
+    nodes = list(dg.module2node.values())
+    # topological order (iterative DFS post-order over inputs)
+    order, state = [], {}
+    for root in nodes:
+        if root in state:
+            continue
+        stack = [(root, False)]
+        while stack:
+            n, done = stack.pop()
+            if done:
+                if state.get(n) != 2:
+                    state[n] = 2
+                    order.append(n)
+                continue
+            if n in state:
+                continue
+            state[n] = 1
+            stack.append((n, True))
+            for i in reversed(n.inputs):
+                if i not in state:
+                    stack.append((i, False))
+    op_of = {n: k for k, n in enumerate(order)}
+    ops = []
+    for k, n in enumerate(order):
+        kind = _KIND.get(n.type, "unsupported")
+        mod = n.module
+        if kind == "conv" and isinstance(mod, nn.modules.conv._ConvTransposeNd):
+            kind = "unsupported"
+        if isinstance(mod, nn.Parameter):
+            name = param_names.get(mod, "<parameter>")
+        elif isinstance(mod, nn.Module) and mod in module_names:
+            name = module_names[mod]
+        else:
+            name = n.grad_fn.name() if hasattr(n.grad_fn, "name") else str(mod)
+            mod = None
+        ops.append(Op(k, kind, name, mod, n.grad_fn, []))
+    # inputs with their output index, in the order of grad_fn.next_functions
+    gf_to_node = {}
+    for n in order:
+        gf_to_node.setdefault(n.grad_fn, n)
+    for n in order:
+        op = ops[op_of[n]]
+        ins = set(n.inputs)
+        nexts = getattr(n.grad_fn, "next_functions", ()) or ()
+        seen = set()
+        for f, nr in nexts:
+            src = gf_to_node.get(f)
+            if src is None and f is not None and hasattr(f, "variable"):
+                src = dg.module2node.get(f.variable)
+            if src is not None and src in ins:
+                op.inputs.append((op_of[src], nr))
+                seen.add(src)
+        for src in n.inputs:  # links torch-pruning made that are not direct next_functions
+            if src not in seen:
+                op.inputs.append((op_of[src], 0))
+
+    tr = Trace(ops, shapes, [], _output_layers(dg, order))
+    tr._dg, tr._order = dg, order
+    return tr
+
+
+def compute_groups(tr: Trace) -> list:
+    """DepGraph's pruning groups (output layers ignored, as torch-pruning's pruners do), keeping only
+    the output-channel removals, at channel resolution. Separate from :func:`trace` so a model the
+    converter refuses fails before torch-pruning's (sometimes expensive) group expansion."""
+    dg, order = tr._dg, tr._order
+    op_of = {n: k for k, n in enumerate(order)}
+    module_names = dg._module2name
+    ignored = [n.module for n in order
+               if isinstance(n.module, nn.Module) and module_names.get(n.module) in tr.output_layers]
+    groups = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for g in dg.get_all_groups(ignored_layers=ignored):
+            root = g[0].dep.target.module
+            items = []
+            for it in g:
+                if not dg.is_out_channel_pruning_fn(it.dep.handler):
+                    continue
+                items.append(GroupItem(op_of[it.dep.target], torch.as_tensor(it.idxs, dtype=torch.long),
+                                       torch.as_tensor(it.root_idxs, dtype=torch.long)))
+            groups.append(Group(module_names.get(root, "?"), len(g[0].idxs), items))
+    tr.groups = groups
+    return groups
+
+
+def release(tr: Trace) -> None:
+    """Drop the references to torch-pruning's graph and autograd's graph."""
+    tr._dg = tr._order = None
+    tr.shapes = None
+    for op in tr.ops:
+        op.grad_fn = None
+
+
+def _output_layers(dg, order) -> list:
+    """Module paths of the conv / linear layers that produce the network outputs (never pruned):
+    walk back from every node without consumers through parameter-free ops."""
+    layers = (tp_ops.OPTYPE.CONV, tp_ops.OPTYPE.LINEAR, tp_ops.OPTYPE.DEPTHWISE_CONV, tp_ops.OPTYPE.MHA)
+    out = []
+    stack, seen = [n for n in order if not n.outputs], set()
+    while stack:
+        m = stack.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        if m.type in layers:
+            out.append(dg._module2name.get(m.module, "?"))
+        elif m.type != tp_ops.OPTYPE.PARAMETER:
+            stack.extend(m.inputs)
+    return out
+
+
+def prune_group(model: nn.Module, example_inputs, root: str, idxs) -> nn.Module:
+    """Prune channels ``idxs`` of the DepGraph group rooted at layer ``root`` of ``model`` in place
+    (torch-pruning's own pruning, used to check ``graph.groups``). Restores the train/eval mode."""
+    was_training = {m: m.training for m in model.modules()}
+    with torch.enable_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs, verbose=False)
+        layer = model.get_submodule(root)
+        pruner = dg.get_pruner_of_module(layer)
+        dg.get_pruning_group(layer, pruner.prune_out_channels, [int(i) for i in idxs]).prune()
+    for m, t in was_training.items():
+        m.train(t)
+    return model
