@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python train.py overwrite=true logger=none
+	test -f checkpoints/examples/resnet-digits/model.safetensors || $(BIN)/python train.py optim.epochs=15 overwrite=true logger=none
+	$(BIN)/python prune.py
 
 test: $(STAMP)
 	WANDB_MODE=offline $(BIN)/python -m pytest -q

@@ -18,13 +18,15 @@ class Attention(nn.Module):
         if dim % num_heads:
             raise ValueError(f"ViT width {dim} is not divisible by heads {num_heads}")
         self.num_heads = num_heads
+        # fixed at build time: pruning head dims must not change the attention temperature
+        self.scale = (dim // num_heads) ** -0.5
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x):
         b, n, _ = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        out = nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        out = nn.functional.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=self.scale)
         return self.proj(out.transpose(1, 2).reshape(b, n, -1))
 
 

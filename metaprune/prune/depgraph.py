@@ -1,0 +1,377 @@
+"""Channel groups of a network: the one module that wraps torch-pruning's DependencyGraph.
+
+A *group* is a set of coupled channels that must be removed together (a residual stream, a conv with
+its BatchNorm and the next layer's input, a ViT head dimension across q, k, v and the projection).
+Each group has ``units`` channel units; removing unit ``c`` removes, for every coupled parameter, the
+entries listed by the group's slices::
+
+    for s in group.slices:            # s.param: "layer1.0.conv1.weight", s.dim: 0, s.idxs: LongTensor[units]
+        params[s.param].index_select(s.dim, s.idxs[c:c + 1])
+
+so the group-L2 norm of unit ``c`` is
+``sqrt(sum(params[s.param].index_select(s.dim, s.idxs[c:c+1]).pow(2).sum() for s in group.slices))``
+(``group_norms`` computes it for all units at once, differentiably). A parameter that holds several entries
+per unit (a Linear after ``flatten``, q/k/v rows of one attention head dimension) appears in several
+slices with the same name and dim.
+
+Nothing else in ``metaprune.prune`` reaches into torch-pruning: importance criteria receive the
+``Group`` (its ``tp_group`` is the torch-pruning group for criteria that torch-pruning implements),
+and pruning goes through ``DepGraph.apply``.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+from torch_pruning.pruner import function as tpf
+
+ROOT_TYPES = (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)
+
+
+class UnprunableOpError(ValueError):
+    """The network holds a layer with parameters that the pruner has no rule for."""
+
+
+@dataclass
+class Slice:
+    """Entries of one parameter removed with each channel unit: ``param.index_select(dim, idxs[c])``."""
+
+    param: str
+    dim: int
+    idxs: torch.Tensor  # LongTensor[units]
+
+
+@dataclass
+class Group:
+    """Coupled channels removed together.
+
+    ``root``: module whose output channels define the group; ``units``: number of channel units;
+    ``slices``: every coupled parameter entry (see the module docstring); ``kind``: ``channel`` or
+    ``attention`` (a head dimension of a registry ViT ``Attention``); ``min_keep``: units that must remain
+    (1, or what divisibility constraints such as ``nn.MultiheadAttention``'s heads demand); ``multiple``: kept
+    units must be a multiple of this.
+    """
+
+    root: str
+    units: int
+    slices: list[Slice]
+    kind: str = "channel"
+    multiple: int = 1
+    unit_roots: torch.Tensor | None = field(default=None, repr=False)  # [units, k] root channel ids
+    tp_group: object = field(default=None, repr=False)
+    attention: nn.Module | None = field(default=None, repr=False)
+    cuts: list = field(default_factory=list, repr=False)  # (dependency, target idxs, root idxs), frozen copies
+
+    def norms(self, params: dict[str, torch.Tensor], p: int = 2) -> torch.Tensor:
+        return group_norms(self, params, p)
+
+
+def group_norms(group: Group, params: dict[str, torch.Tensor], p: int = 2) -> torch.Tensor:
+    """Per-unit group norm ``(sum over slices |w|^p)^(1/p)`` of ``group`` on a name->tensor dict (differentiable)."""
+    total = None
+    for s in group.slices:
+        w = params[s.param]
+        sel = w.index_select(s.dim, s.idxs.to(w.device)).movedim(s.dim, 0)
+        part = sel.abs().pow(p).reshape(group.units, -1).sum(1)
+        total = part if total is None else total + part
+    return total.pow(1.0 / p)
+
+
+def _is_attention(m: nn.Module) -> bool:
+    """A registry-ViT style attention: ``qkv`` Linear (3*dim out), ``proj`` Linear, int ``num_heads``."""
+    return (isinstance(getattr(m, "qkv", None), nn.Linear) and isinstance(getattr(m, "proj", None), nn.Linear)
+            and isinstance(getattr(m, "num_heads", None), int)
+            and m.qkv.out_features == 3 * m.proj.in_features)
+
+
+def find_output_layers(model: nn.Module, example_inputs) -> list[str]:
+    """Names of the Conv/Linear layers whose output is the model output (the classifier to protect)."""
+    from .cost import trace_modules
+
+    return trace_modules(model, example_inputs)[1]
+
+
+class DepGraph:
+    """torch-pruning's dependency graph of ``model`` and its channel groups.
+
+    ``ignored_layers``: module names whose output channels stay untouched (their input channels may
+    still shrink with the layer before them). Build it on the model you will prune; ``apply`` removes
+    channel units in place.
+    """
+
+    def __init__(self, model: nn.Module, example_inputs, ignored_layers=()):
+        self.model = model
+        modules = dict(model.named_modules())
+        unknown = [n for n in ignored_layers if n not in modules]
+        if unknown:
+            raise ValueError(f"ignored layer(s) {unknown} are not modules of the model; "
+                             f"names look like {[n for n in list(modules)[1:6]]}")
+        self.ignored = [modules[n] for n in ignored_layers]
+        was_training = model.training
+        frozen = [p for p in model.parameters() if not p.requires_grad]
+        try:
+            # the tracer follows autograd: frozen weights or a no_grad caller would hide every layer
+            for p in frozen:
+                p.requires_grad_(True)
+            with warnings.catch_warnings(), torch.enable_grad():
+                warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+                self.DG = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+        finally:
+            model.train(was_training)  # the tracer leaves the model in eval mode
+            for p in frozen:
+                p.requires_grad_(False)
+        self._check_supported()
+        self.mod_name = {m: n for n, m in model.named_modules()}
+        self.param_name = {p: n for n, p in model.named_parameters()}
+        self.unwrapped_dim = {u.parameters: u.pruning_dim for u in self.DG.unwrapped_parameters}
+        self.groups = self._build_groups()
+
+    # ------------------------------------------------------------------ checks
+    def _check_supported(self) -> None:
+        ignored = set()
+        for m in self.ignored:
+            ignored.update(m.modules())
+        bad = []
+        for name, m in self.model.named_modules():
+            # raw parameters of container modules (ViT cls token, position embedding) are pruned along a dim;
+            # a leaf layer with parameters needs a pruning rule of its own
+            if m in ignored or list(m.children()) or not list(m.parameters(recurse=False)):
+                continue
+            custom = type(m) in self.DG.CUSTOMIZED_PRUNERS
+            kind = tp.ops.module2type(m)
+            # unknown layers are traced as element-wise ops: their parameters would silently keep old shapes
+            if not custom and (self.DG.get_pruner_of_module(m) is None or kind == tp.ops.OPTYPE.ELEMENTWISE):
+                bad.append(f"{name} ({type(m).__name__})")
+        if bad:
+            raise UnprunableOpError(
+                f"cannot prune layer(s) {', '.join(bad)}: no structural pruning rule for this op type; "
+                "list them in prune.ignored_layers to keep them unchanged (and the channels feeding them)")
+
+    # ------------------------------------------------------------------ groups
+    def _build_groups(self) -> list[Group]:
+        groups = []
+        attn_qkv = {m.qkv: m for m in self.model.modules() if _is_attention(m)}
+        for g in self.DG.get_all_groups(ignored_layers=self.ignored, root_module_types=ROOT_TYPES):
+            root = g[0].dep.target.module
+            if root in attn_qkv:
+                groups.append(self._attention_group(attn_qkv[root], g))
+                continue
+            grp = self._channel_group(g)
+            if grp is not None:
+                groups.append(grp)
+        return groups
+
+    def _channel_groups_of(self, g) -> int:
+        """How many interleaved channel blocks the root splits into (grouped convs), as torch-pruning does."""
+        ch = 1
+        for item in g:
+            m, fn = item.dep.target.module, item.dep.handler
+            if not isinstance(m, nn.Module):
+                continue
+            if isinstance(m, nn.modules.conv._ConvNd) and m.groups == m.out_channels:
+                continue  # depthwise: channels stay one-to-one
+            pruner = self.DG.get_pruner_of_module(m)
+            if pruner is None:
+                continue
+            out = self.DG.is_out_channel_pruning_fn(fn)
+            n = pruner.get_out_channel_groups(m) if out else pruner.get_in_channel_groups(m)
+            ch = max(ch, n or 1)
+        return ch
+
+    def _channel_group(self, g) -> Group | None:
+        root_mod = g[0].dep.target.module
+        n_root = len(g[0].idxs)
+        ch = self._channel_groups_of(g)
+        if n_root % ch:
+            return None
+        units = n_root // ch
+        # unit j holds root channels j, j + units, j + 2 units, ... (torch-pruning's channel grouping)
+        unit_roots = torch.arange(n_root).view(ch, units).t().contiguous()
+        unit_of_root = torch.empty(n_root, dtype=torch.long)
+        unit_of_root[unit_roots.flatten()] = torch.arange(units).repeat_interleave(ch)
+        if any(item.root_idxs is None or any(r is None for r in item.root_idxs) for item in g if len(item.idxs)):
+            return None  # an index mapping torch-pruning cannot trace back to the root: leave the group alone
+        slices, seen, multiple = [], set(), 1
+        for item in g:
+            m, fn = item.dep.target.module, item.dep.handler
+            targets = torch.as_tensor(list(item.idxs), dtype=torch.long)
+            roots = torch.as_tensor(list(item.root_idxs), dtype=torch.long)
+            if isinstance(m, nn.MultiheadAttention):
+                multiple = _lcm(multiple, m.num_heads)
+            for pname, dim, offset_fn in self._param_dims(m, fn):
+                key = (pname, dim)
+                if key in seen:
+                    continue
+                seen.add(key)
+                cols = _columns(targets, unit_of_root[roots], units)
+                if cols is None:
+                    continue
+                for col in cols:
+                    for off in offset_fn:
+                        slices.append(Slice(pname, dim, off(col)))
+        if not slices:
+            return None
+        # frozen copies: some torch-pruning criteria sort a group's index lists in place
+        cuts = [(item.dep, torch.as_tensor(list(item.idxs), dtype=torch.long),
+                 torch.as_tensor(list(item.root_idxs), dtype=torch.long))
+                for item in g if len(item.idxs)]
+        return Group(root=self.mod_name.get(root_mod, str(root_mod)), units=units, slices=slices,
+                     multiple=multiple, unit_roots=unit_roots, tp_group=g, cuts=cuts)
+
+    def _param_dims(self, m, fn):
+        """(param name, dim, [index transforms]) touched when ``fn`` prunes channels of ``m``."""
+        ident = [lambda t: t]
+        if isinstance(m, nn.Parameter):
+            name = self.param_name.get(m)
+            return [(name, self.unwrapped_dim.get(m, m.dim() - 1), ident)] if name else []
+        prefix = self.mod_name.get(m)
+        if prefix is None:
+            return []
+        p = lambda n: f"{prefix}.{n}" if prefix else n  # noqa: E731
+        out = self.DG.is_out_channel_pruning_fn(fn)
+        res = []
+        if isinstance(m, nn.modules.conv._ConvNd):
+            wdim_out = 1 if m.transposed else 0
+            if out:
+                res.append((p("weight"), wdim_out, ident))
+                if m.bias is not None:
+                    res.append((p("bias"), 0, ident))
+            elif m.groups == 1:
+                res.append((p("weight"), 1 - wdim_out, ident))
+            elif m.groups != m.in_channels:  # grouped (not depthwise): index within a group's input block
+                per = m.in_channels // m.groups
+                res.append((p("weight"), 1 - wdim_out, [lambda t, per=per: t % per]))
+        elif isinstance(m, nn.Linear):
+            if out:
+                res.append((p("weight"), 0, ident))
+                if m.bias is not None:
+                    res.append((p("bias"), 0, ident))
+            else:
+                res.append((p("weight"), 1, ident))
+        elif isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm,
+                            nn.modules.instancenorm._InstanceNorm)):
+            for n in ("weight", "bias"):
+                t = getattr(m, n, None)
+                if isinstance(t, nn.Parameter):
+                    res.append((p(n), t.dim() - 1 if isinstance(m, nn.LayerNorm) else 0, ident))
+        elif isinstance(m, nn.PReLU):
+            if m.weight.numel() > 1:
+                res.append((p("weight"), 0, ident))
+        elif isinstance(m, nn.Embedding):
+            res.append((p("weight"), 1, ident))
+        elif isinstance(m, nn.MultiheadAttention) and out:
+            e = m.embed_dim
+            qkv = [lambda t: t, lambda t, e=e: t + e, lambda t, e=e: t + 2 * e]
+            if m.in_proj_weight is not None:
+                res += [(p("in_proj_weight"), 0, qkv), (p("in_proj_weight"), 1, ident)]
+            if m.in_proj_bias is not None:
+                res.append((p("in_proj_bias"), 0, qkv))
+            res += [(p("out_proj.weight"), 0, ident), (p("out_proj.weight"), 1, ident)]
+            if m.out_proj.bias is not None:
+                res.append((p("out_proj.bias"), 0, ident))
+            for n in ("bias_k", "bias_v"):
+                if getattr(m, n, None) is not None:
+                    res.append((p(n), 2, ident))
+        return res
+
+    def _attention_group(self, attn: nn.Module, g) -> Group:
+        """Head-dimension slots of a registry ViT attention: slot d of every head in q, k, v and proj's input."""
+        heads, dim = attn.num_heads, attn.proj.in_features
+        hd = dim // heads
+        d = torch.arange(hd)
+        qkv_w, proj_w = self.mod_name[attn.qkv], self.mod_name[attn.proj]
+        slices = []
+        for s in range(3):
+            for h in range(heads):
+                rows = s * dim + h * hd + d
+                slices.append(Slice(f"{qkv_w}.weight", 0, rows))
+                if attn.qkv.bias is not None:
+                    slices.append(Slice(f"{qkv_w}.bias", 0, rows))
+        for h in range(heads):
+            slices.append(Slice(f"{proj_w}.weight", 1, h * hd + d))
+        return Group(root=qkv_w, units=hd, slices=slices, kind="attention", tp_group=None, attention=attn)
+
+    # ------------------------------------------------------------------ pruning
+    def _replace_parameter(self, old: nn.Parameter, new: nn.Parameter) -> None:
+        path = self.param_name[old].split(".")
+        parent = self.model.get_submodule(".".join(path[:-1])) if len(path) > 1 else self.model
+        setattr(parent, path[-1], new)
+
+    def params(self) -> dict[str, torch.Tensor]:
+        return dict(self.model.named_parameters())
+
+    @torch.no_grad()
+    def apply(self, removed: dict[int, torch.Tensor]) -> None:
+        """Remove channel units in place: ``removed[i]`` = unit ids of ``self.groups[i]`` to drop.
+
+        Call once per DepGraph: indices refer to the model as it was when the graph was built.
+        """
+        ops = {}
+        for gi, units in removed.items():
+            if len(units) == 0:
+                continue
+            grp = self.groups[gi]
+            units = torch.as_tensor(units, dtype=torch.long)
+            if grp.kind == "attention":
+                attn = grp.attention
+                heads, dim = attn.num_heads, attn.proj.in_features
+                hd = dim // heads
+                cols = (torch.arange(heads)[:, None] * hd + units[None, :]).flatten()
+                rows = torch.cat([s * dim + cols for s in range(3)])
+                tpf.prune_linear_out_channels(attn.qkv, sorted(rows.tolist()))
+                tpf.prune_linear_in_channels(attn.proj, sorted(cols.tolist()))
+                continue
+            roots = grp.unit_roots[units].flatten()
+            for dep, targets, target_roots in grp.cuts:
+                sel = targets[torch.isin(target_roots, roots)].tolist()
+                if sel:
+                    key = (id(dep.target.module), dep.handler)
+                    ops.setdefault(key, (dep, set()))[1].update(sel)
+        # every index is in the unpruned model's coordinates, so each (layer, dim) is cut once with the union
+        # of its indices; re-deriving groups after each cut (torch-pruning's way) costs seconds on DenseNets
+        for dep, idxs in ops.values():
+            idxs = sorted(idxs)
+            if dep.target.type == tp.ops.OPTYPE.PARAMETER:
+                self._replace_parameter(dep.target.module, dep(idxs))
+            else:
+                dep(idxs)
+        _sync_static_attrs(self.model)
+
+
+def _sync_static_attrs(model: nn.Module) -> None:
+    """Update width attributes some models read in ``forward`` (torchvision ViT's ``hidden_dim``)."""
+    for m in model.modules():
+        conv = getattr(m, "conv_proj", None)
+        if isinstance(getattr(m, "hidden_dim", None), int) and isinstance(conv, nn.Conv2d):
+            m.hidden_dim = conv.out_channels
+        if isinstance(m, nn.MultiheadAttention):
+            m.head_dim = m.embed_dim // m.num_heads
+            m.kdim = m.vdim = m.embed_dim
+
+
+def _columns(targets: torch.Tensor, unit_ids: torch.Tensor, units: int) -> list[torch.Tensor] | None:
+    """Split target indices into k columns of length ``units`` (column j: the j-th target of each unit)."""
+    counts = torch.bincount(unit_ids, minlength=units)
+    if len(counts) == 0 or (counts != counts[0]).any() or counts[0] == 0:
+        return None
+    order = torch.argsort(unit_ids * (targets.max() + 1) + targets, stable=True)
+    return list(targets[order].view(units, -1).t())
+
+
+def _lcm(a: int, b: int) -> int:
+    import math
+
+    return a * b // math.gcd(a, b)
+
+
+def coupled_slices(model: nn.Module, example_inputs, ignored_layers=()) -> list[Group]:
+    """The channel groups of ``model`` with every coupled parameter slice (see the module docstring).
+
+    ``ignored_layers``: module names whose output channels are left alone (pass the classifier's name;
+    ``find_output_layers(model, example_inputs)`` finds it). The indices refer to the model as it is now;
+    recompute after the model's shapes change.
+    """
+    return DepGraph(model, example_inputs, ignored_layers).groups

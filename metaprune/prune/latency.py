@@ -1,0 +1,103 @@
+"""Prune to a *measured* latency speedup on the current device, not a MACs count.
+
+MACs are a poor proxy for time: odd channel counts fall off vectorised and tensor-core fast paths. Here the
+search variable is still the MACs target of :func:`metaprune.prune.prune` (so grouping, criteria and
+rounding are the same), but each candidate is pruned on a copy and *timed* at the requested batch size and
+dtype; bisection finds the smallest MACs reduction whose measured latency ratio reaches the target.
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+
+from .pruner import PruneResult, prune
+
+
+@torch.no_grad()
+def paired_speedup(base: nn.Module, cand: nn.Module, input_shape, batch_size=1, device="cpu",
+                   dtype=torch.float32, runs: int = 15) -> tuple[float, float, float]:
+    """Median latency of ``base`` and ``cand`` timed alternately (so drift and background load hit both
+    alike); returns (base_ms, cand_ms, base_ms / cand_ms)."""
+    device = torch.device(device)
+    x = torch.randn(batch_size, *input_shape, device=device)
+    models = [base.eval().to(device), cand.eval().to(device)]
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    times = ([], [])
+    ctx = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else torch.autocast(device.type, enabled=False)
+    with ctx:
+        for i in range(runs + 3):
+            for j in (0, 1) if i % 2 == 0 else (1, 0):
+                sync()
+                t0 = time.perf_counter()
+                models[j](x)
+                sync()
+                if i >= 3:
+                    times[j].append((time.perf_counter() - t0) * 1e3)
+    b, c = statistics.median(times[0]), statistics.median(times[1])
+    return b, c, b / c
+
+
+def prune_to_latency(model: nn.Module, example_inputs: torch.Tensor, target_latency_speedup: float,
+                     batch_size: int = 1, device="cpu", dtype=torch.float32, runs: int = 15,
+                     max_macs_speedup: float = 16.0, tolerance: float = 0.03, max_steps: int = 8,
+                     timer=None, **prune_kwargs) -> tuple[PruneResult, dict]:
+    """Prune ``model`` in place until base latency / pruned latency >= ``target_latency_speedup``.
+
+    ``prune_kwargs`` go to :func:`prune` (importance, round_to, global_pruning, ignored_layers...). ``timer``
+    replaces :func:`paired_speedup` (same signature) — a cost model, or a fake in tests. Returns the final
+    PruneResult and a record of the search: every candidate's MACs speedup and measured latency.
+    """
+    if not target_latency_speedup > 1:
+        raise ValueError(f"target.latency_speedup={target_latency_speedup} must be > 1 (base / pruned latency)")
+    t0 = time.perf_counter()
+    shape = tuple(example_inputs.shape[1:])
+    was_training = model.training
+    base = copy.deepcopy(model).eval()
+    timer = timer or paired_speedup
+    trials = []
+
+    def measure(s: float):
+        cand = copy.deepcopy(model)
+        res = prune(cand, example_inputs, target_speedup=s, **prune_kwargs)
+        b, c, r = timer(base, cand, shape, batch_size, device, dtype, runs)
+        trials.append({"macs_speedup": res.speedup, "base_ms": b, "latency_ms": c, "latency_speedup": r})
+        return r
+
+    lo, hi, cap = 1.0, None, max_macs_speedup
+    s = target_latency_speedup  # MACs and time are proportional at best, so start at the target itself
+    for _ in range(max_steps):  # grow until the target is met, then bisect
+        try:
+            got = measure(s)
+        except ValueError:  # more MACs reduction than the network allows
+            cap = s * 0.98
+            s = (lo + cap) / 2 if hi is None else (lo + hi) / 2
+            continue
+        if got >= target_latency_speedup:
+            hi = s
+            if got <= target_latency_speedup * (1 + tolerance):
+                break
+        else:
+            lo = s
+        if hi is None:
+            if lo >= cap:
+                break
+            s = min(s * 1.5, cap)
+        else:
+            s = (lo + hi) / 2
+    if hi is None:
+        best = max(trials, key=lambda t: t["latency_speedup"]) if trials else None
+        raise ValueError(
+            f"target.latency_speedup={target_latency_speedup} is not reachable on {device}: the best measured was "
+            f"{best['latency_speedup']:.2f}x at {best['macs_speedup']:.2f}x fewer MACs" if best else
+            f"target.latency_speedup={target_latency_speedup}: no prunable configuration found")
+    result = prune(model, example_inputs, target_speedup=hi, **prune_kwargs)
+    base_ms, final_ms, ratio = timer(base, model, shape, batch_size, device, dtype, 2 * runs)
+    model.to("cpu").train(was_training)
+    search = {"base_latency_ms": base_ms, "pruned_latency_ms": final_ms, "latency_speedup": ratio,
+              "macs_speedup": result.speedup, "batch_size": batch_size, "dtype": str(dtype).replace("torch.", ""),
+              "device": str(device), "trials": trials, "seconds": time.perf_counter() - t0}
+    return result, search

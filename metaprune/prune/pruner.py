@@ -1,0 +1,185 @@
+"""``prune``: remove channels in place until a MACs (or parameter) target is met, in one shot.
+
+Steps: trace the layers' shapes and find the classifier -> DepGraph groups -> importance per unit ->
+order every removable unit (per-group ratio order for local pruning, normalised score for global) ->
+bisect on how many units to remove using the analytic cost model (no pruned copies, no recounting) ->
+remove them -> count the real MACs and params once.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..metrics import macs_and_params
+from .cost import CostModel, trace_modules
+from .depgraph import DepGraph
+from .importance import Importance, importance as make_importance
+
+
+@dataclass
+class PruneResult:
+    base_macs: int
+    pruned_macs: int
+    base_params: int
+    pruned_params: int
+    speedup: float            # base MACs / pruned MACs (measured)
+    param_ratio: float        # base params / pruned params (measured)
+    ratio: float              # fraction of prunable channel units removed
+    target: dict
+    importance: str
+    global_pruning: bool
+    round_to: int | None
+    protected: list[str]
+    channels: dict = field(default_factory=dict)  # group root -> [units before, after]
+    removed: dict = field(default_factory=dict)   # group root -> removed unit ids (in the original model)
+    predicted_macs: float = 0.0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _calibrate_grads(model: nn.Module, calibration) -> None:
+    """One forward/backward on a calibration batch ``(inputs, targets)`` so criteria can read ``.grad``."""
+    if calibration is None:
+        raise ValueError("importance 'taylor' needs a calibration batch (inputs, targets) for its gradients")
+    x, y = calibration
+    was_training = model.training
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        F.cross_entropy(model(x), y).backward()
+    model.train(was_training)
+
+
+def _chunks(order: np.ndarray, units: int, step: int) -> list[tuple[int, int]]:
+    """(start, end) positions in ascending-importance ``order`` that can be removed one after another so
+    that the kept count stays a multiple of ``step`` and at least ``step``."""
+    if units <= step:
+        return []
+    out, start = [], 0
+    first = units % step
+    if first:
+        out.append((0, first))
+        start = first
+    while units - start > step:
+        out.append((start, start + step))
+        start += step
+    return out
+
+
+def plan_order(scores: list[torch.Tensor], groups, round_to: int | None, global_pruning: bool):
+    """All removable chunks of all groups in the order they are removed.
+
+    Returns rows ``(key, group id, chunk size, unit ids)`` sorted by key: local pruning keys a chunk by the
+    fraction of its group removed once it goes (one ratio for every group), global pruning by the chunk's
+    largest score. A group smaller than ``round_to`` (or its head count) is left alone.
+    """
+    rows = []
+    for g, (imp, grp) in enumerate(zip(scores, groups)):
+        step = int(np.lcm(max(1, round_to or 1), grp.multiple))
+        order = torch.argsort(imp, stable=True).numpy()
+        for s, e in _chunks(order, grp.units, step):
+            key = e / grp.units if not global_pruning else float(imp[order[e - 1]])
+            rows.append((key, g, e - s, order[s:e]))
+    rows.sort(key=lambda r: (r[0], r[1]))
+    return rows
+
+
+def prune(model: nn.Module, example_inputs: torch.Tensor, target_speedup: float | None = None,
+          target_params: float | None = None, importance: str | Importance = "l2", global_pruning: bool = False,
+          round_to: int | None = None, ignored_layers=(), calibration=None, protect_output: bool = True,
+          seed: int = 0) -> PruneResult:
+    """Prune ``model`` in place to ``target_speedup`` (base MACs / pruned MACs) or ``target_params``
+    (base params / pruned params) and return the measured result.
+
+    ``importance``: l2 (default), l1, lamp, taylor (needs ``calibration=(inputs, targets)``), random, or an
+    ``Importance`` object. ``global_pruning``: rank units across layers instead of one ratio for all.
+    ``round_to``: kept channel counts are multiples of it. ``ignored_layers``: module names whose output
+    channels stay; the classifier (the layer producing the model output) is protected automatically.
+    Raises ``ValueError`` when the target is <= 1 or cannot be reached without removing a whole layer
+    (the message names the maximum reachable value).
+    """
+    t0 = time.perf_counter()
+    if (target_speedup is None) == (target_params is None):
+        raise ValueError("give exactly one of target_speedup or target_params")
+    target = float(target_speedup if target_speedup is not None else target_params)
+    what = "speedup" if target_speedup is not None else "params"
+    if not np.isfinite(target) or target <= 1:
+        raise ValueError(f"target {what}={target} must be > 1 (base / pruned); 1 means no pruning")
+    if round_to is not None and int(round_to) < 1:
+        raise ValueError(f"round_to={round_to} must be a positive integer or null")
+    crit = make_importance(importance, **({"seed": seed} if importance == "random" else {}))
+    example_inputs = example_inputs.to(next(model.parameters()).device)
+
+    records, heads = trace_modules(model, example_inputs)
+    protected = list(dict.fromkeys((heads if protect_output else []) + list(ignored_layers)))
+    dg = DepGraph(model, example_inputs, protected)
+    groups = dg.groups
+    if not groups:
+        raise ValueError("nothing to prune: the model has no prunable channel groups outside the protected layers")
+    base_macs, base_params = macs_and_params(model, example_inputs)
+    cost = CostModel(model, records, groups)
+
+    if crit.needs_grad:
+        _calibrate_grads(model, calibration)
+    params = dg.params()
+    scores = [crit(g, params).detach().float().cpu() for g in groups]
+    if crit.needs_grad:
+        model.zero_grad(set_to_none=True)
+
+    rows = plan_order(scores, groups, round_to, global_pruning)
+    gid = np.array([r[1] for r in rows], dtype=np.int64)
+    size = np.array([r[2] for r in rows], dtype=np.float64)
+    n_groups = len(groups)
+
+    def removed_at(k: int) -> np.ndarray:
+        return np.bincount(gid[:k], weights=size[:k], minlength=n_groups)
+
+    measure = cost.macs if what == "speedup" else cost.params
+    base_true = float(base_macs if what == "speedup" else base_params)
+    base_est = measure(np.zeros(n_groups))
+
+    def reached(k: int) -> float:
+        # layers the cost model does not know count as constant: only the modelled saving is subtracted
+        return base_true / (base_true - (base_est - measure(removed_at(k))))
+
+    k_max = len(rows)
+    max_reach = reached(k_max) if k_max else 1.0
+    if target > max_reach * (1 + 1e-9):
+        raise ValueError(
+            f"target {what}={target:g} is unreachable without removing a whole layer: the most this model "
+            f"reaches is about {max_reach:.2f}x (every group down to {max(1, round_to or 1)} channel(s)"
+            f"{', round_to=' + str(round_to) if round_to else ''}, protected: {', '.join(protected) or 'none'})")
+    lo, hi = 0, k_max  # reached(lo) < target <= reached(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if reached(mid) >= target:
+            hi = mid
+        else:
+            lo = mid
+    k = hi if abs(reached(hi) / target - 1) <= abs(reached(lo) / target - 1) else lo
+    removed = {}
+    for key, g, n, units in rows[:k]:
+        removed.setdefault(g, []).append(torch.as_tensor(units))
+    removed = {g: torch.cat(u) for g, u in removed.items()}
+    before = {grp.root: grp.units for grp in groups}
+    predicted = base_macs - (cost.macs(np.zeros(n_groups)) - cost.macs(removed_at(k)))
+    dg.apply(removed)
+    del dg
+    pruned_macs, pruned_params = macs_and_params(model, example_inputs)
+    total_units = sum(g.units for g in groups)
+    return PruneResult(
+        base_macs=base_macs, pruned_macs=pruned_macs, base_params=base_params, pruned_params=pruned_params,
+        speedup=base_macs / max(pruned_macs, 1), param_ratio=base_params / max(pruned_params, 1),
+        ratio=float(sum(len(u) for u in removed.values()) / max(total_units, 1)),
+        target={what: target}, importance=getattr(crit, "name", type(crit).__name__),
+        global_pruning=bool(global_pruning), round_to=round_to, protected=protected,
+        channels={g.root: [before[g.root], before[g.root] - len(removed.get(i, []))] for i, g in enumerate(groups)},
+        removed={groups[g].root: sorted(u.tolist()) for g, u in removed.items()},
+        predicted_macs=predicted, seconds=time.perf_counter() - t0)

@@ -1,0 +1,41 @@
+"""Prune a trained network to a target and finetune it: ``python prune.py target.speedup=2.0``."""
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from metaprune.cli import friendly_errors, to_dict
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="prune")
+@friendly_errors
+def main(cfg: DictConfig) -> None:
+    from metaprune.logging import make_logger
+    from metaprune.prune.pipeline import check_output_dir, format_report, run_prune
+
+    c = to_dict(cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        check_output_dir(c["output_dir"], c["overwrite"])  # refuse before any work
+        report = run_prune(c, logger=lambda: make_logger(c["logger"], config=c, name=f"prune-{c['data']['name']}",
+                                                         dir=run_dir))
+    except BaseException:
+        _remove_if_empty(run_dir)  # a failed run leaves nothing behind
+        raise
+    print(format_report(report))
+
+
+def _remove_if_empty(path: Path) -> None:
+    """Remove Hydra's run directory when it holds nothing but its empty job log."""
+    if not path.is_dir():
+        return
+    log = path / "prune.log"
+    if log.is_file() and log.stat().st_size == 0:
+        log.unlink()
+    if not any(path.iterdir()):
+        path.rmdir()
+
+
+if __name__ == "__main__":
+    main()

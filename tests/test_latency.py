@@ -1,0 +1,56 @@
+"""Hardware-aware pruning: measured channel multiples and the latency-target search (timing faked: tests
+assert the search's behaviour, benchmarks/latency.py measures real time)."""
+import pytest
+import torch
+
+from metaprune import build
+from metaprune.hardware import best_multiple
+from metaprune.metrics import macs_and_params
+from metaprune.prune.latency import paired_speedup, prune_to_latency
+
+
+def test_best_multiple_picks_smallest_fast_multiple():
+    # widths that are multiples of 16 run at full speed, others at half: 16 must be chosen, not 32/64
+    thr = {c: (2.0 if c % 16 == 0 else 1.0) for c in range(64, 161)}
+    assert best_multiple(thr) == 16
+    assert best_multiple({c: 1.0 for c in range(64, 100)}) == 1  # no width effect: no rounding
+
+
+def _fake_timer(exponent):
+    """Latency proportional to MACs**exponent: a device where time falls slower than MACs."""
+    x = torch.randn(1, 1, 8, 8)
+
+    def timer(base, cand, input_shape, batch_size=1, device="cpu", dtype=None, runs=0):
+        b = macs_and_params(base, x)[0] ** exponent
+        c = macs_and_params(cand, x)[0] ** exponent
+        return b, c, b / c
+
+    return timer
+
+
+@pytest.mark.parametrize("target", [1.5, 2.0])
+def test_latency_target_is_met_where_macs_target_falls_short(target):
+    x = torch.randn(1, 1, 8, 8)
+    model = build("resnet", depth=20, width=16, num_classes=10, in_channels=1)
+    timer = _fake_timer(0.6)
+    result, search = prune_to_latency(model, x, target, timer=timer)
+    assert search["latency_speedup"] >= target  # the measured ratio reaches the target...
+    assert search["latency_speedup"] <= target * 1.15  # ...without pruning far past it
+    assert result.speedup > target  # it took more MACs reduction than a MACs target would have
+    assert all(t["latency_speedup"] > 0 for t in search["trials"]) and len(search["trials"]) <= 8
+    assert model(x).shape == (1, 10)
+
+
+def test_unreachable_latency_target_names_the_best_found():
+    x = torch.randn(1, 1, 8, 8)
+    model = build("resnet", depth=20, width=8, num_classes=10, in_channels=1)
+    with pytest.raises(ValueError, match="not reachable.*best measured"):
+        prune_to_latency(model, x, 50.0, timer=_fake_timer(0.2), max_steps=5)
+    with pytest.raises(ValueError, match="must be > 1"):
+        prune_to_latency(model, x, 1.0)
+
+
+def test_paired_timing_of_identical_models_is_near_one():
+    model = build("resnet", depth=20, width=8, num_classes=10, in_channels=1)
+    b, c, ratio = paired_speedup(model, model, (1, 8, 8), batch_size=4, runs=5)
+    assert b > 0 and c > 0 and 0.2 < ratio < 5  # same network: no systematic difference (loose: shared CI)
