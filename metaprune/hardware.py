@@ -60,12 +60,12 @@ def channel_throughput(device="cpu", dtype=torch.float32, widths=range(88, 137),
 
 
 def best_multiple(throughput: dict[int, float], tolerance: float = 0.05, candidates=CANDIDATES) -> int:
-    """Smallest multiple whose widths reach ``1 - tolerance`` of the best multiple's median throughput."""
+    """Smallest multiple whose widths reach, on average, ``1 - tolerance`` of the best multiple's throughput."""
     per_multiple = {}
     for m in candidates:
         vals = [v for c, v in throughput.items() if c % m == 0]
         if vals:
-            per_multiple[m] = statistics.median(vals)
+            per_multiple[m] = statistics.fmean(vals)
     best = max(per_multiple.values())
     return min(m for m, v in per_multiple.items() if v >= (1 - tolerance) * best)
 
