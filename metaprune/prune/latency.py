@@ -92,7 +92,7 @@ def prune_to_latency(model: nn.Module, example_inputs: torch.Tensor, target_late
         best = max(trials, key=lambda t: t["latency_speedup"]) if trials else None
         raise ValueError(
             f"target.latency_speedup={target_latency_speedup} is not reachable on {device}: the best measured was "
-            f"{best['latency_speedup']:.2f}x at {best['macs_speedup']:.2f}x fewer MACs" if best else
+            f"{best['latency_speedup']:.2f}x at {best['macs_speedup']:.2f}x fewer MACs (round_to={prune_kwargs.get('round_to')})" if best else
             f"target.latency_speedup={target_latency_speedup}: no prunable configuration found")
     result = prune(model, example_inputs, target_speedup=hi, **prune_kwargs)
     base_ms, final_ms, ratio = timer(base, model, shape, batch_size, device, dtype, 2 * runs)

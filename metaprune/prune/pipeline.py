@@ -149,12 +149,15 @@ def _run_prune(cfg, transform, logger, data, progress, state) -> dict:
 
     out = check_output_dir(cfg["output_dir"], cfg.get("overwrite", False))
     target = dict(cfg.get("target") or {})
-    speedup, params_t = target.get("speedup"), target.get("params")
-    if params_t is not None:
+    speedup, params_t, lat_t = target.get("speedup"), target.get("params"), target.get("latency_speedup")
+    if params_t is not None or lat_t is not None:
         speedup = None
-    if speedup is None and params_t is None:
-        raise UsageError("set target.speedup (base MACs / pruned MACs) or target.params (base / pruned params)")
-    for key, val in (("target.speedup", speedup), ("target.params", params_t)):
+    if lat_t is not None and params_t is not None:
+        raise UsageError("set only one of target.params and target.latency_speedup")
+    if speedup is None and params_t is None and lat_t is None:
+        raise UsageError("set target.speedup (base MACs / pruned MACs), target.params (base / pruned params) or "
+                         "target.latency_speedup (measured base / pruned latency)")
+    for key, val in (("target.speedup", speedup), ("target.params", params_t), ("target.latency_speedup", lat_t)):
         if val is not None and not (isinstance(val, (int, float)) and val > 1):
             raise UsageError(f"{key}={val!r} must be a number > 1 (base / pruned); 1 means no pruning")
     pcfg = dict(cfg.get("prune") or {})
@@ -198,10 +201,26 @@ def _run_prune(cfg, transform, logger, data, progress, state) -> dict:
 
     t0 = time.perf_counter()
     calib = next(iter(data.loader("train", ft_cfg.batch_size, seed=ft_cfg.seed)))
-    result = prune(model, data.example_inputs().to(device), target_speedup=speedup, target_params=params_t,
-                   importance=pcfg.get("importance", "l2"), global_pruning=bool(pcfg.get("global_pruning", False)),
-                   round_to=pcfg.get("round_to"), ignored_layers=tuple(pcfg.get("ignored_layers") or ()),
-                   calibration=(calib[0].to(device), calib[1].to(device)), seed=cfg.get("seed", 0))
+    lat_cfg = dict(cfg.get("latency") or {})
+    lat_dtype = torch.bfloat16 if (device.type == "cuda" and lat_cfg.get("dtype") == "bfloat16") else torch.float32
+    round_to = pcfg.get("round_to")
+    if round_to == "auto" or (round_to is None and lat_t is not None):  # measured for this device and dtype
+        from ..hardware import default_round_to
+
+        round_to = default_round_to(device, lat_dtype)
+    kw = dict(importance=pcfg.get("importance", "l2"), global_pruning=bool(pcfg.get("global_pruning", False)),
+              round_to=round_to, ignored_layers=tuple(pcfg.get("ignored_layers") or ()),
+              calibration=(calib[0].to(device), calib[1].to(device)), seed=cfg.get("seed", 0))
+    latency_search = None
+    if lat_t is not None:
+        from .latency import prune_to_latency
+
+        result, latency_search = prune_to_latency(
+            model, data.example_inputs().to(device), float(lat_t), batch_size=int(lat_cfg.get("batch_size", 1)),
+            device=device, dtype=lat_dtype, runs=int(lat_cfg.get("runs", 20)), **kw)
+        model = model.to(device)
+    else:
+        result = prune(model, data.example_inputs().to(device), target_speedup=speedup, target_params=params_t, **kw)
     stage("prune", t0)
     if callable(logger):  # every input is validated by now: a refused run starts no logging run
         t0 = time.perf_counter()
@@ -235,6 +254,8 @@ def _run_prune(cfg, transform, logger, data, progress, state) -> dict:
         "base_latency_cuda_ms": base_lat.get("cuda"), "pruned_latency_cuda_ms": pruned_lat.get("cuda"),
         "latency_batch_size": (cfg.get("latency") or {}).get("batch_size", 1),
         "device": device_name(device), "latency_device": device_name("cpu"),
+        "latency_speedup": base_lat["cpu"] / pruned_lat["cpu"],
+        "latency_search": latency_search,
         "pruning": {k: v for k, v in result.to_dict().items() if k not in ("removed",)},
         "finetune_history": history, "config": cfg, "timings_s": timings,
     }
@@ -280,6 +301,11 @@ def format_report(r: dict) -> str:
                     f"{r['pruned_latency_cuda_ms']:>12.3f}")
     if r.get("transformed_acc") is not None:
         rows.append(f"  {'after metanet (test)':<22}{r['transformed_acc']:>12.2%}")
+    if r.get("latency_search"):
+        s = r["latency_search"]
+        rows.append(f"  latency search on {s['device']} ({s['dtype']}, batch {s['batch_size']}): "
+                    f"{s['latency_speedup']:.2f}x measured at {s['macs_speedup']:.2f}x fewer MACs, "
+                    f"{len(s['trials'])} candidates")
     t = r["timings_s"]
     rows += [
         "",
