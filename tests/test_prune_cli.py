@@ -203,6 +203,7 @@ def test_prune_py_end_to_end(tmp_path, small_ckpt):
     assert report["speedup"] == pytest.approx(2.0, rel=0.03)
     assert {"load", "prune", "finetune", "save", "total"} <= set(report["timings_s"])
     assert report["config"]["prune"]["round_to"] == 2
+    assert report["transformed_acc"] is not None  # the shipped metanetwork ran by default
     from metaprune import load_model
 
     pruned = load_model(tmp_path / "out" / "pruned")

@@ -6,12 +6,14 @@ torchvision classification constructor (random init unless the user loads weight
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 from typing import Callable
 
 import torch.nn as nn
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_LAZY = {"onnx": "metaprune.onnx"}  # name -> module that registers it when imported
 
 
 class UnknownModelError(ValueError):
@@ -52,6 +54,8 @@ def build(name: str, **args) -> nn.Module:
         tv_args.setdefault("weights", None)
         model = fn(**tv_args)
     else:
+        if name in _LAZY and name not in _REGISTRY:
+            importlib.import_module(_LAZY[name])  # heavy optional families register on first use
         if name not in _REGISTRY:
             raise UnknownModelError(
                 f"unknown model {name!r}; registered: {', '.join(available())}, or tv:<torchvision name>"

@@ -27,7 +27,7 @@ from ..logging import Logger
 from ..metrics import device_name, latency, macs_and_params
 from ..models import build_for_data
 from ..train import TrainConfig, evaluate, fit, pick_device, seed_everything, split_data_cfg
-from .pruner import prune
+from .pruner import PruneResult, prune
 
 Transform = Callable[[nn.Module, DataBundle], nn.Module]
 
@@ -41,8 +41,42 @@ def check_output_dir(path, overwrite: bool) -> Path:
     return out
 
 
+STAGES = ("init", "trained", "trained_nofinetune")
+
+
+def _prune_special(model, data, stage_name, speedup, kw, pcfg, device) -> PruneResult:
+    """Pruning at initialisation (SNIP / magnitude) or data-free OBS with weight compensation; both step
+    through torch-pruning's own pruner and report in the same PruneResult shape as :func:`prune`."""
+    x = data.example_inputs().to(device)
+    base_macs, base_params = macs_and_params(model, x)
+    t0 = time.perf_counter()
+    if stage_name == "init":
+        from .at_init import prune_at_init
+
+        crit = pcfg.get("init_criterion", "snip")
+        rep = prune_at_init(model, x, float(speedup), criterion=crit,
+                            batch=kw["calibration"] if crit == "snip" else None)
+        name = f"init:{crit}"
+    else:
+        from .obs import obs_prune
+
+        rep = obs_prune(model, x, float(speedup), global_pruning=bool(pcfg.get("global_pruning", True)))
+        name = "obs"
+    macs, params = macs_and_params(model, x)
+    return PruneResult(base_macs=base_macs, pruned_macs=macs, base_params=base_params, pruned_params=params,
+                       speedup=base_macs / macs, param_ratio=base_params / params, ratio=float("nan"),
+                       target={"speedup": float(speedup)}, importance=name,
+                       global_pruning=bool(pcfg.get("global_pruning", name == "obs")), round_to=None,
+                       protected=[], seconds=time.perf_counter() - t0, channels={"steps": rep.get("steps")})
+
+
 def load_network(model_cfg: dict, data: DataBundle) -> nn.Module:
-    """A metaprune checkpoint directory, or ``model.name`` + a plain state dict file (never unpickling code)."""
+    """A metaprune checkpoint directory, ``model.name`` + a plain state dict file (never unpickling code), or an
+    ONNX file (``model.onnx``, converted with onnx2torch)."""
+    if model_cfg.get("onnx"):
+        from ..onnx import import_onnx
+
+        return import_onnx(model_cfg["onnx"]).eval()
     ckpt = model_cfg.get("checkpoint")
     if not ckpt:
         raise UsageError("model.checkpoint is required: a metaprune checkpoint directory or a state dict file")
@@ -161,7 +195,11 @@ def _run_prune(cfg, transform, logger, data, progress, state) -> dict:
         if val is not None and not (isinstance(val, (int, float)) and val > 1):
             raise UsageError(f"{key}={val!r} must be a number > 1 (base / pruned); 1 means no pruning")
     pcfg = dict(cfg.get("prune") or {})
-    ft_cfg = TrainConfig.from_dict({**dict(cfg.get("finetune") or {}), **split_data_cfg(cfg["data"])[1],
+    stage_name = cfg.get("stage") or "trained"
+    if stage_name not in STAGES:
+        raise UsageError(f"stage={stage_name!r} is invalid: must be one of {', '.join(STAGES)}")
+    ft_over = {"epochs": 0} if stage_name == "trained_nofinetune" else {}
+    ft_cfg = TrainConfig.from_dict({**dict(cfg.get("finetune") or {}), **ft_over, **split_data_cfg(cfg["data"])[1],
                                     "seed": cfg.get("seed", 0), "device": cfg.get("device", "auto"),
                                     "progress": progress})
     transform = transform if transform is not None else metanet_transform(cfg.get("metanet"))
@@ -173,7 +211,15 @@ def _run_prune(cfg, transform, logger, data, progress, state) -> dict:
     t0 = time.perf_counter()
     if data is None:
         data = get_data(**split_data_cfg(cfg["data"])[0])
-    model = load_network(dict(cfg["model"]), data).to(device)
+    mcfg = dict(cfg["model"])
+    if stage_name == "init" and not mcfg.get("checkpoint") and not mcfg.get("onnx"):
+        if not mcfg.get("name"):
+            raise UsageError("stage=init needs model.name (+ model.args) to build a fresh network, or model.checkpoint")
+        seed_everything(cfg.get("seed", 0))
+        model = build_for_data(mcfg["name"], data.input_shape, data.num_classes, **dict(mcfg.get("args") or {}))
+    else:
+        model = load_network(mcfg, data)
+    model = model.to(device)
     _check_fits_data(model, data, device)
     stage("load", t0)
 
@@ -212,7 +258,13 @@ def _run_prune(cfg, transform, logger, data, progress, state) -> dict:
               round_to=round_to, ignored_layers=tuple(pcfg.get("ignored_layers") or ()),
               calibration=(calib[0].to(device), calib[1].to(device)), seed=cfg.get("seed", 0))
     latency_search = None
-    if lat_t is not None:
+    crit = kw["importance"]
+    if stage_name == "init" or crit == "obs":
+        if lat_t is not None or params_t is not None:
+            raise UsageError(f"{'stage=init' if stage_name == 'init' else 'prune.importance=obs'} takes target.speedup "
+                             "(MACs), not target.params / target.latency_speedup")
+        result = _prune_special(model, data, stage_name, speedup, kw, pcfg, device)
+    elif lat_t is not None:
         from .latency import prune_to_latency
 
         result, latency_search = prune_to_latency(
@@ -244,7 +296,8 @@ def _run_prune(cfg, transform, logger, data, progress, state) -> dict:
     pruned_macs, pruned_params = macs_and_params(model, data.example_inputs())
 
     report = {
-        "model": model.metaprune_spec["name"], "checkpoint": str(cfg["model"].get("checkpoint")), "data": data.name,
+        "model": model.metaprune_spec["name"], "data": data.name, "stage": stage_name,
+        "checkpoint": str(cfg["model"].get("onnx") or cfg["model"].get("checkpoint")),
         "base_acc": base_acc, "base_val_acc": base_val, "transformed_acc": transformed_acc,
         "pruned_acc": pruned_acc, "final_acc": final_acc, "final_val_acc": final_val,
         "base_macs": result.base_macs, "pruned_macs": pruned_macs, "speedup": result.base_macs / pruned_macs,
@@ -263,6 +316,15 @@ def _run_prune(cfg, transform, logger, data, progress, state) -> dict:
     with atomic_dir(out) as tmp:
         save_model(model, tmp / "pruned", extra={"base_checkpoint": report["checkpoint"], "final_acc": final_acc,
                                                  "speedup": report["speedup"], "data": data.name})
+        if cfg.get("export_onnx") or model.metaprune_spec["name"] == "onnx":
+            from ..onnx import export_onnx, verify_onnx
+
+            x = data.example_inputs(4)
+            path = export_onnx(model, x, tmp / "pruned" / "model.onnx")
+            diff = verify_onnx(model, path, x)
+            if not diff <= 1e-4:
+                raise RuntimeError(f"exported ONNX model differs from the pruned model by {diff:.2e} (> 1e-4)")
+            report["onnx"] = {"path": "pruned/model.onnx", "max_abs_diff_onnxruntime": diff}
         timings["save"] = round(time.perf_counter() - t0, 3)
         timings["total"] = round(time.perf_counter() - t_start, 3)
         atomic_write_json(tmp / "report.json", report)

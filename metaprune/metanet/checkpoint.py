@@ -1,0 +1,65 @@
+"""Metanetwork checkpoints (``metanet.safetensors`` + ``config.json`` + ``zoo_split.json``) and applying one."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..io import CheckpointError, atomic_dir, atomic_write_json, check_finite, save_tensors
+from .model import Metanet
+
+WEIGHTS, CONFIG, SPLIT = "metanet.safetensors", "config.json", "zoo_split.json"
+
+
+def save_metanet(metanet: Metanet, path: str | os.PathLike, extra: dict | None = None,
+                 split: dict | None = None) -> Path:
+    """Atomically write ``metanet`` to directory ``path``; ``extra`` (training config, scores) goes in the
+    config JSON and ``split`` (the zoo split it was trained on) in its own JSON."""
+    metanet = getattr(metanet, "module", metanet)  # unwrap DDP
+    path = Path(path)
+    with atomic_dir(path) as tmp:
+        save_tensors(metanet.state_dict(), tmp / WEIGHTS)
+        atomic_write_json(tmp / CONFIG, {"metanet": metanet.config, **(extra or {})})
+        if split is not None:
+            atomic_write_json(tmp / SPLIT, split)
+    return path
+
+
+def load_metanet(path: str | os.PathLike, map_location="cpu") -> Metanet:
+    """Rebuild the metanetwork saved in directory ``path`` (never unpickles)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / WEIGHTS).is_file() or not (path / CONFIG).is_file():
+        raise CheckpointError(f"{path}: not a metanetwork checkpoint (needs {WEIGHTS} and {CONFIG})")
+    try:
+        cfg = json.loads((path / CONFIG).read_text())["metanet"]
+        net = Metanet(**cfg)
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path / CONFIG}: cannot rebuild the metanetwork ({e})") from None
+    state = load_file(str(path / WEIGHTS), device=str(map_location))
+    check_finite(state, path / WEIGHTS)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path / WEIGHTS}: weights do not fit the metanetwork config ({e})") from None
+    return net.to(map_location).eval()
+
+
+@torch.no_grad()
+def apply_metanet(metanet: Metanet | str | os.PathLike, model: nn.Module, example_inputs) -> nn.Module:
+    """``model`` with the weights the metanetwork writes (model -> NetGraph -> metanet -> model), in place.
+
+    ``metanet`` is a :class:`Metanet` or the directory of a saved one."""
+    from ..graph import from_graph, to_graph
+
+    if not isinstance(metanet, nn.Module):
+        metanet = load_metanet(metanet)
+    was_training = model.training
+    graph = to_graph(model, example_inputs)
+    out = from_graph(metanet.eval().transform(graph), model)
+    out.train(was_training)
+    return out

@@ -1,0 +1,461 @@
+"""ONNX in and out: import a model from any framework, prune it like a native one, export it back.
+
+``import_onnx(path)`` checks the file (``onnx.checker``), names every op onnx2torch cannot convert before
+converting anything, converts with onnx2torch, and then makes the result prunable by torch-pruning:
+
+- ``MatMul`` by a constant 2-D weight (plus a following ``Add`` of a constant bias) becomes ``nn.Linear``,
+  because onnx2torch leaves it as an ``OnnxMatMul`` over a buffer that torch-pruning cannot see as a layer;
+- float constants with more than one element that feed arithmetic (ViT ``cls_token``, ``pos_embed``)
+  become ``nn.Parameter`` so torch-pruning prunes them as unwrapped parameters (last non-singleton dim);
+- ``Identity`` copies of initializers and ``Constant`` nodes are folded into initializers first (exporters
+  emit them; onnx2torch needs weights as initializers).
+
+Conv, Gemm, BatchNormalization and LayerNormalization already become ``nn.Conv2d`` / ``nn.Linear`` /
+``nn.BatchNorm2d`` / ``nn.LayerNorm``; all other ops stay onnx2torch modules, through which torch-pruning
+traces channels with its autograd-based tracer (element-wise ops, reshapes with ``-1``, concatenations).
+
+Saving: the imported module is a registry model ``"onnx"`` whose only argument is the graph itself, stored
+in ``spec.json`` as base64 of the zlib-compressed ONNX proto with its large float initializers zeroed
+(the weights live in ``model.safetensors``). So ``save_model`` / ``load_model`` work unchanged and nothing
+is ever unpickled; ``load_model`` rebuilds the original graph, shrinks it to the pruned shapes, then loads.
+
+``export_onnx`` writes a model atomically: a native model is traced (opset >= 17, dynamic batch); an imported
+one has its (pruned) weights written back into its own ONNX graph, because re-tracing onnx2torch modules
+bakes dynamic shapes into constants. ``verify_onnx`` runs a file in onnxruntime and returns the largest
+absolute difference to PyTorch.
+
+Limits: torch-pruning cannot change constants inside the graph, so a ``Reshape`` to a constant channel
+count (rather than ``-1`` or a computed shape) or a fixed number of attention heads ties those channels:
+keep such layers in ``ignored_layers`` (for the ViT test, the ``qkv`` projections). ``Split``/``Slice`` along
+channels are traced by torch-pruning only as far as its own ops go.
+"""
+from __future__ import annotations
+
+import base64
+import os
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+import torch.nn as nn
+from onnx import numpy_helper
+
+from .models.registry import register
+
+MIN_OPSET = 17
+_ZEROED_NUMEL = 64  # float initializers larger than this are weights: zeroed in the stored graph
+
+
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+
+
+class OnnxImportError(ValueError):
+    """An ONNX file that cannot be read, checked or converted to PyTorch."""
+
+
+def supported_ops(opset: int = MIN_OPSET) -> list[str]:
+    """ONNX op types (default domain) that onnx2torch converts at ``opset``."""
+    from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY
+
+    return sorted({d.operation_type for d in _CONVERTER_REGISTRY if d.domain in ("", "ai.onnx") and d.version <= opset})
+
+
+# --- reading and checking -------------------------------------------------------------------------------------
+
+def _load_proto(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise OnnxImportError(f"{path}: ONNX file not found")
+    try:
+        proto = onnx.load(str(path))
+    except Exception as e:  # protobuf DecodeError, OSError, ...
+        raise OnnxImportError(f"{path}: not an ONNX model ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if len(proto.graph.node) == 0 or not proto.opset_import:
+        raise OnnxImportError(f"{path}: not an ONNX model (no graph nodes or no opset; is it an ONNX file?)")
+    _check_ops(proto, path)  # before the checker, whose message names no node
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as e:
+        raise OnnxImportError(f"{path}: ONNX checker rejected the model: {str(e).splitlines()[0]}") from None
+    return proto
+
+
+def _check_ops(proto: onnx.ModelProto, source) -> None:
+    """Raise one error naming every node whose op onnx2torch has no converter for."""
+    from onnx2torch.node_converters.registry import get_converter
+
+    opsets = {o.domain or "": o.version for o in proto.opset_import}
+    bad = []
+    for i, node in enumerate(proto.graph.node):
+        domain = node.domain or ""
+        try:
+            get_converter(operation_type=node.op_type, version=opsets.get(domain, 1), domain=domain)
+        except NotImplementedError:
+            op = f"{domain}::{node.op_type}" if domain not in ("", "ai.onnx") else node.op_type
+            bad.append(f"op {op!r} (node {node.name or f'#{i}'!r})")
+    if bad:
+        raise OnnxImportError(
+            f"{source}: cannot import: unsupported ONNX {'op' if len(bad) == 1 else 'ops'} "
+            f"{', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}; see metaprune.onnx.supported_ops() "
+            "for the ops onnx2torch converts"
+        )
+
+
+def _prepare(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Normalise a graph for conversion and write-back (deterministic, so a rebuild matches the import).
+
+    Nodes get unique names (they name the converted modules); ``Constant`` nodes and ``Identity`` copies of
+    initializers become initializers (onnx2torch needs weights as initializers); a weight initializer read
+    by several nodes is copied per reader, so each pruned layer writes back its own tensor.
+    """
+    proto = _copy(proto)
+    g = proto.graph
+    seen: dict[str, int] = {}
+    for i, node in enumerate(g.node):
+        name = node.name or f"{node.op_type}_{i}"
+        while name in seen:
+            seen[name] += 1
+            name = f"{name}_{seen[name]}"
+        seen[name] = 0
+        node.name = name
+    by_name = {t.name: t for t in g.initializer}
+    outputs = {o.name for o in g.output}
+    keep = []
+    for node in g.node:
+        new = None
+        if node.output and node.output[0] in outputs:
+            pass
+        elif node.op_type == "Identity" and node.input[0] in by_name:
+            new = onnx.TensorProto()
+            new.CopyFrom(by_name[node.input[0]])
+        elif node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            new = onnx.TensorProto()
+            new.CopyFrom(node.attribute[0].t)
+        if new is None:
+            keep.append(node)
+            continue
+        new.name = node.output[0]
+        g.initializer.append(new)
+        by_name[new.name] = g.initializer[-1]
+    del g.node[:]
+    g.node.extend(keep)
+    readers: dict[str, int] = {}
+    for node in g.node:
+        for k, name in enumerate(node.input):
+            t = by_name.get(name)
+            if t is None or t.data_type not in _FLOAT_TYPES or int(np.prod(t.dims)) <= 1:
+                continue
+            readers[name] = readers.get(name, 0) + 1
+            if readers[name] > 1:
+                copy = onnx.TensorProto()
+                copy.CopyFrom(t)
+                copy.name = f"{name}__{node.name}_{k}"
+                g.initializer.append(copy)
+                node.input[k] = copy.name
+    return proto
+
+
+def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    return out
+
+
+# --- the stored graph -----------------------------------------------------------------------------------------
+
+def _pack(proto: onnx.ModelProto) -> str:
+    """Graph without its weights (large float initializers zeroed), zlib-compressed, base64 text."""
+    proto = _copy(proto)
+    for i, t in enumerate(proto.graph.initializer):
+        arr = numpy_helper.to_array(t)
+        if arr.dtype.kind == "f" and arr.size > _ZEROED_NUMEL:
+            proto.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.zeros_like(arr), t.name))
+    return base64.b64encode(zlib.compress(proto.SerializeToString(), 9)).decode("ascii")
+
+
+def _unpack(graph: str) -> onnx.ModelProto:
+    try:
+        return onnx.load_from_string(zlib.decompress(base64.b64decode(graph)))
+    except Exception as e:
+        raise OnnxImportError(f"stored ONNX graph is corrupt ({type(e).__name__})") from None
+
+
+def _input_shape(proto: onnx.ModelProto) -> list[int] | None:
+    """Shape of the first graph input without its batch axis (None where a dim is symbolic)."""
+    inits = {t.name for t in proto.graph.initializer}
+    for inp in proto.graph.input:
+        if inp.name in inits:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
+        rest = dims[1:]
+        return rest if rest and all(d is not None for d in rest) else None
+    return None
+
+
+@register("onnx")
+def onnx_graph(graph: str) -> nn.Module:
+    """Registry constructor: a PyTorch module from a packed ONNX graph (see module docstring)."""
+    return _convert(_unpack(graph), "stored ONNX graph")
+
+
+def _convert(proto: onnx.ModelProto, source) -> nn.Module:
+    from onnx2torch import convert
+
+    _check_ops(proto, source)
+    proto = _prepare(proto)
+    try:
+        gm = convert(proto, attach_onnx_mapping=True)
+    except Exception as e:  # a converter refusing an attribute value, shape inference failing, ...
+        raise OnnxImportError(f"{source}: onnx2torch could not convert the model: {type(e).__name__}: {e}") from None
+    attr_init = {}  # get_attr target -> ONNX initializer name
+    for node in gm.graph.nodes:
+        mapping = getattr(gm.get_submodule(node.target), "onnx_mapping", None) if node.op == "call_module" else None
+        for arg, value in zip(node.args, mapping.inputs if mapping is not None else ()):
+            if getattr(arg, "op", None) == "get_attr":
+                attr_init[arg.target] = value
+    weights = _layer_weights(gm, proto)
+    weights.update(_nativize(gm, attr_init))
+    # where each tensor of the state dict lives in the ONNX graph: (initializer name, stored transposed)
+    gm.onnx_weights = weights
+    return gm.eval()
+
+
+_LAYER_INPUTS = {  # ONNX op -> (module tensor, node input index) for ops onnx2torch turns into nn layers
+    "Conv": (("weight", 1), ("bias", 2)),
+    "BatchNormalization": (("weight", 1), ("bias", 2), ("running_mean", 3), ("running_var", 4)),
+    "LayerNormalization": (("weight", 1), ("bias", 2)),
+    "Gemm": (("weight", 1), ("bias", 2)),
+}
+
+
+def _layer_weights(gm, proto: onnx.ModelProto) -> dict[str, tuple[str, bool]]:
+    from onnx2torch.onnx_graph import OnnxGraph
+
+    # onnx2torch names each converted module after its node (its own unique naming, in node order)
+    nodes = dict(zip(OnnxGraph(proto.graph).nodes, proto.graph.node))
+    out = {}
+    for name, mod in gm.named_children():
+        node = nodes.get(name)
+        if node is None or node.op_type not in _LAYER_INPUTS or not isinstance(
+                mod, (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.LayerNorm)):
+            continue
+        trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+        for tensor, k in _LAYER_INPUTS[node.op_type]:
+            if k < len(node.input) and node.input[k] and getattr(mod, tensor, None) is not None:
+                transpose = node.op_type == "Gemm" and tensor == "weight" and not trans_b
+                out[f"{name}.{tensor}"] = (node.input[k], transpose)
+    return out
+
+
+# --- making the converted module prunable ---------------------------------------------------------------------
+
+def _const(gm, node):
+    """The tensor behind a ``get_attr`` node, else None."""
+    if getattr(node, "op", None) != "get_attr":
+        return None
+    obj = gm
+    for part in node.target.split("."):
+        obj = getattr(obj, part, None)
+    return obj if isinstance(obj, torch.Tensor) else None
+
+
+def _drop_attr(gm, target: str) -> None:
+    owner, _, name = target.rpartition(".")
+    mod = gm.get_submodule(owner) if owner else gm
+    if hasattr(mod, name):
+        delattr(mod, name)
+
+
+def _nativize(gm: torch.fx.GraphModule, attr_init: dict[str, str]) -> dict[str, tuple[str, bool]]:
+    """MatMul(x, W)[+b] -> nn.Linear; float constants feeding arithmetic -> nn.Parameter (in place).
+
+    Returns where the new layers' tensors and the remaining float constants live in the ONNX graph.
+    """
+    from onnx2torch.node_converters.concat import OnnxConcat
+    from onnx2torch.node_converters.expand import OnnxExpand
+    from onnx2torch.node_converters.binary_math_operations import OnnxBinaryMathOperation
+    from onnx2torch.node_converters.matmul import OnnxMatMul
+
+    graph = gm.graph
+    weights: dict[str, tuple[str, bool]] = {}
+    erased = set()
+    for node in list(graph.nodes):
+        if node in erased or node.op != "call_module" or not isinstance(gm.get_submodule(node.target), OnnxMatMul):
+            continue
+        x, w_node = node.args
+        w = _const(gm, w_node)
+        if w is None or w.dim() != 2 or not w.is_floating_point():
+            continue
+        lin = nn.Linear(w.shape[0], w.shape[1], bias=False)
+        lin.weight = nn.Parameter(w.detach().t().contiguous())
+        weights[f"{node.target}.weight"] = (attr_init[w_node.target], True)
+        out_node = node
+        users = list(node.users)
+        if len(users) == 1 and users[0].op == "call_module":
+            add = users[0]
+            mod = gm.get_submodule(add.target)
+            if isinstance(mod, OnnxBinaryMathOperation) and getattr(mod, "math_op_function", None) is torch.add:
+                other = add.args[0] if add.args[1] is node else add.args[1]
+                b = _const(gm, other)
+                if b is not None and b.dim() == 1 and b.shape[0] == w.shape[1] and len(add.args) == 2:
+                    lin.bias = nn.Parameter(b.detach().clone())
+                    weights[f"{node.target}.bias"] = (attr_init[other.target], False)
+                    out_node = add
+        gm.add_submodule(node.target, lin)
+        with graph.inserting_before(node):
+            new = graph.call_module(node.target, (x,))
+        out_node.replace_all_uses_with(new)
+        if out_node is not node:
+            bias_node = out_node.args[0] if out_node.args[1] is node else out_node.args[1]
+            graph.erase_node(out_node)
+            erased.add(out_node)
+            gm.delete_submodule(out_node.target)
+            if not bias_node.users:
+                graph.erase_node(bias_node)
+                _drop_attr(gm, bias_node.target)
+        graph.erase_node(node)
+        if not w_node.users:
+            graph.erase_node(w_node)
+            _drop_attr(gm, w_node.target)
+    # float constants: all are written back on export; those that feed arithmetic (cls_token, pos_embed,
+    # per-channel scales) become parameters so torch-pruning prunes them as unwrapped parameters
+    arithmetic = (OnnxBinaryMathOperation, OnnxConcat, OnnxExpand)
+    for node in list(graph.nodes):
+        t = _const(gm, node)
+        if t is None or not t.is_floating_point() or t.numel() <= 1 or node.target not in attr_init:
+            continue
+        weights[node.target] = (attr_init[node.target], False)
+        if isinstance(t, nn.Parameter) or not all(
+                u.op == "call_module" and isinstance(gm.get_submodule(u.target), arithmetic) for u in node.users):
+            continue
+        owner, _, name = node.target.rpartition(".")
+        mod = gm.get_submodule(owner) if owner else gm
+        delattr(mod, name)
+        mod.register_parameter(name, nn.Parameter(t.detach().clone()))
+    graph.lint()
+    gm.recompile()
+    return weights
+
+
+# --- public API -----------------------------------------------------------------------------------------------
+
+def import_onnx(path: str | os.PathLike) -> nn.Module:
+    """Read the ONNX model at ``path`` as a prunable PyTorch module (eval mode) that ``save_model`` can save.
+
+    Raises ``OnnxImportError`` for a missing or non-ONNX file, a model the ONNX checker rejects, or ops
+    onnx2torch cannot convert (all of them named, with their node names, before any conversion).
+    """
+    path = Path(path)
+    proto = _load_proto(path)
+    model = _convert(proto, path)
+    # the same record ``build("onnx", graph=...)`` leaves, so load_model rebuilds it through the registry
+    model.metaprune_spec = {"name": "onnx", "args": {"graph": _pack(proto)}}
+    shape = _input_shape(proto)
+    model.metaprune_spec["extra"] = {"source": str(path), **({"input_shape": shape} if shape else {})}
+    return model.eval()
+
+
+def example_inputs_for(model: nn.Module, batch_size: int = 1) -> torch.Tensor:
+    """Random inputs of the shape an imported model's ONNX graph declares (for tracing and MACs)."""
+    shape = getattr(model, "metaprune_spec", {}).get("extra", {}).get("input_shape")
+    if not shape:
+        raise OnnxImportError("the ONNX graph declares no fixed input shape; pass example inputs explicitly")
+    return torch.randn(batch_size, *shape)
+
+
+def export_onnx(model: nn.Module, example_inputs, path: str | os.PathLike, opset: int = MIN_OPSET) -> Path:
+    """Write ``model`` as ONNX to ``path`` atomically; returns the path.
+
+    A native model is traced by ``torch.onnx.export`` (opset >= 17, dynamic batch axis). A model from
+    ``import_onnx`` (pruned or not) is written back into its own ONNX graph: every weight initializer is
+    replaced by the (pruned) tensor and stale shape annotations are dropped, so the source framework's
+    graph, opset and dynamic axes are kept and nothing is re-traced through onnx2torch's modules.
+    """
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset {opset} is too old: metaprune exports opset >= {MIN_OPSET}")
+    path = Path(path)
+    if getattr(model, "onnx_weights", None) is not None and getattr(model, "metaprune_spec", {}).get("name") == "onnx":
+        proto = _write_back(model)
+        _atomic(path, lambda tmp: onnx.save(proto, tmp))
+        return path
+    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    names = [f"input{i}" if len(inputs) > 1 else "input" for i in range(len(inputs))]
+    was_training = model.training
+    model.eval()
+
+    def write(tmp):
+        with torch.no_grad():
+            torch.onnx.export(model, tuple(inputs), tmp, opset_version=opset, dynamo=False, input_names=names,
+                              output_names=["output"],
+                              dynamic_axes={**{n: {0: "batch"} for n in names}, "output": {0: "batch"}})
+
+    try:
+        _atomic(path, write)
+    finally:
+        model.train(was_training)
+    return path
+
+
+def _atomic(path: Path, write) -> None:
+    """``write(tmp)`` a file next to ``path``, check it is valid ONNX, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        onnx.checker.check_model(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _write_back(model: nn.Module) -> onnx.ModelProto:
+    proto = _prepare(_unpack(model.metaprune_spec["args"]["graph"]))
+    where = model.onnx_weights
+    unmapped = [k for k, _ in model.named_parameters() if k not in where]
+    if unmapped:
+        raise ValueError(f"cannot write the model back to ONNX: parameters {unmapped[:5]} have no ONNX initializer")
+    index = {t.name: i for i, t in enumerate(proto.graph.initializer)}
+    state = model.state_dict()
+    written = set()
+    for key, (init, transpose) in where.items():
+        old = proto.graph.initializer[index[init]]
+        t = state[key].detach().cpu()
+        arr = (t.t() if transpose else t).contiguous().numpy().astype(onnx.helper.tensor_dtype_to_np_dtype(old.data_type))
+        proto.graph.initializer[index[init]].CopyFrom(numpy_helper.from_array(arr, init))
+        written.add(init)
+    for node in proto.graph.node:  # Gemm layers hold alpha/beta already multiplied into their tensors
+        if node.op_type == "Gemm" and len(node.input) > 1 and node.input[1] in written:
+            for a in node.attribute:
+                if a.name in ("alpha", "beta"):
+                    a.f = 1.0
+    del proto.graph.value_info[:]  # channel counts changed; runtimes re-infer shapes
+    for out in proto.graph.output:
+        for d in list(out.type.tensor_type.shape.dim)[1:]:
+            if d.HasField("dim_value"):
+                d.Clear()
+                d.dim_param = f"{out.name}_dim"
+    return proto
+
+
+def verify_onnx(model: nn.Module, path: str | os.PathLike, example_inputs) -> float:
+    """Largest absolute difference between onnxruntime on ``path`` and ``model`` (eval) on the inputs."""
+    import onnxruntime as ort
+
+    inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    feed = {i.name: t.detach().cpu().numpy() for i, t in zip(sess.get_inputs(), inputs)}
+    got = sess.run(None, feed)[0]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        want = model(*inputs)
+    model.train(was_training)
+    want = want[0] if isinstance(want, (tuple, list)) else want
+    return float(np.abs(got - want.detach().cpu().numpy()).max())

@@ -1,0 +1,447 @@
+"""Meta-training: teach the metanetwork to rewrite zoo networks so that norm pruning removes less that matters.
+
+One step, for each sampled meta-train network (read top to bottom)::
+
+    graph'  = metanet(to_graph(net))                       # new weights, same architecture
+    params  = graph_params(graph')                         # differentiable name -> tensor views
+    task    = CE(functional_call(net, params, x), y)       # x, y: a batch of the *train* split
+    reg     = sum_groups sum_units gamma_u * ||w_u||_2       # DepGraph group L2 on the transformed weights
+    gamma_u = alpha ** ((max - imp_u) / (max - min))       # per group; imp = detached unit norms
+    (task + lam * reg).backward()                          # only the metanetwork has parameters
+
+Two options beyond that objective (both off by default, both on in the shipped digits run):
+``reg="relative"`` divides each group's term by its total norm, so shrinking every weight no longer pays
+(on digits the plain form made the metanetwork shrink whole networks and lose accuracy); ``prune_loss``
+adds the task loss of the rewritten network with the units that l2 pruning to ``val_speedup`` would remove
+zeroed, i.e. it trains for the pruned network that validation measures.
+
+Every ``val_every`` steps, each meta-val network is rewritten by the metanetwork, pruned to ``val_speedup``
+(no finetuning) and scored on the *val* split, beside the same network pruned without the metanetwork; the
+metanetwork with the best mean pruned val accuracy is kept (the test split is never read here).
+Runs under ``torchrun`` with DistributedDataParallel (each rank samples from its own shard of the meta-train
+networks) and resumes bit-for-bit: the networks and batches of step ``s`` depend only on ``(seed, s, rank)``.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .loop import evaluate, pick_device, seed_everything
+
+
+@dataclass
+class MetaConfig:
+    steps: int = 300
+    nets_per_step: int = 2          # networks per step on each rank (gradients accumulated)
+    batch_size: int = 128           # train-split samples per network
+    optimizer: str = "adamw"        # adamw | sgd
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "cosine"        # cosine | constant
+    warmup_steps: int = 10
+    grad_clip: float | None = 1.0
+    lam: float = 1e-3               # strength of the group-sparsity regulariser
+    reg: str = "l2"                 # l2: DepGraph's sum gamma*||w||; relative: the same / sum ||w|| per group
+    alpha: float = 4.0              # DepGraph adaptive strength: gamma in [1, alpha]
+    prune_loss: float = 0.0         # weight of the task loss of the rewritten network with the units that
+                                    # l2 pruning to val_speedup would remove zeroed (0: off)
+    val_every: int = 50             # 0: never validate; the last metanetwork is kept
+    val_speedup: float = 2.0
+    val_importance: str = "l2"
+    val_limit: int | None = None    # val samples per evaluation (None: the whole val split)
+    save_every: int = 50            # resume checkpoint period (steps)
+    log_every: int = 10
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "MetaConfig":
+        d = dict(d or {})
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown meta_optim option(s) {unknown}; known: {sorted(names)}")
+        cfg = cls(**d)
+        checks = [
+            (cfg.steps >= 0, "steps", ">= 0"), (cfg.nets_per_step >= 1, "nets_per_step", ">= 1"),
+            (cfg.batch_size >= 1, "batch_size", ">= 1"), (cfg.optimizer in ("adamw", "sgd"), "optimizer", "adamw or sgd"),
+            (cfg.lr > 0, "lr", "> 0"), (cfg.schedule in ("cosine", "constant"), "schedule", "cosine or constant"),
+            (cfg.lam >= 0, "lam", ">= 0"), (cfg.reg in ("l2", "relative"), "reg", "l2 or relative"), (cfg.alpha >= 1, "alpha", ">= 1"), (cfg.prune_loss >= 0, "prune_loss", ">= 0"), (cfg.val_every >= 0, "val_every", ">= 0 (0: no validation)"),
+            (cfg.val_speedup > 1, "val_speedup", "> 1"), (cfg.save_every >= 1, "save_every", ">= 1"),
+            (cfg.log_every >= 1, "log_every", ">= 1"),
+        ]
+        for ok, key, want in checks:
+            if not ok:
+                raise ValueError(f"meta_optim.{key}={getattr(cfg, key)!r} is invalid: must be {want}")
+        return cfg
+
+
+# --- one zoo network, ready for meta-training -------------------------------------------------------------
+
+@dataclass
+class NetCase:
+    name: str
+    model: nn.Module          # eval mode; its own weights are never changed
+    graph: object             # NetGraph of the original weights
+    groups: list              # metaprune.prune Group (channel units as parameter slices)
+    buffers: frozenset        # names of buffers (running statistics): read, never differentiated
+    removed: list | None = None  # per group: units that pruning to the val speedup removes (prune_loss)
+
+
+def prepare(zoo, names, example_inputs, device="cpu", speedup: float | None = None) -> list[NetCase]:
+    """Load zoo members and precompute their graphs and DepGraph groups (classifier protected); with
+    ``speedup``, also how many units of each group pruning to that speedup removes."""
+    from ..graph import to_graph
+    from ..prune import coupled_slices, find_output_layers, prune
+
+    cases = []
+    for name in names:
+        model = zoo.load(name).to(device).eval()
+        ex = example_inputs.to(device)
+        removed = None
+        if speedup is not None:
+            channels = prune(copy.deepcopy(model), ex, target_speedup=speedup).channels
+        for p in model.parameters():
+            p.requires_grad_(False)
+        groups = coupled_slices(model, ex, ignored_layers=find_output_layers(model, ex))
+        if speedup is not None:
+            removed = [channels[g.root][0] - channels[g.root][1] if g.root in channels else 0 for g in groups]
+        cases.append(NetCase(name, model, to_graph(model, ex).to(device), groups,
+                             frozenset(n for n, _ in model.named_buffers()), removed))
+    return cases
+
+
+def zero_weakest(params: dict, groups, removed) -> dict:
+    """``params`` with the ``removed[i]`` lowest-norm units of group ``i`` zeroed in every coupled parameter:
+    the network l2 pruning would leave (zeroing a unit's outputs and the next layer's inputs removes it), kept
+    differentiable in the surviving weights."""
+    out = dict(params)
+    for g, k in zip(groups, removed):
+        if k <= 0:
+            continue
+        weak = g.norms(out).detach().argsort()[:k]
+        for s in g.slices:
+            w = out[s.param]
+            keep = torch.ones(w.shape[s.dim], dtype=w.dtype, device=w.device)
+            keep = keep.index_fill(0, s.idxs.to(w.device)[weak], 0.0)
+            shape = [1] * w.dim()
+            shape[s.dim] = -1
+            out[s.param] = w * keep.view(shape)
+    return out
+
+
+def group_regulariser(params: dict, groups, alpha: float, kind: str = "l2") -> tuple[torch.Tensor, dict]:
+    """``sum_g sum_u gamma_u ||w_u||_2`` over the channel units ``u`` of every group ``g`` (differentiable in
+    ``params``), with DepGraph's adaptive ``gamma_u = alpha ** ((max - imp_u) / (max - min))`` per group.
+
+    ``kind="relative"`` divides each group's term by ``sum_u ||w_u||_2`` (not detached): the penalty no longer
+    falls when all weights shrink together, only when the group's norm concentrates in its strongest units.
+    """
+    from ..prune import group_norms
+
+    total = next(iter(params.values())).new_zeros(())
+    small, units, gammas = 0, 0, 0.0
+    for g in groups:
+        norm = (group_norms(g, params, 2).pow(2) + 1e-12).sqrt()
+        imp = norm.detach()
+        span = (imp.max() - imp.min()).clamp_min(1e-12)
+        gamma = alpha ** ((imp.max() - imp) / span)
+        term = (gamma * norm).sum()
+        total = total + (term / norm.sum() if kind == "relative" else term)
+        small += int((imp < 0.05 * imp.max()).sum())
+        units += imp.numel()
+        gammas += float(gamma.sum())
+    stats = {"small_units": small / max(units, 1), "gamma_mean": gammas / max(units, 1), "units": units}
+    return total, stats
+
+
+def meta_loss(metanet, case: NetCase, x, y, lam: float, alpha: float, reg_kind: str = "l2",
+              prune_loss: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """Task loss of the rewritten network on ``(x, y)`` plus ``lam`` times the group regulariser (plus
+    ``prune_loss`` times the task loss of the rewritten network with its weakest units zeroed)."""
+    from ..graph import graph_params
+
+    new_x, new_attr = metanet(case.graph)
+    params = graph_params(case.graph.with_features(x=new_x, edge_attr=new_attr))
+    params = {k: (v.detach() if k in case.buffers else v) for k, v in params.items()}
+    out = torch.func.functional_call(case.model, params, (x,))
+    task = F.cross_entropy(out, y)
+    reg, stats = group_regulariser(params, case.groups, alpha, reg_kind)
+    change = (new_attr - case.graph.edge_attr).norm() / case.graph.edge_attr.norm().clamp_min(1e-12)
+    stats.update(task=task.item(), reg=reg.item(), acc=(out.argmax(1) == y).float().mean().item(),
+                 rel_change=change.item())
+    loss = task + lam * reg
+    if prune_loss > 0 and case.removed is not None:
+        out_p = torch.func.functional_call(case.model, zero_weakest(params, case.groups, case.removed), (x,))
+        task_p = F.cross_entropy(out_p, y)
+        loss = loss + prune_loss * task_p
+        stats.update(pruned_task=task_p.item(), pruned_acc=(out_p.argmax(1) == y).float().mean().item())
+    return loss, stats
+
+
+# --- validation: prune meta-val networks with and without the metanetwork -----------------------------------
+
+def pruned_accuracy(model: nn.Module, example_inputs, loader, speedup: float, importance: str = "l2",
+                    device="cpu") -> dict:
+    """Accuracy of ``model`` before and after pruning a copy to ``speedup`` (no finetuning) on ``loader``."""
+    from ..prune import prune
+
+    model = copy.deepcopy(model).eval()
+    for p in model.parameters():  # torch-pruning traces through autograd
+        p.requires_grad_(True)
+    before = evaluate(model, loader, device)["acc"]
+    res = prune(model, example_inputs, target_speedup=speedup, importance=importance)
+    after = evaluate(model, loader, device)["acc"]
+    return {"acc": after, "unpruned_acc": before, "speedup": res.speedup}
+
+
+def rewrite(metanet, case: NetCase) -> nn.Module:
+    """A copy of the case's network with the weights the metanetwork writes."""
+    from ..graph import from_graph
+
+    with torch.no_grad():
+        return from_graph(getattr(metanet, "module", metanet).eval().transform(case.graph), case.model).eval()
+
+
+def validate(metanet, cases, example_inputs, loader, cfg: MetaConfig, device="cpu", baseline=None) -> dict:
+    """Mean pruned val accuracy of meta-val networks with the metanetwork (``acc``) and, when ``baseline``
+    is None, without it (computed once: the original networks do not change)."""
+    per = {}
+    for c in cases:
+        per[c.name] = pruned_accuracy(rewrite(metanet, c), example_inputs, loader, cfg.val_speedup,
+                                      cfg.val_importance, device)
+    if baseline is None:
+        baseline = {c.name: pruned_accuracy(c.model, example_inputs, loader, cfg.val_speedup, cfg.val_importance,
+                                            device) for c in cases}
+    mean = lambda d, k: sum(v[k] for v in d.values()) / max(len(d), 1)  # noqa: E731
+    return {"pruned_acc": mean(per, "acc"), "unpruned_acc": mean(per, "unpruned_acc"),
+            "pruned_acc_base": mean(baseline, "acc"), "unpruned_acc_base": mean(baseline, "unpruned_acc"),
+            "per_network": per, "baseline": baseline}
+
+
+# --- the loop ---------------------------------------------------------------------------------------------
+
+def _lr_factor(cfg: MetaConfig, step: int) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * frac))
+
+
+def _batch(dataset, idx: torch.Tensor):
+    if hasattr(dataset, "x") and hasattr(dataset, "y"):  # in-memory TensorPairs
+        return dataset.x[idx], dataset.y[idx]
+    items = [dataset[int(i)] for i in idx]
+    return torch.stack([torch.as_tensor(a) for a, _ in items]), torch.as_tensor([int(b) for _, b in items])
+
+
+def _sample(step: int, seed: int, rank: int, n_nets: int, k: int, n_data: int, batch: int):
+    """Networks and batch indices of ``step`` on ``rank``: a function of (seed, step, rank) only (resume-exact)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step * 1009 + rank)
+    nets = torch.randperm(n_nets, generator=g)[:k] if k <= n_nets else torch.randint(n_nets, (k,), generator=g)
+    idx = [torch.randperm(n_data, generator=g)[:batch] for _ in range(len(nets))]
+    return nets.tolist(), idx
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _resume_dir(out_dir: Path) -> Path:
+    return out_dir.parent / f".{out_dir.name}.resume"
+
+
+def _save_resume(path: Path, metanet, opt, step: int, best: dict, history: list) -> None:
+    from ..io import atomic_dir
+
+    with atomic_dir(path) as tmp:
+        torch.save({"metanet": getattr(metanet, "module", metanet).state_dict(), "opt": opt.state_dict(),
+                    "step": step, "best": best, "history": history}, tmp / "state.pt")
+
+
+def meta_train(zoo, data, metanet_cfg: dict, cfg: MetaConfig | dict, out_dir, *, seed: int = 0, device="auto",
+               resume: bool = False, logger=None, progress: bool = True, run_config: dict | None = None,
+               stop_after: int | None = None) -> dict:
+    """Meta-train a metanetwork on ``zoo`` (its ``train`` split), select it on the ``val`` split networks, and
+    save the best to ``out_dir`` (safetensors + config JSON + zoo split). Returns a summary.
+
+    ``metanet_cfg``: Metanet keywords (hidden, layers, aggr, scale, frozen_features, unseen).
+    ``stop_after``: stop (as if interrupted) after this many steps; a later ``resume=True`` call continues.
+    """
+    from ..metanet import Metanet, save_metanet
+
+    cfg = cfg if isinstance(cfg, MetaConfig) else MetaConfig.from_dict(cfg)
+    rank, world = _dist_info()
+    device = pick_device(device) if isinstance(device, str) else device
+    out_dir = Path(out_dir)
+    seed_everything(seed)
+    ex = data.example_inputs()
+    log = logger.log if (logger is not None and rank == 0) else (lambda *a, **k: None)
+
+    train_names, val_names = zoo.names("train"), zoo.names("val")
+    if len(train_names) < world:
+        raise ValueError(f"{len(train_names)} meta-train networks cannot be shared by {world} ranks")
+    train_cases = prepare(zoo, train_names, ex, device, cfg.val_speedup if cfg.prune_loss > 0 else None)
+    mine = train_cases[rank::world]
+    val_cases = prepare(zoo, val_names, ex, device) if rank == 0 and cfg.val_every else []
+    torch.manual_seed(seed)  # the metanetwork's initial weights depend only on the seed
+    metanet = Metanet.for_graphs([c.graph for c in train_cases], **metanet_cfg).to(device)
+    model = metanet
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(metanet, find_unused_parameters=True,
+                                                    device_ids=[device.index] if device.type == "cuda" else None)
+    params = [p for p in metanet.parameters() if p.requires_grad]
+    opt = (torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adamw"
+           else torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay))
+
+    val_loader = data.loader("val", 512, shuffle=False, limit=cfg.val_limit, seed=seed)
+    start, best, history = 0, None, []
+    rdir = _resume_dir(out_dir)
+    if resume and (rdir / "state.pt").is_file():
+        state = torch.load(rdir / "state.pt", map_location=device, weights_only=True)
+        metanet.load_state_dict(state["metanet"])
+        opt.load_state_dict(state["opt"])
+        start, best, history = state["step"], state["best"], state["history"]
+    extra = {"run": run_config or {}, "meta_optim": asdict(cfg), "seed": seed, "zoo": str(zoo.root),
+             "data": data.name}
+    split = {**zoo.split, "zoo": str(zoo.root)}
+    baseline = None
+
+    def validate_and_keep(step: int):
+        nonlocal best, baseline
+        if rank != 0 or not val_cases or not cfg.val_every:
+            return
+        v = validate(metanet, val_cases, ex, val_loader, cfg, device, baseline)
+        baseline = v["baseline"]
+        rec = {k: v[k] for k in ("pruned_acc", "pruned_acc_base", "unpruned_acc", "unpruned_acc_base")}
+        history.append({"step": step, **rec})
+        log({f"val/{k}": x for k, x in rec.items()}, step=step)
+        if best is None or v["pruned_acc"] > best["pruned_acc"]:
+            best = {"step": step, **rec}
+            save_metanet(metanet, out_dir, extra={**extra, "best": best, "val_speedup": cfg.val_speedup,
+                                                  "history": history}, split=split)
+
+    if start == 0:
+        validate_and_keep(0)  # step 0: the identity metanetwork, i.e. the no-metanetwork baseline
+    end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
+    bar = tqdm(range(start, end), desc="meta-train", disable=not progress or rank != 0, dynamic_ncols=True)
+    t0 = time.perf_counter()
+    for step in bar:
+        model.train()
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * _lr_factor(cfg, step)
+        nets, idxs = _sample(step, seed, rank, len(mine), cfg.nets_per_step, len(data.train), cfg.batch_size)
+        opt.zero_grad(set_to_none=True)
+        agg = {}
+        for i, (n, idx) in enumerate(zip(nets, idxs)):
+            x, y = _batch(data.train, idx)
+            sync = world == 1 or i == len(nets) - 1
+            with contextlib.nullcontext() if sync else model.no_sync():
+                loss, stats = meta_loss(model, mine[n], x.to(device), y.to(device), cfg.lam, cfg.alpha, cfg.reg,
+                                        cfg.prune_loss)
+                (loss / len(nets)).backward()
+            for k, v in {"loss": loss.item(), **stats}.items():
+                agg[k] = agg.get(k, 0.0) + v / len(nets)
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        done = step + 1
+        bar.set_postfix(loss=f"{agg['loss']:.3f}", task=f"{agg['task']:.3f}", small=f"{agg['small_units']:.2f}")
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            log({f"meta/{k}": v for k, v in agg.items()} | {"meta/lr": opt.param_groups[0]["lr"],
+                                                             "meta/seconds": time.perf_counter() - t0}, step=done)
+        if cfg.val_every and (done % cfg.val_every == 0 or done == cfg.steps):
+            validate_and_keep(done)
+        if rank == 0 and (done % cfg.save_every == 0 or done == end):
+            _save_resume(rdir, metanet, opt, done, best, history)
+    finished = (stop_after is None or start + stop_after >= cfg.steps)
+    if rank == 0 and finished and (not cfg.val_every or not val_cases):  # nothing to select on: keep the last
+        save_metanet(metanet, out_dir, extra={**extra, "best": None, "history": history}, split=split)
+    elif rank == 0 and finished and (out_dir / "config.json").is_file():  # the whole val curve beside the best
+        from ..io import atomic_write_json
+
+        saved = json.loads((out_dir / "config.json").read_text())
+        atomic_write_json(out_dir / "config.json", {**saved, "history": history})
+    if world > 1:
+        dist.barrier()
+    if rank == 0 and finished and logger is not None:
+        logger.summary({f"best/{k}": v for k, v in (best or {}).items()})
+        logger.artifact(out_dir, name=f"metanet-{out_dir.name}", kind="model")
+    return {"out_dir": str(out_dir), "best": best, "history": history, "steps": end, "finished": finished,
+            "metanet": metanet}
+
+
+# --- the whole run (what train_meta.py calls) -------------------------------------------------------------
+
+METANET_KEYS = {"hidden", "layers", "aggr", "scale", "frozen_features", "unseen"}
+
+
+def check_run_config(c: dict) -> MetaConfig:
+    """Fail before any work on a bad value, naming the key."""
+    from ..zoo import plan_members, split_members
+
+    unknown = sorted(set(c["metanet"]) - METANET_KEYS)
+    if unknown:
+        raise ValueError(f"unknown metanet option(s) {unknown}; known: {sorted(METANET_KEYS)}")
+    from ..metanet import Metanet
+
+    Metanet(["conv"], {"linear": 1}, 5, **{k: v for k, v in c["metanet"].items() if k != "frozen_features"})
+    split_members(plan_members(c["zoo"], c["optim"]), c["zoo"].get("split") or {})
+    return MetaConfig.from_dict(c["meta_optim"])
+
+
+def _init_distributed(device: str):
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: join the process group (gloo on CPU, nccl on GPUs)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return pick_device(device)
+    dev = pick_device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(dev)
+    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return dev
+
+
+def run_meta(c: dict, logger=None) -> dict:
+    """Build (or reuse) the zoo, then meta-train; ``c`` is the composed ``train_meta`` config as a dict."""
+    from ..data import get_data
+    from ..train.network import split_data_cfg
+    from ..zoo import build_zoo, load_zoo
+
+    cfg = check_run_config(c)
+    device = _init_distributed(c["device"])
+    rank, world = _dist_info()
+    data_kwargs, _ = split_data_cfg(c["data"])
+    data = get_data(**data_kwargs)
+    zoo_root = Path(c["zoo"].get("root", "checkpoints/zoo")) / c["zoo"].get("name", c["data"]["name"])
+    if rank == 0:
+        zoo = build_zoo(c["zoo"], c["data"], c["optim"], root=zoo_root, device=str(device), data=data,
+                        progress=c.get("progress", True))
+    if world > 1:
+        dist.barrier()
+    if rank != 0:
+        zoo = load_zoo(zoo_root)
+    if c.get("zoo_only"):
+        return {"zoo": str(zoo.root), "split": zoo.split}
+    out_dir = Path(c["out_root"]) / c["name"]
+    try:
+        return meta_train(zoo, data, c["metanet"], cfg, out_dir, seed=c["seed"], device=device, resume=c["resume"],
+                          logger=logger, progress=c.get("progress", True), run_config=c,
+                          stop_after=c.get("stop_after"))
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,169 @@
+"""Zoo construction and loading (see package docstring)."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from ..io import CheckpointError, atomic_write_json, load_model, read_spec, save_model
+
+SPLITS = ("train", "val", "heldout")
+INDEX = "index.json"
+_SHORT = {"depth": "d", "width": "w", "dim": "c", "heads": "h", "patch_size": "p", "mlp_ratio": "r", "width_mult": "m"}
+
+
+def member_name(family: str, args: dict, seed: int) -> str:
+    """A readable, unique directory name: ``resnet-d20-w8-s0``."""
+    parts = [f"{_SHORT.get(k, k)}{v:g}" if isinstance(v, float) else f"{_SHORT.get(k, k)}{v}" for k, v in sorted(args.items())]
+    return "-".join([family.replace(":", "_"), *parts, f"s{seed}"])
+
+
+def plan_members(zoo_cfg: dict, optim: dict) -> list[dict]:
+    """Every member the config asks for: ``{name, model, args, seed, optim}`` (family optim overrides merged)."""
+    families = zoo_cfg.get("families") or {}
+    if not families:
+        raise ValueError("zoo.families is empty: list at least one family with its archs and seeds")
+    out = []
+    for family, fcfg in families.items():
+        for key in ("archs", "seeds"):
+            if not fcfg.get(key):
+                raise ValueError(f"zoo.families.{family}.{key} is missing or empty")
+        model = fcfg.get("model", family)
+        member_optim = {**(optim or {}), **(fcfg.get("optim") or {})}
+        for args in fcfg["archs"]:
+            for seed in fcfg["seeds"]:
+                out.append({"name": member_name(family, dict(args), int(seed)), "family": family, "model": model,
+                            "args": dict(args), "seed": int(seed), "optim": member_optim})
+    names = [m["name"] for m in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"zoo lists the same member twice: {dup}")
+    return out
+
+
+def split_members(members: list[dict], split_cfg: dict) -> dict[str, list[str]]:
+    """Split by network: whole ``heldout_families`` go to heldout; each other family is shuffled (seeded) and cut
+    into ``heldout`` and ``val`` fractions (at least one each when the family has 3+ members), the rest train."""
+    held_fams = set(split_cfg.get("heldout_families") or [])
+    fams = {m["family"] for m in members}
+    unknown = held_fams - fams
+    if unknown:
+        raise ValueError(f"zoo.split.heldout_families names families not in the zoo: {sorted(unknown)}")
+    val_f, held_f = float(split_cfg.get("val", 0.15)), float(split_cfg.get("heldout", 0.25))
+    if not (0 <= val_f < 1 and 0 <= held_f < 1 and val_f + held_f < 1):
+        raise ValueError(f"zoo.split.val={val_f} and zoo.split.heldout={held_f} must be fractions summing below 1")
+    rng = random.Random(int(split_cfg.get("seed", 0)))
+    split = {s: [] for s in SPLITS}
+    for fam in sorted(fams):
+        names = sorted(m["name"] for m in members if m["family"] == fam)
+        if fam in held_fams:
+            split["heldout"] += names
+            continue
+        rng.shuffle(names)
+        n = len(names)
+        n_held = max(1, round(held_f * n)) if n >= 3 and held_f > 0 else 0
+        n_val = max(1, round(val_f * n)) if n >= 3 and val_f > 0 else 0
+        split["heldout"] += names[:n_held]
+        split["val"] += names[n_held:n_held + n_val]
+        split["train"] += names[n_held + n_val:]
+    if not split["train"]:
+        raise ValueError("zoo split leaves no meta-train networks: add members or lower zoo.split fractions")
+    return {k: sorted(v) for k, v in split.items()}
+
+
+def _recipe(member: dict, data_cfg: dict) -> dict:
+    """What must match for a member on disk to be reused (JSON-normalised)."""
+    return json.loads(json.dumps({"model": member["model"], "args": member["args"], "seed": member["seed"],
+                                  "optim": member["optim"], "data": data_cfg}, sort_keys=True))
+
+
+class Zoo:
+    """A built zoo: ``root`` directory, ``index`` (members, split, config), ``load(name)`` a member's network."""
+
+    def __init__(self, root: str | Path, index: dict):
+        self.root, self.index = Path(root), index
+
+    @property
+    def split(self) -> dict[str, list[str]]:
+        return self.index["split"]
+
+    @property
+    def members(self) -> dict[str, dict]:
+        return self.index["members"]
+
+    def names(self, split: str | None = None, families=None) -> list[str]:
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"zoo split {split!r} is unknown: must be one of {SPLITS}")
+        names = self.split[split] if split else sorted(self.members)
+        return [n for n in names if families is None or self.members[n]["family"] in families]
+
+    def load(self, name: str) -> nn.Module:
+        if name not in self.members:
+            raise KeyError(f"zoo {self.root} has no member {name!r}")
+        return load_model(self.root / name)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{k} {len(v)}" for k, v in self.split.items())
+        return f"Zoo({self.root}, {len(self)} members: {sizes})"
+
+
+def load_zoo(root: str | Path) -> Zoo:
+    root = Path(root)
+    if not (root / INDEX).is_file():
+        raise CheckpointError(f"{root}: no zoo {INDEX}; build it with build_zoo / train_meta.py")
+    return Zoo(root, json.loads((root / INDEX).read_text()))
+
+
+def _reusable(path: Path, recipe: dict) -> dict | None:
+    """The stored record of a finished member whose recipe matches, else None."""
+    try:
+        extra = read_spec(path).get("extra", {})
+    except CheckpointError:
+        return None
+    if extra.get("recipe") != recipe or not (path / "model.safetensors").is_file():
+        return None
+    return extra
+
+
+def build_zoo(zoo_cfg: dict, data_cfg: dict, optim: dict | None = None, root: str | Path | None = None,
+              device: str = "cpu", progress: bool = True, data=None, log=print) -> Zoo:
+    """Train (or reuse) every member of ``zoo_cfg`` on ``data_cfg``; returns the indexed :class:`Zoo`.
+
+    ``zoo_cfg``: ``{name, root, families: {family: {model?, archs: [args...], seeds: [...], optim?}}, split}``.
+    """
+    from ..data import get_data
+    from ..train.network import split_data_cfg, train_network
+
+    root = Path(root or Path(zoo_cfg.get("root", "checkpoints/zoo")) / zoo_cfg.get("name", data_cfg["name"]))
+    members = plan_members(zoo_cfg, optim or {})
+    split = split_members(members, zoo_cfg.get("split") or {})
+    index = {"data": data_cfg, "config": zoo_cfg, "split": split, "members": {}}
+    bar = tqdm(members, desc=f"zoo {root.name}", disable=not progress, dynamic_ncols=True)
+    trained = 0
+    for m in bar:
+        path, recipe = root / m["name"], _recipe(m, data_cfg)
+        record = _reusable(path, recipe)
+        if record is None:
+            if data is None:
+                data = get_data(**split_data_cfg(data_cfg)[0])
+            bar.set_postfix_str(f"training {m['name']}")
+            model, rec = train_network(m["model"], m["args"], data_cfg, m["optim"], output_dir=None, seed=m["seed"],
+                                       device=device, data=data, progress=False)
+            record = {**{k: v for k, v in rec.items() if k != "history"}, "family": m["family"], "recipe": recipe}
+            save_model(model, path, extra=record)
+            trained += 1
+        index["members"][m["name"]] = {
+            "family": m["family"], "model": m["model"], "args": m["args"], "seed": m["seed"], "path": m["name"],
+            "split": next(s for s in SPLITS if m["name"] in split[s]),
+            **{k: record[k] for k in ("val_acc", "test_acc", "macs", "params")}}
+        atomic_write_json(root / INDEX, index)
+    if log is not None:
+        log(f"zoo {root}: {len(members)} members ({trained} trained, {len(members) - trained} reused); "
+            + ", ".join(f"{k} {len(v)}" for k, v in split.items()))
+    return Zoo(root, index)

@@ -1,0 +1,92 @@
+"""Zoo: members trained once, indexed with accuracy/MACs/params, split by network, resumable."""
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from metaprune.zoo import build_zoo, load_zoo, plan_members, split_members
+
+DATA = {"name": "digits", "seed": 0, "size": 8, "batch_size": 128, "num_workers": 0}
+OPTIM = {"epochs": 1, "optimizer": "sgd", "lr": 0.05, "amp": False}
+TINY = {
+    "name": "tiny",
+    "families": {
+        "resnet": {"archs": [{"depth": 8, "width": 4}], "seeds": [0, 1, 2]},
+        "vit": {"archs": [{"patch_size": 4, "depth": 1, "dim": 8, "heads": 2}], "seeds": [0, 1],
+                "optim": {"optimizer": "adamw", "lr": 3e-3}},
+        "vgg": {"archs": [{"depth": 11, "width": 4}], "seeds": [0]},
+    },
+    "split": {"seed": 0, "val": 0.34, "heldout": 0.34, "heldout_families": ["vgg"]},
+}
+
+
+# One tiny zoo shared by the zoo and meta-training tests (and reused across runs: that is the zoo's job).
+TINY_ROOT = Path(tempfile.gettempdir()) / f"metaprune-tests-{os.getuid()}" / "tiny-zoo"
+
+
+def tiny_zoo():
+    return build_zoo(TINY, DATA, OPTIM, root=TINY_ROOT, progress=False, log=None)
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    return tiny_zoo()
+
+
+def test_members_are_indexed_with_their_numbers_and_load(zoo):
+    index = json.loads((zoo.root / "index.json").read_text())
+    assert len(index["members"]) == 6
+    for name, m in index["members"].items():
+        assert 0.0 <= m["val_acc"] <= 1.0 and m["macs"] > 0 and m["params"] > 0
+        model = zoo.load(name)
+        assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+        spec = json.loads((zoo.root / name / "spec.json").read_text())
+        assert spec["extra"]["recipe"]["seed"] == m["seed"]
+    # the members learned something (10 classes: chance is 10%)
+    assert max(m["val_acc"] for m in index["members"].values()) > 0.2
+
+
+def test_split_is_by_network_and_holds_out_whole_families(zoo):
+    split = zoo.split
+    names = [n for s in split.values() for n in s]
+    assert sorted(names) == sorted(zoo.members) and len(set(names)) == len(names)
+    assert all(zoo.members[n]["family"] != "vgg" for n in split["train"] + split["val"])
+    assert zoo.names("heldout", families=["vgg"]) == ["vgg-d11-w4-s0"]
+    # a family of 3+ networks contributes to every split; a smaller one only to meta-train
+    assert all(zoo.names(s, families=["resnet"]) for s in ("train", "val", "heldout"))
+    assert len(zoo.names("train", families=["vit"])) == 2
+    assert load_zoo(zoo.root).split == split
+
+
+def test_rebuild_reuses_finished_members_and_retrains_missing_or_changed(zoo, tmp_path):
+    root = tmp_path / "tiny"
+    shutil.copytree(zoo.root, root)
+    lines = []
+    mtimes = {n: (root / n / "model.safetensors").stat().st_mtime_ns for n in zoo.members}
+    shutil.rmtree(root / "vgg-d11-w4-s0")  # as if interrupted before this member finished
+    again = build_zoo(TINY, DATA, OPTIM, root=root, progress=False, log=lines.append)
+    assert "1 trained, 5 reused" in lines[0]
+    assert all((root / n / "model.safetensors").stat().st_mtime_ns == t for n, t in mtimes.items()
+               if n != "vgg-d11-w4-s0")
+    assert again.split == zoo.split
+    changed = {**TINY, "families": {"vgg": TINY["families"]["vgg"], "resnet": TINY["families"]["resnet"]},
+               "split": {"heldout_families": ["vgg"]}}
+    changed["families"]["vgg"] = {**changed["families"]["vgg"], "optim": {"lr": 0.02}}
+    build_zoo(changed, DATA, OPTIM, root=root, progress=False, log=lines.append)
+    assert "1 trained, 3 reused" in lines[1]  # a different recipe is not reused
+
+
+def test_bad_zoo_configs_fail_with_the_key_named():
+    members = plan_members(TINY, OPTIM)
+    with pytest.raises(ValueError, match="heldout_families"):
+        split_members(members, {"heldout_families": ["mlp"]})
+    with pytest.raises(ValueError, match="zoo.split"):
+        split_members(members, {"val": 0.6, "heldout": 0.5})
+    with pytest.raises(ValueError, match="zoo.families.resnet.seeds"):
+        plan_members({"families": {"resnet": {"archs": [{"depth": 8}]}}}, OPTIM)
+    with pytest.raises(ValueError, match="no meta-train"):
+        split_members(members, {"heldout_families": ["vgg", "resnet", "vit"]})

@@ -1,0 +1,41 @@
+"""Meta-train the metanetwork: ``python train_meta.py [experiment=resnet56_cifar10] [key=value ...]``.
+
+Builds (or reuses) the zoo, meta-trains on its meta-train networks, keeps the metanetwork with the best
+pruned accuracy on the meta-val networks (val split) and saves it to ``checkpoints/metanet/<name>/``.
+Multi-GPU: ``torchrun --nproc_per_node=K train_meta.py ...``; sweeps: ``python train_meta.py -m ...``.
+"""
+import hydra
+from omegaconf import DictConfig
+
+from metaprune.cli import friendly_errors, to_dict
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train_meta")
+@friendly_errors
+def main(cfg: DictConfig) -> None:
+    import os
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from metaprune.logging import make_logger
+    from metaprune.train.meta import run_meta
+
+    c = to_dict(cfg)
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:  # sweep jobs must not overwrite one another's metanetwork
+        c["name"] = f"{c['name']}-{hc.job.num}"
+    rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 logs
+    logger = make_logger(c["logger"] if rank0 else None, config=c, name=f"meta-{c['name']}")
+    try:
+        out = run_meta(c, logger=logger)
+    finally:
+        logger.finish()
+    if "best" in out and out["best"]:
+        b = out["best"]
+        print(f"metanetwork -> {out['out_dir']} (step {b['step']}): meta-val pruned acc at "
+              f"{c['meta_optim']['val_speedup']:g}x {b['pruned_acc']:.2%} vs {b['pruned_acc_base']:.2%} without it")
+
+
+if __name__ == "__main__":
+    main()
