@@ -19,10 +19,10 @@ demo: $(STAMP)
 	$(BIN)/python prune.py
 
 test: $(STAMP)
-	WANDB_MODE=offline $(BIN)/python -m pytest -q
+	WANDB_MODE=offline OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q  # small nets: one thread is fastest
 
 test-all: $(STAMP)
-	WANDB_MODE=offline $(BIN)/python -m pytest -q -m "slow or not slow"
+	WANDB_MODE=offline OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "slow or not slow"
 
 clean:
 	rm -rf $(VENV) outputs multirun wandb

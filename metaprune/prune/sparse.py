@@ -19,6 +19,9 @@ def sparse_learning_hook(model: nn.Module, example_inputs, reg: float = 5e-4, al
 
     names = set(find_output_layers(model, example_inputs)) | set(ignored_layers)
     ignored = [m for n, m in model.named_modules() if n in names]
+    # torch-pruning 1.6's group-norm importance mis-indexes fused qkv projections; their groups are left
+    # unregularised (every other group of a ViT still is)
+    ignored += [m.qkv for m in model.modules() if isinstance(getattr(m, "qkv", None), nn.Linear)]
     was_training = model.training
     pruner = tp.pruner.GroupNormPruner(model, example_inputs, importance=tp.importance.GroupMagnitudeImportance(p=2),
                                        reg=reg, alpha=alpha, ignored_layers=ignored, pruning_ratio=0.5)
