@@ -2,8 +2,9 @@
 
 Pruning to odd channel counts can make a network slower than its MACs suggest: vectorised CPU kernels and
 GPU tensor cores run at full speed only on channel counts that are multiples of their tile width. We time
-a 3x3 convolution across widths on the current device and dtype, and take as ``round_to`` the smallest
-multiple whose widths run within ``tolerance`` of the best throughput. Results are cached per device.
+a 3x3 convolution across consecutive widths on the current device and dtype, and take as ``round_to`` the
+smallest multiple whose widths beat their neighbours as much as the best multiple's do (1 when no multiple
+does). Results are cached per device.
 """
 from __future__ import annotations
 
@@ -60,20 +61,32 @@ def channel_throughput(device="cpu", dtype=torch.float32, widths=range(88, 137),
 
 
 def best_multiple(throughput: dict[int, float], tolerance: float = 0.05, candidates=CANDIDATES) -> int:
-    """Smallest multiple whose widths reach, on average, ``1 - tolerance`` of the best multiple's throughput."""
+    """Smallest multiple whose widths run, on average, within ``tolerance`` of the best multiple's advantage
+    over their immediate neighbours (width c against c-1 and c+1). Comparing neighbours separates a real
+    multiple effect (tiles, vector lanes) from smooth trends and algorithm switches at a size threshold;
+    with no advantage anywhere the answer is 1 (no rounding)."""
+    widths = sorted(throughput)
+    edge = {}
+    for i, c in enumerate(widths):
+        nb = [throughput[w] for w in (widths[i - 1] if i else None, widths[i + 1] if i + 1 < len(widths) else None)
+              if w is not None and abs(w - c) == 1]
+        if nb:
+            edge[c] = throughput[c] / max(nb)
     per_multiple = {}
     for m in candidates:
-        vals = [v for c, v in throughput.items() if c % m == 0]
+        vals = [v for c, v in edge.items() if c % m == 0]
         if vals:
             per_multiple[m] = statistics.fmean(vals)
     best = max(per_multiple.values())
+    if best <= 1 + tolerance:
+        return 1
     return min(m for m, v in per_multiple.items() if v >= (1 - tolerance) * best)
 
 
 def _device_key(device, dtype) -> str:
     from .metrics import device_name
 
-    return f"{device_name(device)}|{str(dtype).replace('torch.', '')}"
+    return f"v2|{device_name(device)}|{str(dtype).replace('torch.', '')}"
 
 
 def default_round_to(device="cpu", dtype=torch.float32, measure: bool = True) -> int | None:
