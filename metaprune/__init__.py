@@ -2,6 +2,11 @@
 
 Everything is callable from Python with plain arguments; the Hydra entry points only compose configs.
 """
+import warnings
+
+# torch-geometric calls torch.jit.script at import, which torch 2.14 deprecates: not the user's concern
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+
 from .io import CheckpointError, load_model, load_state_dict_file, save_model
 from .models import build
 

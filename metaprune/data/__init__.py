@@ -6,6 +6,7 @@ Model selection uses ``val``; ``test`` is for final reports only.
 """
 from .core import DataBundle, DataNotFoundError, TensorLoader, TensorPairs, available, get_data, register_data
 from .fixtures import write_cifar_fixture
+from . import synthetic  # noqa: F401,E402  (registers digits_seq, sbm, shapes3d)
 
 __all__ = ["DataBundle", "DataNotFoundError", "TensorLoader", "TensorPairs", "get_data", "available", "register_data",
            "write_cifar_fixture"]

@@ -26,6 +26,10 @@ class DataBundle:
     info: dict = field(default_factory=dict)
 
     def example_inputs(self, batch_size: int = 1) -> torch.Tensor:
+        """Real validation inputs when they are in memory (right dtype, e.g. node ids for a graph task),
+        random ones of the right shape otherwise."""
+        if isinstance(self.val, TensorPairs) and len(self.val) >= batch_size:
+            return self.val.x[:batch_size].clone()
         return torch.randn(batch_size, *self.input_shape)
 
     def loader(self, split: str, batch_size: int = 128, shuffle: bool | None = None, seed: int = 0,

@@ -70,6 +70,8 @@ def resize_to(model: nn.Module, shapes: dict, attrs: dict | None = None) -> nn.M
             m.num_channels = w.shape[0]
         elif isinstance(m, nn.Embedding):
             m.num_embeddings, m.embedding_dim = m.weight.shape
+        elif isinstance(m, nn.RNNBase):
+            m.input_size, m.hidden_size = m.weight_ih_l0.shape[1], m.weight_hh_l0.shape[1]
         elif isinstance(m, nn.MultiheadAttention):
             m.embed_dim = m.out_proj.weight.shape[0]
             m.head_dim = m.embed_dim // m.num_heads

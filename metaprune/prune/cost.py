@@ -86,7 +86,13 @@ class CostModel:
         # A[v, g]: entries of variable v removed per unit removed from group g
         self.A = np.zeros((len(sizes), len(groups)))
         for g, grp in enumerate(groups):
+            seen = set()
             for s in grp.slices:
+                # a grouped conv lists one slice per group for the same entries: count those once
+                key = (s.param, s.dim, tuple(torch.as_tensor(s.idxs).flatten().tolist()))
+                if key in seen:
+                    continue
+                seen.add(key)
                 self.A[self._var[(s.param, s.dim)], g] += 1
         self._by_name = {r["name"]: r for r in records}
         self._out_var = {}

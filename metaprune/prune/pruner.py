@@ -116,6 +116,8 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, target_speedup: float 
         raise ValueError(f"round_to={round_to} must be a positive integer or null")
     crit = make_importance(importance, **({"seed": seed} if importance == "random" else {}))
     example_inputs = example_inputs.to(next(model.parameters()).device)
+    if isinstance(example_inputs, torch.Tensor) and example_inputs.dim() > 1 and example_inputs.shape[0] > 1:
+        example_inputs = example_inputs[:1]  # structure and MACs per example; a batch adds nothing but cost
 
     records, heads = trace_modules(model, example_inputs)
     protected = list(dict.fromkeys((heads if protect_output else []) + list(ignored_layers)))
