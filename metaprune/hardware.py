@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .metrics import sync
+
 CANDIDATES = (1, 2, 4, 8, 16, 32, 64)
 CACHE = Path(os.environ.get("METAPRUNE_CACHE", Path.home() / ".cache" / "metaprune")) / "round_to.json"
 
@@ -29,12 +31,10 @@ def _time_conv(c: int, device, dtype, batch: int, size: int, runs: int) -> float
     times = []
     with torch.no_grad():
         for i in range(runs + 2):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            sync(device)
             t0 = time.perf_counter()
             conv(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            sync(device)
             if i >= 2:
                 times.append(time.perf_counter() - t0)
     return statistics.median(times)

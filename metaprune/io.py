@@ -7,7 +7,6 @@ name and renamed into place, so an interrupted run never leaves a half-written c
 from __future__ import annotations
 
 import json
-import math
 import os
 import pickle
 import shutil
@@ -230,6 +229,3 @@ def _has_globals(data: bytes, pickletools) -> bool:
     ops = {op.name for op, _, _ in pickletools.genops(data)}
     return bool(ops & {"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE"})
 
-
-def finite_or_none(x):
-    return x if isinstance(x, (int, float)) and math.isfinite(x) else None

@@ -1,6 +1,7 @@
 """Accuracy, MACs/params (torch-pruning's counter) and measured latency."""
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 
@@ -28,9 +29,17 @@ def macs_and_params(model: nn.Module, example_inputs) -> tuple[int, int]:
     return int(macs), int(params)
 
 
-def _sync(device: torch.device) -> None:
+def sync(device) -> None:
+    """Wait for queued CUDA work so a wall-clock reading covers it (no-op on CPU)."""
+    device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def autocast_for(device, dtype=torch.float32):
+    """Autocast to ``dtype`` on ``device``, or nothing for float32."""
+    device = torch.device(device)
+    return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
 
 
 @torch.no_grad()
@@ -47,16 +56,15 @@ def latency(model: nn.Module, input_shape, batch_size: int = 1, device="cpu", dt
     if channels_last and x.dim() == 4:
         x = x.to(memory_format=torch.channels_last)
         model = model.to(memory_format=torch.channels_last)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else _nullcontext()
     times = []
-    with autocast:
+    with autocast_for(device, dtype):
         for _ in range(warmup):
             model(x)
-        _sync(device)
+        sync(device)
         for _ in range(runs):
             t0 = time.perf_counter()
             model(x)
-            _sync(device)
+            sync(device)
             times.append((time.perf_counter() - t0) * 1e3)
     model.train(was_training)
     times.sort()
@@ -77,11 +85,3 @@ def device_name(device) -> str:
     import platform
 
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False

@@ -14,6 +14,7 @@ import time
 import torch
 import torch.nn as nn
 
+from ..metrics import autocast_for, sync
 from .pruner import PruneResult, prune
 
 
@@ -25,16 +26,14 @@ def paired_speedup(base: nn.Module, cand: nn.Module, input_shape, batch_size=1, 
     device = torch.device(device)
     x = torch.randn(batch_size, *input_shape, device=device)
     models = [base.eval().to(device), cand.eval().to(device)]
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     times = ([], [])
-    ctx = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else torch.autocast(device.type, enabled=False)
-    with ctx:
+    with autocast_for(device, dtype):
         for i in range(runs + 3):
             for j in (0, 1) if i % 2 == 0 else (1, 0):
-                sync()
+                sync(device)
                 t0 = time.perf_counter()
                 models[j](x)
-                sync()
+                sync(device)
                 if i >= 3:
                     times[j].append((time.perf_counter() - t0) * 1e3)
     b, c = statistics.median(times[0]), statistics.median(times[1])

@@ -94,13 +94,7 @@ def load_network(model_cfg: dict, data: DataBundle) -> nn.Module:
             pass
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read checkpoint ({e.strerror})") from None
-    try:
-        state = load_state_dict_file(path)
-    except CheckpointError:
-        raise
-    except Exception as e:  # torch's safe unpickler fails on arbitrary bytes with assorted errors
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else 'unreadable'})") from None
+    state = load_state_dict_file(path)
     model = build_for_data(name, data.input_shape, data.num_classes, **dict(model_cfg.get("args") or {}))
     return load_into(model, state, path).eval()
 

@@ -162,8 +162,6 @@ def fit(model: nn.Module, data, cfg: TrainConfig | dict | None = None, *, resume
         opt.load_state_dict(state["opt"])
         start, history, best = state["epoch"], state["history"], state["best"]
         torch.set_rng_state(state["rng"])
-        if hasattr(train_loader, "generator"):
-            train_loader.generator.manual_seed(cfg.seed + start)
     steps_per_epoch = max(1, len(train_loader))
     total = cfg.epochs * steps_per_epoch
     for epoch in range(start, cfg.epochs):
