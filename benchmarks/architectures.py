@@ -4,11 +4,9 @@ Families and their embedded tasks (no download; digits-derived or synthetic, see
 LSTM (1 and 2 layers) on ``digits_seq``, GAT on the synthetic ``sbm`` graph, DGCNN on synthetic ``shapes3d``
 point clouds, DenseNet and ResNeXt on ``digits`` (8x8 images).
 
-Pruning goes through ``metaprune.prune.prune`` (group-L2, one uniform ratio, bisection to the MACs target)
-where it supports the model. Layers it has no hook for yet (custom torch-pruning pruners: multi-layer LSTM,
-GATConv) go through torch-pruning directly with the same criterion (group L2 summed over every coupled
-parameter, custom layers included via their pruner's ``param_slices``) and a bisection on the ratio; the
-table records which path each family took.
+Every family is pruned by ``metaprune.prune.prune`` (group L2, one uniform ratio, bisection on the analytic
+MACs model to the target); LSTMs of any depth and GATConv go through their registered custom pruners
+(``metaprune.models.sequence.LSTMPruner``, ``metaprune.models.gnn.GATConvPruner``).
 
     python benchmarks/architectures.py [--quick] [--out benchmarks/results/architectures-cpu.json]
 """
@@ -21,7 +19,6 @@ import platform
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -37,137 +34,48 @@ import metaprune.models.dense  # noqa: E402,F401
 import metaprune.models.pointcloud  # noqa: E402,F401
 from metaprune.data import get_data  # noqa: E402
 from metaprune.io import load_model, save_model  # noqa: E402
-from metaprune.metrics import macs_and_params  # noqa: E402
 from metaprune.models import build_for_data  # noqa: E402
-from metaprune.models import gnn, sequence  # noqa: E402
+from metaprune.prune import prune  # noqa: E402
 from metaprune.train import evaluate, fit  # noqa: E402
 
-CUSTOM_PRUNERS = {**sequence.PRUNERS, **gnn.PRUNERS}
 
-
-# ------------------------------------------------------------------ torch-pruning path (custom layers)
-class SliceL2Importance(tp.importance.GroupMagnitudeImportance):
-    """Group L2 (squared, summed over every coupled parameter), custom layers included.
-
-    torch-pruning's magnitude criterion skips layers it has no rule for; a custom pruner that lists the
-    entries a channel owns (``param_slices(layer, out)``) contributes them here.
-    """
-
-    def __init__(self, pruners: dict):
-        super().__init__(p=2, group_reduction="sum", normalizer=None)
-        self.pruners = pruners
-
-    @torch.no_grad()
-    def __call__(self, group):
-        imp = super().__call__(group)
-        for i, (dep, idxs) in enumerate(group):
-            layer, pruner = dep.layer, self.pruners.get(type(dep.layer))
-            root_idxs = group[i].root_idxs
-            if pruner is None or root_idxs is None or any(r is None for r in root_idxs):
-                continue
-            out = dep.pruning_fn == pruner.prune_out_channels
-            t = torch.as_tensor(list(idxs), dtype=torch.long)
-            local = torch.zeros(len(t))
-            for pname, dim, maps in pruner.param_slices(layer, out):
-                w = layer.get_parameter(pname).detach()
-                for f in maps:
-                    local += w.index_select(dim, f(t)).movedim(dim, 0).pow(2).reshape(len(t), -1).sum(1)
-            n_root = len(group[0].idxs)
-            contrib = torch.zeros(n_root).scatter_add_(0, torch.as_tensor(root_idxs, dtype=torch.long), local)
-            imp = contrib if imp is None else imp + contrib
-        return imp
-
-
-def _tp_prune_ratio(model, example_inputs, ratio, ignored, pruners):
-    roots = [nn.Conv2d, nn.Conv1d, nn.Linear, *pruners]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pruner = tp.pruner.MetaPruner(model, example_inputs, importance=SliceL2Importance(pruners),
-                                      pruning_ratio=ratio, ignored_layers=ignored, customized_pruners=pruners,
-                                      root_module_types=roots)
-        pruner.step()
-    return model
-
-
-def tp_prune(model: nn.Module, example_inputs, target_speedup: float = 2.0, ignored_layers=(),
-             pruners: dict | None = None, steps: int = 10) -> dict:
-    """Prune ``model`` in place to ``target_speedup`` (base / pruned MACs) with torch-pruning and custom pruners.
-
-    One uniform ratio for every group, found by bisection on pruned copies. ``ignored_layers``: module names.
-    """
-    pruners = CUSTOM_PRUNERS if pruners is None else pruners
-    modules = dict(model.named_modules())
-    model.eval()
-    base, base_params = macs_and_params(model, example_inputs)
-    lo, hi, best = 0.0, 0.95, None
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        trial = copy.deepcopy(model)
-        _tp_prune_ratio(trial, example_inputs, mid, [dict(trial.named_modules())[n] for n in ignored_layers],
-                        pruners)
-        speed = base / max(macs_and_params(trial, example_inputs)[0], 1)
-        if speed >= target_speedup:
-            hi, best = mid, mid
-        else:
-            lo = mid
-    ratio = best if best is not None else hi
-    _tp_prune_ratio(model, example_inputs, ratio, [modules[n] for n in ignored_layers], pruners)
-    macs, params = macs_and_params(model, example_inputs)
-    return {"base_macs": base, "pruned_macs": macs, "base_params": base_params, "pruned_params": params,
-            "speedup": base / max(macs, 1), "ratio": ratio, "path": "torch-pruning + custom pruners"}
-
-
-def prune_family(model, example_inputs, target_speedup, ignored_layers, use_metaprune: bool, steps: int = 10):
-    """Prune to ``target_speedup``; returns ``(pruned model, record)``.
-
-    ``metaprune.prune.prune`` when ``use_metaprune``; torch-pruning with custom pruners otherwise, or when
-    metaprune's pruner fails on the model (then an untouched copy is pruned, and the message is kept in
-    ``metaprune_error``). The model is pruned in place except in that fallback."""
-    if use_metaprune:
-        from metaprune.prune import prune
-
-        backup = copy.deepcopy(model)
-        try:
-            # one sample traces the same groups and MACs ratio (and is what the torchvision sweep uses)
-            r = prune(model, example_inputs[:1], target_speedup=target_speedup, ignored_layers=ignored_layers)
-            return model, {"base_macs": r.base_macs, "pruned_macs": r.pruned_macs, "base_params": r.base_params,
-                           "pruned_params": r.pruned_params, "speedup": r.speedup, "ratio": r.ratio,
-                           "path": "metaprune.prune.prune"}
-        except Exception as e:
-            res = tp_prune(backup, example_inputs, target_speedup, ignored_layers, steps=steps)
-            res["metaprune_error"] = f"{type(e).__name__}: {e}"[:300]
-            return backup, res
-    return model, tp_prune(model, example_inputs, target_speedup, ignored_layers, steps=steps)
+def prune_family(model: nn.Module, example_inputs, target_speedup: float, ignored_layers) -> dict:
+    """Prune ``model`` in place to ``target_speedup`` with ``metaprune.prune.prune``; returns the measured record."""
+    # one sample traces the same groups and per-sample MACs (and is what the torchvision sweep uses)
+    r = prune(model, example_inputs[:1], target_speedup=target_speedup, ignored_layers=ignored_layers)
+    return {"base_macs": r.base_macs, "pruned_macs": r.pruned_macs, "predicted_macs": r.predicted_macs,
+                   "base_params": r.base_params, "pruned_params": r.pruned_params, "speedup": r.speedup,
+                   "ratio": r.ratio, "channels": r.channels}
 
 
 # ------------------------------------------------------------------ families
 FAMILIES = {
-    # name: data, data args, model, model args, train config, finetune config, example input, ignored, metaprune?
+    # name: data, data args, model, model args, train config, finetune config, ignored layers
     "lstm-1layer": dict(data="digits_seq", model="lstm", args=dict(hidden_size=64, num_layers=1),
                         train=dict(epochs=20, optimizer="adamw", lr=5e-3, weight_decay=1e-4, batch_size=64),
                         finetune=dict(epochs=8, optimizer="adamw", lr=2e-3, weight_decay=1e-4, batch_size=64),
-                        ignored=["fc"], metaprune=False),
+                        ignored=["fc"]),
     "lstm-2layer": dict(data="digits_seq", model="lstm", args=dict(hidden_size=64, num_layers=2),
                         train=dict(epochs=20, optimizer="adamw", lr=5e-3, weight_decay=1e-4, batch_size=64),
                         finetune=dict(epochs=8, optimizer="adamw", lr=2e-3, weight_decay=1e-4, batch_size=64),
-                        ignored=["fc"], metaprune=False),
+                        ignored=["fc"]),
     "gat": dict(data="sbm", model="gat", args=dict(hidden=8, heads=4),
                 train=dict(epochs=100, optimizer="adamw", lr=1e-2, weight_decay=5e-4, batch_size=256),
                 finetune=dict(epochs=40, optimizer="adamw", lr=5e-3, weight_decay=5e-4, batch_size=256),
-                ignored=["conv2"], metaprune=False),
+                ignored=["conv2"]),
     "dgcnn": dict(data="shapes3d", data_args=dict(num_points=48, n_train=32, n_val=16, n_test=32), model="dgcnn",
                   args=dict(widths=(16, 16, 32), emb=64, head=32, k=8),
                   train=dict(epochs=15, optimizer="adamw", lr=5e-3, weight_decay=1e-4, batch_size=32),
                   finetune=dict(epochs=12, optimizer="adamw", lr=2e-3, weight_decay=1e-4, batch_size=32),
-                  ignored=["fc"], metaprune=True),
+                  ignored=["fc"]),
     "densenet": dict(data="digits", model="densenet", args=dict(blocks=(3, 3, 3), growth=8),
                      train=dict(epochs=10, optimizer="adamw", lr=5e-3, weight_decay=1e-4, batch_size=64),
                      finetune=dict(epochs=4, optimizer="adamw", lr=1e-3, weight_decay=1e-4, batch_size=64),
-                     ignored=["fc"], metaprune=True),
+                     ignored=["fc"]),
     "resnext": dict(data="digits", model="resnext", args=dict(depth=11, cardinality=4, base_width=4, width=16),
                     train=dict(epochs=10, optimizer="sgd", lr=0.05, batch_size=64),
                     finetune=dict(epochs=4, optimizer="sgd", lr=0.01, batch_size=64),
-                    ignored=["fc"], metaprune=False),
+                    ignored=["fc"]),
 }
 
 TASKS = {"digits_seq": "digits rows as 8 steps x 8 features (sklearn digits, real)",
@@ -198,7 +106,7 @@ def run_family(name: str, cfg: dict | None = None, quick: bool = False, target_s
     acc_before = evaluate(model, test)["acc"]
     x = example_for(data)
     t0 = time.perf_counter()
-    model, res = prune_family(model, x, target_speedup, cfg["ignored"], cfg["metaprune"])
+    res = prune_family(model, x, target_speedup, cfg["ignored"])
     t_prune = time.perf_counter() - t0
     acc_pruned = evaluate(model, test)["acc"]
     fit(model, data, finetune)
@@ -252,17 +160,15 @@ def main(argv=None):
 
 def markdown_table(rows) -> str:
     lines = ["| family | task | MACs base → pruned (speedup) | params ratio | acc before | after prune | "
-             "after finetune | pruned by | save/load |", "|---|---|---|---|---|---|---|---|---|"]
+             "after finetune | save/load |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['family']} | | | | | | | failed: {r['error']} | |")
+            lines.append(f"| {r['family']} | failed: {r['error']} | | | | | | |")
             continue
         lines.append(f"| {r['family']} | {r['task']} | {r['base_macs'] / 1e6:.2f}M → {r['pruned_macs'] / 1e6:.2f}M "
                      f"({r['speedup']:.2f}×) | {r['param_ratio']:.2f}× | {r['acc_before']:.3f} | "
-                     f"{r['acc_pruned']:.3f} | {r['acc_finetuned']:.3f} | {r['path']} | "
+                     f"{r['acc_pruned']:.3f} | {r['acc_finetuned']:.3f} | "
                      f"{'identical' if r['save_load_identical'] else 'DIFFERS'} |")
-        if r.get("metaprune_error"):
-            lines[-1] = lines[-1].replace(r["path"], r["path"] + " (metaprune.prune refused: see JSON)")
     return "\n".join(lines)
 
 

@@ -11,8 +11,10 @@ process with a per-model time limit and a memory cap:
          build, pruning fails) or ``failed`` (grouping fails), with the error message
 Models above ``--max-params`` are skipped with the reason recorded (memory and time on a 2-core CPU).
 
-    python benchmarks/torchvision_sweep.py [--timeout 90] [--only resnet18 vit_b_16] \
+    python benchmarks/torchvision_sweep.py [--timeout 90] [--only resnet18 vit_b_16 [--update]] \
         [--out benchmarks/results/torchvision_sweep-cpu.json]
+
+``--update`` re-runs only the ``--only`` models and replaces their records in ``--out``, keeping the others.
 """
 from __future__ import annotations
 
@@ -160,12 +162,18 @@ def _pool(ctx):
     return pool
 
 
-def sweep(names, timeout: float, out_path: Path | None = None, resume: bool = False, **kw) -> dict:
+def sweep(names, timeout: float, out_path: Path | None = None, resume: bool = False, update: bool = False,
+          **kw) -> dict:
     """Run ``run_one`` on each name in a worker with ``timeout`` seconds per model; ``resume`` keeps the
-    finished (not timed-out) records already in ``out_path``."""
-    done = {}
-    if resume and out_path and out_path.exists():
-        done = {r["model"]: r for r in json.loads(out_path.read_text())["results"] if r["status"] != "timeout"}
+    finished (not timed-out) records already in ``out_path``; ``update`` keeps every record of ``out_path`` whose
+    model is not in ``names`` (the file then holds the earlier sweep with these models re-run)."""
+    done, earlier = {}, None
+    if (resume or update) and out_path and out_path.exists():
+        earlier = json.loads(out_path.read_text())
+    if resume and earlier:
+        done = {r["model"]: r for r in earlier["results"] if r["status"] != "timeout"}
+    if not update:
+        earlier = None
     ctx = mp.get_context("spawn")
     pool = _pool(ctx)
     results, t0 = [], time.perf_counter()
@@ -191,10 +199,10 @@ def sweep(names, timeout: float, out_path: Path | None = None, resume: bool = Fa
             print(json.dumps({k: rec.get(k) for k in ("model", "status", "groups", "speedup", "error", "reason",
                                                        "seconds")}), flush=True)
             if out_path:
-                _write(out_path, results, t0, timeout, kw)
+                _write(out_path, results, t0, timeout, kw, earlier)
     finally:
         pool.terminate()
-    return _write(out_path, results, t0, timeout, kw) if out_path else _summary(results, t0, timeout, kw)
+    return _write(out_path, results, t0, timeout, kw, earlier) if out_path else _summary(results, t0, timeout, kw)
 
 
 def _summary(results, t0, timeout, kw) -> dict:
@@ -214,8 +222,23 @@ def _summary(results, t0, timeout, kw) -> dict:
             "results": results}
 
 
-def _write(path: Path, results, t0, timeout, kw) -> dict:
-    summary = _summary(results, t0, timeout, kw)
+def _merge(earlier: dict, results, t0) -> tuple[list, dict]:
+    """The earlier sweep's records with ``results`` in place of (or after) theirs, and the run log."""
+    new = {r["model"]: r for r in results}
+    merged = [new.pop(r["model"], r) for r in earlier["results"]] + list(new.values())
+    log = {"seconds": earlier.get("seconds"),
+           "updates": earlier.get("updates", []) + [{"models": [r["model"] for r in results],
+                                                      "seconds": round(time.perf_counter() - t0, 1),
+                                                      "date": time.strftime("%Y-%m-%d")}]}
+    return merged, log
+
+
+def _write(path: Path, results, t0, timeout, kw, earlier: dict | None = None) -> dict:
+    if earlier is not None:
+        merged, log = _merge(earlier, results, t0)
+        summary = {**_summary(merged, t0, timeout, kw), **log}
+    else:
+        summary = _summary(results, t0, timeout, kw)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(summary, indent=1) + "\n")
@@ -244,10 +267,14 @@ def main(argv=None):
     ap.add_argument("--mem-gb", type=float, default=3.0, help="address-space cap added per worker")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/torchvision_sweep-cpu.json"))
     ap.add_argument("--resume", action="store_true", help="keep finished records already in --out")
+    ap.add_argument("--update", action="store_true",
+                    help="re-run only the --only models, replacing their records in --out and keeping the rest")
     args = ap.parse_args(argv)
+    if args.update and not args.only:
+        ap.error("--update re-runs the models named by --only; give --only")
     names = args.only or classification_models()
-    summary = sweep(names, args.timeout, Path(args.out), resume=args.resume, max_params=args.max_params,
-                    max_graph_params=args.max_graph_params, mem_gb=args.mem_gb)
+    summary = sweep(names, args.timeout, Path(args.out), resume=args.resume, update=args.update,
+                    max_params=args.max_params, max_graph_params=args.max_graph_params, mem_gb=args.mem_gb)
     print(json.dumps({k: summary[k] for k in ("counts", "graph_round_trip", "seconds")}))
     print(markdown(summary))
 

@@ -18,15 +18,12 @@ def count_params(model: nn.Module) -> int:
 
 
 def macs_and_params(model: nn.Module, example_inputs) -> tuple[int, int]:
-    """MACs of one forward pass on ``example_inputs`` and the parameter count."""
-    import torch_pruning as tp
+    """MACs per sample of one forward pass on ``example_inputs`` and the parameter count: torch-pruning's op
+    counter, with LSTMs counted once per time step and registered custom layers (GATConv attention, yours)
+    added; see ``metaprune.prune.cost.count_macs``."""
+    from .prune.cost import count_macs
 
-    was_training = model.training
-    try:
-        macs, params = tp.utils.count_ops_and_params(model, example_inputs)
-    finally:
-        model.train(was_training)  # the counter leaves the model in eval mode
-    return int(macs), int(params)
+    return count_macs(model, example_inputs)
 
 
 def sync(device) -> None:

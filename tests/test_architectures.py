@@ -1,5 +1,6 @@
 """Non-CNN families (LSTM, GAT, DGCNN) and DenseNet/ResNeXt: data, forward, exact custom pruners, 2x MACs
-pruning, save/load of the pruned model, and (slow) train -> prune -> finetune accuracy."""
+pruning through ``metaprune.prune.prune`` (custom pruners included), save/load of the pruned model, and (slow)
+train -> prune -> finetune accuracy."""
 import copy
 import importlib.util
 import sys
@@ -15,7 +16,9 @@ import metaprune.models.dense  # noqa: F401
 import metaprune.models.pointcloud  # noqa: F401
 from metaprune.data import get_data
 from metaprune.io import load_model, save_model
-from metaprune.models import build, build_for_data, gnn, sequence
+from metaprune.layers import custom_pruners, pruner_for
+from metaprune.models import build, build_for_data
+from metaprune.prune import UnprunableOpError, coupled_slices, prune
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,7 +70,7 @@ def test_shapes3d_clouds_are_centred_unit_and_balanced():
 # ------------------------------------------------------------------ models
 SMALL = {
     "lstm": ("digits_seq", {"hidden_size": 16, "num_layers": 2, "head": 16}),
-    "gat": ("sbm", {"hidden": 4, "heads": 2}),
+    "gat": ("sbm", {"hidden": 8, "heads": 2}),
     "dgcnn": ("shapes3d", {"widths": [8, 8, 16], "emb": 32, "head": 16, "k": 5}),
     "densenet": ("digits", {"blocks": [2, 2], "growth": 4}),
     "resnext": ("digits", {"depth": 11, "cardinality": 2, "base_width": 2, "width": 8}),
@@ -96,8 +99,9 @@ def test_prune_2x_then_save_load_identical(name, datasets, tmp_path):
     model = build_for_data(name, data.input_shape, data.num_classes, **args).eval()
     x = data.val.x[:4]
     cfg = bench.FAMILIES[{"lstm": "lstm-2layer"}.get(name, name)]
-    model, res = bench.prune_family(model, x, 2.0, cfg["ignored"], cfg["metaprune"], steps=6)
+    res = bench.prune_family(model, x, 2.0, cfg["ignored"])
     assert 1.8 <= res["speedup"] <= 2.4, res
+    assert res["predicted_macs"] == pytest.approx(res["pruned_macs"], rel=1e-6)  # the analytic count is exact
     assert res["pruned_params"] < res["base_params"]
     save_model(model, tmp_path / name)
     loaded = load_model(tmp_path / name)
@@ -130,20 +134,32 @@ def test_lstm_pruner_removes_hidden_units_exactly(num_layers):
             for n in (f"weight_ih_l{l}", f"weight_hh_l{l}", f"bias_ih_l{l}", f"bias_hh_l{l}"):
                 getattr(m.lstm, n)[rows] = 0
 
-    def prune(m):
-        DG = tp.DependencyGraph().build_dependency(m, x, customized_pruners=sequence.PRUNERS)
-        DG.get_pruning_group(m.lstm, sequence.PRUNERS[nn.LSTM].prune_out_channels, idxs=drop).prune()
+    def cut(m):
+        DG = tp.DependencyGraph().build_dependency(m, x, customized_pruners=custom_pruners())
+        DG.get_pruning_group(m.lstm, pruner_for(m.lstm).prune_out_channels, idxs=drop).prune()
 
-    ok, pruned = _pruned_copy_matches_zeroed(model, zero, prune, x)
+    ok, pruned = _pruned_copy_matches_zeroed(model, zero, cut, x)
     assert ok
     assert pruned.lstm.hidden_size == 9 and pruned.fc1.in_features == 9
     assert all(getattr(pruned.lstm, f"weight_hh_l{l}").shape == (36, 9) for l in range(num_layers))
 
 
+class _BiLSTM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(4, 6, batch_first=True, bidirectional=True)
+        self.fc = nn.Linear(12, 3)
+
+    def forward(self, x):
+        return self.fc(self.rnn(x)[0][:, -1])
+
+
 def test_lstm_pruner_refuses_bidirectional_clearly():
     lstm = nn.LSTM(4, 6, bidirectional=True)
     with pytest.raises(NotImplementedError, match="unidirectional"):
-        sequence.PRUNERS[nn.LSTM].prune_out_channels(lstm, [0])
+        pruner_for(lstm).prune_out_channels(lstm, [0])
+    with pytest.raises(UnprunableOpError, match=r"rnn \(LSTM\).*unidirectional"):
+        prune(_BiLSTM(), torch.randn(2, 5, 4), target_speedup=1.5)
 
 
 def test_gat_pruner_removes_head_dimensions_exactly():
@@ -152,7 +168,6 @@ def test_gat_pruner_removes_head_dimensions_exactly():
     x = torch.arange(0, 600, 7)
     drop_c = [0, 2, 5]
     idxs = [h * 6 + c for h in range(3) for c in drop_c]
-    conv_type = type(model.conv1)
 
     def zero(m):  # a zero head dimension leaves attention unchanged and gives elu(0) = 0 downstream
         m.conv1.lin.weight[idxs] = 0
@@ -160,15 +175,103 @@ def test_gat_pruner_removes_head_dimensions_exactly():
         m.conv1.att_src[:, :, drop_c] = 0
         m.conv1.att_dst[:, :, drop_c] = 0
 
-    def prune(m):
-        DG = tp.DependencyGraph().build_dependency(m, x, customized_pruners=gnn.PRUNERS)
-        DG.get_pruning_group(m.conv1, gnn.PRUNERS[conv_type].prune_out_channels, idxs=idxs).prune()
+    def cut(m):
+        DG = tp.DependencyGraph().build_dependency(m, x, customized_pruners=custom_pruners())
+        DG.get_pruning_group(m.conv1, pruner_for(m.conv1).prune_out_channels, idxs=idxs).prune()
 
-    ok, pruned = _pruned_copy_matches_zeroed(model, zero, prune, x)
+    ok, pruned = _pruned_copy_matches_zeroed(model, zero, cut, x)
     assert ok
     assert pruned.conv1.out_channels == 3 and pruned.conv1.heads == 3 and pruned.conv2.in_channels == 9
     with pytest.raises(ValueError, match="whole head dimensions"):
-        gnn.PRUNERS[conv_type].prune_out_channels(pruned.conv1, [0])
+        pruner_for(pruned.conv1).prune_out_channels(pruned.conv1, [0])
+
+
+# ------------------------------------------------------------------ metaprune.prune on custom layers
+def _zero_removed(model, x, res):
+    """Zero, in ``model``, every entry the units ``res.removed`` of a prune run own (the groups' slices)."""
+    groups = {g.root: g for g in coupled_slices(model, x, ignored_layers=res.protected)}
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for root, units in res.removed.items():
+            g, units = groups[root], torch.tensor(units)
+            for s in g.slices:
+                params[s.param].index_fill_(s.dim, s.idxs[units], 0.0)
+
+
+LSTM_GAT = {
+    "lstm-2layer": (lambda: build("lstm", input_size=8, hidden_size=24, num_layers=2, head=16),
+                    lambda: torch.randn(3, 8, 8)),
+    "gat": (lambda: build("gat", hidden=8, heads=3, dropout=0.0), lambda: torch.arange(0, 600, 50)),
+}
+
+
+@pytest.mark.parametrize("name", list(LSTM_GAT))
+def test_metaprune_prune_on_custom_layers_is_exact(name):
+    """prune() reaches 2x measured MACs through the custom pruners, predicts them exactly, and the pruned model
+    computes what the unpruned one computes with the removed units zeroed."""
+    torch.manual_seed(0)
+    make, inputs = LSTM_GAT[name]
+    model, x = make().eval(), inputs()
+    zeroed = copy.deepcopy(model)
+    res = prune(model, x, target_speedup=2.0)
+    assert res.speedup == pytest.approx(2.0, rel=0.05), res
+    assert res.predicted_macs == pytest.approx(res.pruned_macs, rel=1e-6)
+    custom_root = "lstm" if name.startswith("lstm") else "conv1"
+    assert res.channels[custom_root][1] < res.channels[custom_root][0]  # the custom layer itself shrank
+    _zero_removed(zeroed, x[:1], res)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), zeroed(x), atol=1e-5, rtol=1e-4)
+
+
+def test_lstm_macs_are_counted_per_time_step():
+    """count_macs (what prune reports) counts an LSTM once per step of a sample, whatever the batch; torch-pruning's
+    counter would multiply by steps x features and divide by the batch."""
+    from metaprune.prune.cost import count_macs
+
+    model = build("lstm", input_size=8, hidden_size=16, num_layers=2, head=16)
+    x = torch.randn(1, 8, 8)
+    H, steps = 16, 8
+    per_step = sum(4 * H * (i + H) + 10 * H + 8 * H for i in (8, H))  # |W_ih| + |W_hh|, gate arithmetic, biases
+    head = (16 * 16 + 16) + (16 * 10 + 10)
+    assert count_macs(model, x)[0] == steps * per_step + head
+    # the counter adds a Linear's bias once per batch, not per sample
+    batched = steps * per_step + (16 * 16 * 3 + 16 + 16 * 10 * 3 + 10) / 3
+    assert count_macs(model, x.repeat(3, 1, 1))[0] == pytest.approx(batched, abs=1)
+
+
+def test_lstm_group_slices_hold_every_gate_row_of_every_layer():
+    model = build("lstm", input_size=8, hidden_size=6, num_layers=2, head=5)
+    x = torch.randn(1, 8, 8)
+    g = next(g for g in coupled_slices(model, x, ignored_layers=["fc"]) if g.root == "lstm")
+    assert g.units == 6 and g.custom
+    H, j = 6, 4
+    owned = {}
+    for s in g.slices:
+        owned.setdefault((s.param, s.dim), set()).add(int(s.idxs[j]))
+    gates = {g_ * H + j for g_ in range(4)}
+    for l in range(2):
+        for p in (f"weight_ih_l{l}", f"weight_hh_l{l}", f"bias_ih_l{l}", f"bias_hh_l{l}"):
+            assert owned[(f"lstm.{p}", 0)] == gates, p
+        assert owned[(f"lstm.weight_hh_l{l}", 1)] == {j}
+    assert owned[("lstm.weight_ih_l1", 1)] == {j} and owned[("fc1.weight", 1)] == {j}
+    assert ("lstm.weight_ih_l0", 1) not in owned  # the input features are not this group's
+
+
+def test_gat_group_unit_is_one_head_dimension_of_every_head():
+    model = build("gat", hidden=5, heads=3)
+    g = next(g for g in coupled_slices(model, torch.arange(2), ignored_layers=["conv2"]) if g.root == "conv1")
+    assert g.units == 5
+    c = 2
+    rows = {int(s.idxs[c]) for s in g.slices if s.param == "conv1.lin.weight" and s.dim == 0}
+    assert rows == {h * 5 + c for h in range(3)}
+    assert {int(s.idxs[c]) for s in g.slices if s.param == "conv2.lin.weight"} == {h * 5 + c for h in range(3)}
+    assert [int(s.idxs[c]) for s in g.slices if s.param == "conv1.att_src"] == [c]  # [1, heads, C]: once
+
+
+def test_gat_classifier_is_protected_automatically():
+    model = build("gat", hidden=8, heads=2)
+    res = prune(model, torch.arange(3), target_speedup=1.5)
+    assert res.protected == ["conv2"] and model(torch.arange(3)).shape == (3, 5)
 
 
 def test_gat_takes_node_ids_only():

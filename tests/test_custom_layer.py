@@ -1,11 +1,8 @@
 """A user registers a layer type the pruner does not know (docs/custom_layers.md): a gated linear unit whose
-output channel owns two weight rows. Without a rule metaprune refuses it by name; with a torch-pruning custom
-pruner it prunes exactly (same function as zeroing the removed units) and the pruned model round-trips
-through save/load."""
+output channel owns two weight rows. Without a rule metaprune refuses it by name; registered with
+``register_layer``, plain ``metaprune.prune.prune`` prunes it exactly (same function as zeroing the removed
+units) to a measured MACs target, and the pruned model round-trips through save/load."""
 import copy
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +11,11 @@ import torch.nn.functional as F
 import torch_pruning as tp
 
 from metaprune.io import load_model, save_model
+from metaprune.layers import register_layer
+from metaprune.metrics import macs_and_params
 from metaprune.models import available, build, register
+from metaprune.prune import UnprunableOpError, prune
+from metaprune.prune.cost import count_macs
 
 
 class GatedLinear(nn.Module):
@@ -80,53 +81,83 @@ class GLUNet(nn.Module):
 if "test_glu_net" not in available():
     register("test_glu_net")(lambda in_features=16, hidden=32, num_classes=4: GLUNet(in_features, hidden, num_classes))
 
-PRUNERS = {GatedLinear: GatedLinearPruner()}
+register_layer(GatedLinear, pruner=GatedLinearPruner())
+
+
+class UnregisteredGatedLinear(GatedLinear):
+    """The same layer under a type nobody registered (pruners are looked up by exact type)."""
 
 
 def test_unregistered_custom_layer_is_refused_by_name():
-    from metaprune.prune import UnprunableOpError, prune
-
-    model = build("test_glu_net")
-    with pytest.raises(UnprunableOpError, match=r"glu \(GatedLinear\)"):
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), UnregisteredGatedLinear(32, 32), nn.Linear(32, 4))
+    with pytest.raises(UnprunableOpError, match=r"2 \(UnregisteredGatedLinear\)"):
         prune(model, torch.randn(2, 16), target_speedup=2.0)
+    # a pruner handed to this one call is enough
+    res = prune(model, torch.randn(2, 16), target_speedup=1.5,
+                customized_pruners={UnregisteredGatedLinear: GatedLinearPruner()})
+    assert res.speedup == pytest.approx(1.5, rel=0.05) and model[2].out_features < 32
 
 
-def test_registered_custom_layer_prunes_exactly_and_round_trips(tmp_path):
+def test_pruner_without_param_slices_is_refused_by_name():
+    class Bare(GatedLinearPruner):
+        param_slices = None
+
+    model = nn.Sequential(nn.Linear(16, 32), UnregisteredGatedLinear(32, 32), nn.Linear(32, 4))
+    with pytest.raises(UnprunableOpError, match=r"1 \(UnregisteredGatedLinear\) has no param_slices"):
+        prune(model, torch.randn(2, 16), target_speedup=1.5, customized_pruners={UnregisteredGatedLinear: Bare()})
+
+
+def test_custom_layer_macs_count_its_parameters_once_per_sample():
+    """GatedLinearPruner has no macs_terms: the layer costs its parameter count per sample, which for this
+    linear-like layer is its exact multiply-accumulate count; torch-pruning's counter alone sees only fc."""
+    model = build("test_glu_net")
+    x = torch.randn(1, 16)
+    counter, params = macs_and_params(model, x)
+    assert counter == 32 * 4 + 4
+    assert count_macs(model, x) == (counter + 2 * 32 * 16 + 2 * 32, params)
+    x5 = x.repeat(5, 1)
+    extra = count_macs(model, x5)[0] - macs_and_params(model, x5)[0]
+    assert extra == pytest.approx(2 * 32 * 16 + 2 * 32, abs=1)  # per sample (the counter's total is rounded down)
+
+
+def test_registered_custom_layer_prunes_to_2x_exactly_and_round_trips(tmp_path):
     torch.manual_seed(0)
     model = build("test_glu_net").eval()
     x = torch.randn(8, 16)
-    drop = [0, 3, 5, 9, 30]
-    pruned = copy.deepcopy(model)
-    DG = tp.DependencyGraph().build_dependency(pruned, x, customized_pruners=PRUNERS)
-    DG.get_pruning_group(pruned.glu, PRUNERS[GatedLinear].prune_out_channels, idxs=drop).prune()
-    assert pruned.glu.weight.shape == (2 * 27, 16) and pruned.fc.weight.shape == (4, 27)
+    zeroed = copy.deepcopy(model)
+    res = prune(model, x, target_speedup=2.0)
+    assert res.speedup == pytest.approx(2.0, rel=0.05) and res.protected == ["fc"]
+    assert res.predicted_macs == pytest.approx(res.pruned_macs, rel=1e-6)
+    drop = res.removed["glu"]
+    kept = 32 - len(drop)
+    assert model.glu.weight.shape == (2 * kept, 16) and model.fc.weight.shape == (4, kept)
     with torch.no_grad():
         rows = torch.tensor(drop + [d + 32 for d in drop])
-        model.glu.weight[rows] = 0  # a zeroed unit outputs 0 * sigmoid(0) = 0
-        model.glu.bias[rows] = 0
-        assert torch.allclose(model(x), pruned(x), atol=1e-6)
-    save_model(pruned, tmp_path / "glu")
+        zeroed.glu.weight[rows] = 0  # a zeroed unit outputs 0 * sigmoid(0) = 0
+        zeroed.glu.bias[rows] = 0
+        torch.testing.assert_close(model(x), zeroed(x), atol=1e-6, rtol=1e-5)
+    save_model(model, tmp_path / "glu")
     loaded = load_model(tmp_path / "glu")
     with torch.no_grad():
-        assert torch.equal(loaded(x), pruned(x))
+        assert torch.equal(loaded(x), model(x))
 
 
-def test_custom_layer_through_the_ratio_search():
-    spec = importlib.util.spec_from_file_location(
-        "arch_bench", Path(__file__).resolve().parents[1] / "benchmarks" / "architectures.py")
-    bench = sys.modules.get("arch_bench")
-    if bench is None:
-        bench = importlib.util.module_from_spec(spec)
-        sys.modules["arch_bench"] = bench
-        spec.loader.exec_module(bench)
+def test_custom_layer_by_hand_through_torch_pruning():
+    """The rule is a plain torch-pruning pruner: its dependency graph removes exactly the units asked for."""
+    model = build("test_glu_net").eval()
+    DG = tp.DependencyGraph().build_dependency(model, torch.randn(2, 16),
+                                               customized_pruners={GatedLinear: GatedLinearPruner()})
+    DG.get_pruning_group(model.glu, DG.get_pruner_of_module(model.glu).prune_out_channels, idxs=[0, 3, 5]).prune()
+    assert model.glu.weight.shape == (2 * 29, 16) and model.fc.in_features == 29
+
+
+def test_criterion_sees_the_custom_layer_entries():
+    """Group L2 reads the custom layer's rows through param_slices: its weakest unit goes first."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), GatedLinear(64, 64), nn.Linear(64, 4)).eval()
-    x = torch.randn(4, 16)
-    # the criterion reads the custom layer's entries through param_slices: the weakest units go first
     with torch.no_grad():
         model[2].weight[[7, 7 + 64]] *= 1e-3
         model[3].weight[:, 7] *= 1e-3
-    res = bench.tp_prune(model, x, 2.0, ignored_layers=["3"], pruners={**PRUNERS}, steps=6)
-    assert 1.8 <= res["speedup"] <= 2.4
-    assert model[2].out_features < 64 and model(x).shape == (4, 4)
+    res = prune(model, torch.randn(4, 16), target_speedup=1.2)
+    assert 7 in res.removed["2"] and res.speedup == pytest.approx(1.2, rel=0.05)
     assert model[2].weight[:model[2].out_features].norm(dim=1).min() > 0.05  # unit 7 is gone

@@ -88,7 +88,8 @@ def _graph_value_elements(g) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def _check_round_trip(model, x, unique_ids: bool):
+def _check_round_trip(model, x, unique_ids: bool, data_buffers=()):
+    """``data_buffers``: buffers that hold data, not weights (a GAT's fixed graph): kept as layout metadata."""
     model = _randomize(model)
     g = to_graph(model, x)
     back = from_graph(g, model)
@@ -101,16 +102,17 @@ def _check_round_trip(model, x, unique_ids: bool):
     # each parameter element is in the graph exactly once; buffers other than per-channel
     # statistics (num_batches_tracked) are layout metadata
     n_param = sum(p.numel() for p in model.parameters())
-    n_stats = sum(b.numel() for n, b in model.named_buffers() if not n.endswith("num_batches_tracked"))
+    stats = [n for n, b in model.named_buffers() if not n.endswith("num_batches_tracked") and n not in data_buffers]
+    n_stats = sum(model.get_buffer(n).numel() for n in stats)
     assert g.num_parameter_elements() == n_param + n_stats
     meta = [e.name for e in g.layout if e.kind == "meta"]
-    assert all(n.endswith("num_batches_tracked") for n in meta)
+    assert all(n.endswith("num_batches_tracked") or n in data_buffers for n in meta)
     if unique_ids:
         # give every element a distinct integer value: the graph must hold each exactly once
         ids = copy.deepcopy(model)
         k = 0
         with torch.no_grad():
-            for t in list(ids.parameters()) + [b for n, b in ids.named_buffers() if not n.endswith("tracked")]:
+            for t in list(ids.parameters()) + [ids.get_buffer(n) for n in stats]:
                 t.copy_(torch.arange(k, k + t.numel(), dtype=torch.float32).view(t.shape))
                 k += t.numel()
         assert k < 2 ** 24  # exact in float32

@@ -267,3 +267,19 @@ def test_one_pass_apply_equals_group_by_group_pruning_through_concats():
     res = prune(_TinyDense(), X32, target_speedup=1.6)  # 4 small groups: each channel is ~5% of the MACs
     assert res.predicted_macs == pytest.approx(res.pruned_macs, rel=1e-6)
     assert res.speedup == pytest.approx(1.6, rel=0.05)
+
+
+def test_convnext_blocks_prune_to_2x_with_layer_scale():
+    """torchvision's ConvNeXt (two tiny stages): depthwise convs, channels-last LayerNorm, LayerNorm2d (a subclass
+    torch-pruning's counter does not count) and the raw ``layer_scale`` parameters of every block."""
+    from torchvision.models.convnext import CNBlockConfig, ConvNeXt
+
+    torch.manual_seed(0)
+    model = ConvNeXt([CNBlockConfig(8, 16, 2), CNBlockConfig(16, None, 2)], num_classes=10).eval()
+    res = prune(model, X32, target_speedup=2.0)
+    assert res.speedup == pytest.approx(2.0, rel=0.02)
+    assert res.predicted_macs == pytest.approx(res.pruned_macs, rel=1e-6)
+    block = model.features[1][0]
+    width = block.block[0].out_channels
+    assert width < 8 and block.layer_scale.shape == (width, 1, 1) and model.features[0][1].weight.shape == (width,)
+    assert model(X32).shape == (1, 10)

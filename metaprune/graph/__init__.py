@@ -11,7 +11,8 @@ slots that hold one. ``edge_index`` [2, E] (row 0 = input neuron, row 1 = output
 whose ``nodes[c]`` are the graph nodes that pruning channel c of the group removes (-1 padded).
 The private layout makes the conversion bijective and bit-exact for every parameter and buffer.
 """
-from .convert import NodeGroup, to_graph
+from . import rules  # noqa: F401  (registers the LSTM and GATConv rules)
+from .convert import LayerGraph, NodeGroup, to_graph
 from .netgraph import NetGraph, from_graph, graph_params
 from .trace import GraphConversionError
 from .vocab import (
@@ -26,7 +27,7 @@ from .vocab import (
 )
 
 __all__ = [
-    "to_graph", "from_graph", "graph_params", "NetGraph", "NodeGroup", "GraphConversionError",
+    "to_graph", "from_graph", "graph_params", "NetGraph", "NodeGroup", "LayerGraph", "GraphConversionError",
     "NODE_TYPES", "NODE_FEATURES", "F_NODE", "EDGE_TYPES", "CONSTANT_EDGE_TYPES",
     "edge_type_id", "edge_type_name", "edge_feature_size",
 ]

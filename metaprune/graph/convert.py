@@ -17,7 +17,8 @@ import torch.nn as nn
 
 from .netgraph import Entry, NetGraph, _as_range
 from .trace import GraphConversionError, Trace, compute_groups, release, trace
-from .vocab import F_NODE, NODE_TYPE_ID, SLOT, conv_edge_type, edge_feature_size, edge_type_id
+from ..layers import graph_rule_for
+from .vocab import CONSTANT_EDGE_TYPES, F_NODE, NODE_TYPE_ID, SLOT, conv_edge_type, edge_feature_size, edge_type_id
 
 
 class _ParamRef:
@@ -120,6 +121,30 @@ class _Builder:
                       requires_grad=param.requires_grad, numel=w.numel(), out_nodes=out_ids,
                       out_axis=1 if transposed else 0, free_axis=0 if transposed else 1)
         self.edges.append(dict(type=etype, n=A * B, attr=w.detach().reshape(-1), fill=fill, entry=entry))
+        self.entries.append(entry)
+        self.covered[id(param)] = self._name(param)
+
+    def edges_of(self, param: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, etype: str, free_axis: int,
+                 out_nodes: torch.Tensor | None = None, out_axis: int = 0):
+        """One edge per ``edge_feature_size(etype)`` consecutive elements of ``param`` (memory order), from
+        ``src[i]`` to ``dst[i]``. ``out_nodes`` (the neurons of axis ``out_axis``) and ``free_axis`` (the axis
+        whose size follows from the surviving edges) tell ``remove_nodes`` the pruned shape."""
+        self._check_dtype(param)
+        k = edge_feature_size(etype)
+        n = param.numel() // k
+        if param.numel() != n * k or src.shape != (n,) or dst.shape != (n,):
+            raise GraphConversionError(
+                f"{self._name(param)}: {param.numel()} values as {etype} edges of {k} need {n} sources and "
+                f"destinations, got {tuple(src.shape)} and {tuple(dst.shape)}")
+
+        def fill(ei):
+            ei[0].copy_(src)
+            ei[1].copy_(dst)
+
+        entry = Entry(self._name(param), "edges", tuple(param.shape), param.dtype, False,
+                      requires_grad=param.requires_grad, numel=param.numel(), out_nodes=out_nodes,
+                      out_axis=out_axis, free_axis=free_axis)
+        self.edges.append(dict(type=etype, n=n, attr=param.detach().reshape(-1), fill=fill, entry=entry))
         self.entries.append(entry)
         self.covered[id(param)] = self._name(param)
 
@@ -309,6 +334,32 @@ class _Builder:
         self.space[op.id] = out
         self.created[op.id] = torch.stack([out, qkv[:E], qkv[E:2 * E], qkv[2 * E:]], 1)
 
+    def op_custom(self, op):
+        """A layer type with a registered NetGraph rule (``metaprune.layers.register_layer``)."""
+        m = op.module
+        rule = graph_rule_for(m)
+        layer = LayerGraph(self, op, self.one_space(op, type(m).__name__))
+        try:
+            result = rule(m, layer)
+        except GraphConversionError:
+            raise
+        except Exception as e:
+            raise GraphConversionError(
+                f"the graph rule of {type(m).__name__} failed on layer {op.name!r}: {type(e).__name__}: {e}") from e
+        if not (isinstance(result, tuple) and len(result) == 2):
+            raise GraphConversionError(f"the graph rule of {type(m).__name__} must return (output nodes, "
+                                       f"nodes per output channel), got {type(result).__name__}")
+        out, channels = result
+        missing = [n for n, p in m.named_parameters() if id(p) not in self.covered]
+        if missing:
+            raise GraphConversionError(
+                f"the graph rule of {type(m).__name__} left parameter(s) {missing} of layer {op.name!r} unplaced")
+        self.space[op.id] = out
+        self.created[op.id] = channels if channels.dim() == 2 else channels[:, None]
+
+    def op_internal(self, op):
+        self.space[op.id] = None  # an op inside a layer with its own graph rule: the rule covers it
+
     def op_pass(self, op):
         vals = [v for v in self.in_values(op) if v is not None]
         self.space[op.id] = vals[0] if vals else None
@@ -375,7 +426,10 @@ class _Builder:
         real = self.distinct([v for v in vals if isinstance(v, torch.Tensor)])
         if name.startswith("SelectBackward") and len(real) == 1:
             gf = op.grad_fn
-            if gf._saved_self_sym_sizes[gf._saved_dim] == real[0].numel():  # picks one channel
+            sizes, dim, C = gf._saved_self_sym_sizes, gf._saved_dim % len(gf._saved_self_sym_sizes), real[0].numel()
+            # picks one channel, unless another axis has the channel count too ([B, T, C] with T == C: an LSTM's
+            # last step, a token): selecting one channel is rare, picking a position is common
+            if sizes[dim] == C and not any(s == C for i, s in enumerate(sizes) if i not in (0, dim)):
                 raise GraphConversionError(f"op {name} selects a single channel; unsupported")
         if not real:
             self.space[op.id] = params[0] if len(params) == 1 and len(vals) == 1 else None
@@ -529,6 +583,65 @@ class _Builder:
             table[r, pos] = c
             out.append(NodeGroup(grp.root, table))
         return out
+
+
+class LayerGraph:
+    """What a NetGraph rule of a custom layer type sees: the layer's input neurons and the means to add
+    nodes, weight edges, per-neuron features and constant edges. Parameter names are relative to the layer.
+
+    A rule ``rule(layer, g) -> (out, channels)`` returns the neurons of the layer's output (LongTensor
+    [C_out]) and, for each output channel as the layer's pruner counts them, the nodes that removing it
+    removes (LongTensor [C_out, m], or [C_out] when one node each). See ``metaprune.graph.rules``.
+    """
+
+    def __init__(self, builder: _Builder, op, space):
+        self._b, self._op, self.input = builder, op, space
+
+    @property
+    def name(self) -> str:
+        return self._op.name
+
+    def input_nodes(self, channels: int) -> torch.Tensor:
+        """The neurons of the layer's input: those of the op feeding it, or network input channels."""
+        if self.input is None:
+            return self._b.input_space(channels)
+        if self.input.numel() != channels:
+            raise GraphConversionError(f"layer {self.name!r} expects {channels} input channels but its input "
+                                       f"carries {self.input.numel()}")
+        return self.input
+
+    def nodes(self, count: int, node_type: str) -> torch.Tensor:
+        """``count`` new neurons of ``node_type`` (a name in ``NODE_TYPES``); returns their ids."""
+        if node_type not in NODE_TYPE_ID:
+            raise GraphConversionError(f"layer {self.name!r}: node type {node_type!r} is not in NODE_TYPES")
+        return self._b.new_nodes(count, node_type)
+
+    def _param(self, name: str) -> torch.Tensor:
+        return self._op.module.get_parameter(name)
+
+    def weight(self, name: str, out: torch.Tensor, inp: torch.Tensor, edge_type: str, groups: int = 1,
+               transposed: bool = False) -> None:
+        """Dense edges of a weight [out, in / groups, *kernel] (``transposed``: [in, out]) from ``inp`` to ``out``."""
+        self._b.dense(self._param(name), out, inp, edge_type, groups=groups, transposed=transposed)
+
+    def edges(self, name: str, src: torch.Tensor, dst: torch.Tensor, edge_type: str, free_axis: int,
+              out_nodes: torch.Tensor | None = None, out_axis: int = 0) -> None:
+        """Edge ``i`` from ``src[i]`` to ``dst[i]`` carries the i-th ``edge_feature_size(edge_type)`` elements of
+        the parameter in memory order (see ``_Builder.edges_of`` for ``free_axis`` / ``out_nodes``)."""
+        self._b.edges_of(self._param(name), src, dst, edge_type, free_axis, out_nodes, out_axis)
+
+    def feature(self, name: str, nodes: torch.Tensor, slot: str) -> None:
+        """A per-neuron parameter (one value per node of ``nodes``) in node feature ``slot`` (``NODE_FEATURES``)."""
+        if slot not in SLOT:
+            raise GraphConversionError(f"layer {self.name!r}: {slot!r} is not a node feature slot {list(SLOT)}")
+        self._b.node_feature(self._param(name), nodes, slot)
+
+    def constant(self, src: torch.Tensor, dst: torch.Tensor, edge_type: str) -> None:
+        """Edges that carry no parameter (a fixed wiring such as a sum or a mean); ``edge_type`` must be in
+        ``CONSTANT_EDGE_TYPES``."""
+        if edge_type not in CONSTANT_EDGE_TYPES:
+            raise GraphConversionError(f"layer {self.name!r}: {edge_type!r} is not a constant edge type")
+        self._b.identity(src, dst, edge_type)
 
 
 class NodeGroup:

@@ -19,6 +19,8 @@ from torch.overrides import TorchFunctionMode
 import torch_pruning as tp
 from torch_pruning import ops as tp_ops
 
+from ..layers import custom_pruners, graph_rule_for
+
 
 class GraphConversionError(ValueError):
     """A model (or one of its layers / ops) that the network <-> graph converter cannot represent."""
@@ -44,7 +46,7 @@ _KIND = {
     tp_ops.OPTYPE.ELEMENTWISE: "elementwise",
     tp_ops.OPTYPE.OUTPUT: "output",
     tp_ops.OPTYPE.PRELU: "unsupported",
-    tp_ops.OPTYPE.LSTM: "unsupported",
+    tp_ops.OPTYPE.LSTM: "unsupported",  # registered graph rules (metaprune.graph.rules) make these "custom"
     tp_ops.OPTYPE.CUSTOMIZED: "unsupported",
 }
 
@@ -126,6 +128,16 @@ def trace(model: nn.Module, example_inputs) -> Trace:
     calls: dict = {}
     hooks = [m.register_forward_hook(lambda m, i, o: calls.__setitem__(m, calls.get(m, 0) + 1))
              for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
+    # where the inputs of layers with their own graph rule come from: the ops between them and the
+    # layer's output belong to the layer (its rule covers them)
+    fed: dict = {}
+
+    def record_inputs(m, args, kwargs):
+        fed[m] = {t.grad_fn for t in list(args) + list(kwargs.values())
+                  if isinstance(t, torch.Tensor) and t.grad_fn is not None}
+
+    hooks += [m.register_forward_pre_hook(record_inputs, with_kwargs=True)
+              for m in model.modules() if graph_rule_for(m) is not None]
     recorder = _ShapeRecorder()
 
     def forward_fn(m, x):
@@ -137,7 +149,8 @@ def trace(model: nn.Module, example_inputs) -> Trace:
     try:
         with torch.enable_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            dg = tp.DependencyGraph().build_dependency(model, example_inputs, forward_fn=forward_fn, verbose=False)
+            dg = tp.DependencyGraph().build_dependency(model, example_inputs, forward_fn=forward_fn, verbose=False,
+                                                       customized_pruners=custom_pruners())
     except GraphConversionError:
         raise
     except Exception as e:  # torch-pruning's own limits (e.g. channel shuffles) end here
@@ -158,7 +171,40 @@ def trace(model: nn.Module, example_inputs) -> Trace:
                 "shared weights have no single place in the graph"
             )
     param_names = {p: n for n, p in model.named_parameters()}
-    return _from_dependency_graph(dg, names, param_names, recorder.shapes)
+    tr = _from_dependency_graph(dg, names, param_names, recorder.shapes)
+    _fold_custom_layers(tr, fed)
+    return tr
+
+
+def _fold_custom_layers(tr: Trace, fed: dict) -> None:
+    """Give every layer with a registered graph rule the kind ``custom`` and its real inputs; the ops
+    torch-pruning traced inside it (between its inputs and its output) become ``internal``."""
+    traced = {op.module for op in tr.ops if isinstance(op.module, nn.Module)}
+    lost = [type(m).__name__ for m in fed if m not in traced]
+    if lost:
+        raise GraphConversionError(
+            f"layer type(s) {sorted(set(lost))} have a graph rule but torch-pruning traced through them as "
+            "plain ops: register their pruner too (metaprune.layers.register_layer(type, pruner=...))")
+    for op in tr.ops:
+        if not isinstance(op.module, nn.Module) or graph_rule_for(op.module) is None:
+            continue
+        op.kind = "custom"
+        stops = fed.get(op.module, set())
+        inputs, stack, seen = [], list(op.inputs), set()
+        while stack:
+            src, nr = stack.pop()
+            if src in seen:
+                continue
+            seen.add(src)
+            s = tr.ops[src]
+            if s.grad_fn in stops or s.kind == "custom":
+                inputs.append((src, nr))
+            else:
+                s.kind = "internal"
+                stack.extend(s.inputs)
+        if stops and not inputs:
+            raise GraphConversionError(f"cannot find where the inputs of layer {op.name!r} come from in the trace")
+        op.inputs = inputs
 
 
 def _from_dependency_graph(dg, module_names, param_names, shapes) -> Trace:
@@ -235,7 +281,8 @@ def compute_groups(tr: Trace) -> list:
     groups = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for g in dg.get_all_groups(ignored_layers=ignored):
+        roots = (tp_ops.TORCH_CONV, tp_ops.TORCH_LINEAR, *custom_pruners())
+        for g in dg.get_all_groups(ignored_layers=ignored, root_module_types=roots):
             root = g[0].dep.target.module
             items = []
             for it in g:
@@ -259,7 +306,8 @@ def release(tr: Trace) -> None:
 def _output_layers(dg, order) -> list:
     """Module paths of the conv / linear layers that produce the network outputs (never pruned):
     walk back from every node without consumers through parameter-free ops."""
-    layers = (tp_ops.OPTYPE.CONV, tp_ops.OPTYPE.LINEAR, tp_ops.OPTYPE.DEPTHWISE_CONV, tp_ops.OPTYPE.MHA)
+    layers = (tp_ops.OPTYPE.CONV, tp_ops.OPTYPE.LINEAR, tp_ops.OPTYPE.DEPTHWISE_CONV, tp_ops.OPTYPE.MHA,
+              tp_ops.OPTYPE.CUSTOMIZED)
     out = []
     stack, seen = [n for n in order if not n.outputs], set()
     while stack:
@@ -280,7 +328,8 @@ def prune_group(model: nn.Module, example_inputs, root: str, idxs) -> nn.Module:
     was_training = {m: m.training for m in model.modules()}
     with torch.enable_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs, verbose=False)
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs, verbose=False,
+                                                   customized_pruners=custom_pruners())
         layer = model.get_submodule(root)
         pruner = dg.get_pruner_of_module(layer)
         dg.get_pruning_group(layer, pruner.prune_out_channels, [int(i) for i in idxs]).prune()

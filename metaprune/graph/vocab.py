@@ -24,6 +24,18 @@ NODE_TYPES: list[str] = [
     "attention_out",   # an output neuron of an attention output projection
     "embedding_input",  # a row (token id) of an nn.Embedding table
     "embedding",       # an output channel of an nn.Embedding
+    # LSTM (one set per layer; hidden unit j owns gate nodes j, H+j, 2H+j, 3H+j and recurrent nodes alike)
+    "lstm_gate_i",     # input-gate pre-activation of a hidden unit: W_ih x + b_ih (input projection)
+    "lstm_gate_f",     # forget gate, same
+    "lstm_gate_g",     # cell candidate, same
+    "lstm_gate_o",     # output gate, same
+    "lstm_recurrent",  # recurrent pre-activation of one gate of one hidden unit: W_hh h + b_hh
+    "lstm_hidden",     # a hidden unit (the layer's output channel, read back by the recurrent edges)
+    # torch-geometric GATConv
+    "gat_head",        # a neuron of the input projection (head h, dimension c), the layer's output with concat
+    "gat_score_src",   # the source attention score of one head (reads att_src over its head's neurons)
+    "gat_score_dst",   # the destination attention score of one head (reads att_dst)
+    "gat_mean",        # an output channel of a GATConv that averages its heads (concat=False)
 ]
 NODE_TYPE_ID = {n: i for i, n in enumerate(NODE_TYPES)}
 
@@ -43,8 +55,14 @@ EDGE_TYPES: list[str] = [
     "conv8x8", "conv14x14", "conv16x16", "conv32x32",
     "conv1", "conv3", "conv5", "conv7",
     "conv1x1x1", "conv3x3x3",
+    "lstm_ih",        # input -> gate pre-activation (a weight_ih entry)
+    "lstm_hh",        # hidden unit -> recurrent pre-activation (a weight_hh entry)
+    "lstm_gate",      # constant: gate pre-activation -> the hidden unit it drives
+    "gat_att_src",    # head neuron -> its head's source score (an att_src entry)
+    "gat_att_dst",    # head neuron -> its head's destination score (an att_dst entry)
+    "head_mean",      # constant: head neuron -> averaged output channel
 ]
-CONSTANT_EDGE_TYPES = frozenset({"residual", "concat", "identity", "product"})
+CONSTANT_EDGE_TYPES = frozenset({"residual", "concat", "identity", "product", "lstm_gate", "head_mean"})
 _HASHED_BASE = 1024  # ids of edge types outside EDGE_TYPES start here
 _NAMES_SEEN: dict[int, str] = {}
 

@@ -6,12 +6,13 @@ both GAT layers over the whole graph and returns the logits of the requested nod
 ``(node id, label)`` pairs and ``fit``/``evaluate`` work unchanged. The graph buffers are saved with the
 weights, so a checkpoint is self-contained.
 
-Pruning: ``GATConvPruner`` is a torch-pruning custom pruner for the whole ``GATConv`` (register it with
-``customized_pruners=PRUNERS``). An output channel of a concatenating GATConv is ``head * C + c``; channels are
+Pruning: ``GATConvPruner`` is a torch-pruning custom pruner for the whole ``GATConv``, registered with
+``metaprune.layers.register_layer`` when this module is imported. An output channel of a concatenating GATConv is ``head * C + c``; channels are
 removed per *head dimension*: dimension ``c`` goes from every head at once (rows of ``lin.weight``, entries of
 ``att_src``/``att_dst``, ``bias``), so all heads keep one width, as torch-pruning's channel groups (``heads``)
 demand. Input channels are columns of ``lin.weight``. ``lin`` is a plain ``nn.Linear`` (functionally
-torch-geometric's ``Linear``) so that MACs counters see it.
+torch-geometric's ``Linear``) so that MACs counters see it; ``GATConvPruner.macs_terms`` adds the attention
+(scores, weighted messages, bias), which no counter sees.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch_pruning as tp
 
+from ..layers import register_layer
 from .registry import register
 from .sequence import _keep
 
@@ -107,6 +109,20 @@ class GATConvPruner(tp.pruner.function.BasePruningFunc):
     def get_out_channel_groups(self, layer) -> int:
         return layer.heads if layer.concat else 1
 
+    def macs_terms(self, layer, inputs, output):
+        """MACs outside ``lin`` (which the counter sees): the two attention scores of every node and head
+        (``x . att``), one weighted message per edge (self loops included) and head, and the bias; as terms
+        ``(coef, [(param, dim)])`` meaning ``coef * prod(sizes)`` (see ``metaprune.prune.cost``)."""
+        x, edge_index = inputs[0], inputs[1]
+        nodes = x.shape[layer.node_dim]
+        edges = edge_index.shape[1] if isinstance(edge_index, torch.Tensor) else edge_index.nnz()
+        if layer.add_self_loops and isinstance(edge_index, torch.Tensor):
+            edges = int((edge_index[0] != edge_index[1]).sum()) + nodes
+        terms = [(2.0 * nodes + edges, [("lin.weight", 0)])]  # lin.weight rows = heads * out_channels
+        if layer.bias is not None:
+            terms.append((float(nodes), [("bias", 0)]))
+        return terms
+
 
 def sync_gat_sizes(module: nn.Module) -> None:
     """Set ``in_channels``/``out_channels`` of every GATConv from its weight shapes (after a resize)."""
@@ -143,7 +159,7 @@ class GATNodeClassifier(nn.Module):
         return self.conv2(h, self.edge_index)[node_ids.long()]
 
 
-PRUNERS = {_gatconv(): GATConvPruner()}
+register_layer(_gatconv(), pruner=GATConvPruner())
 
 
 @register("gat")

@@ -7,9 +7,9 @@ torch-pruning's own LSTM rule accepts only ``num_layers == 1``. ``LSTMPruner`` b
 hidden units of every layer share one width (``nn.LSTM`` has a single ``hidden_size``), so removing hidden
 unit ``j`` removes, in every layer ``l``, the rows ``j, H+j, 2H+j, 3H+j`` (the i, f, g, o gates) of
 ``weight_ih_l{l}``, ``weight_hh_l{l}``, ``bias_ih_l{l}``, ``bias_hh_l{l}``, column ``j`` of ``weight_hh_l{l}``
-and, for ``l > 0``, column ``j`` of ``weight_ih_l{l}``. It is registered the torch-pruning way:
-``DependencyGraph().build_dependency(model, x, customized_pruners={nn.LSTM: LSTMPruner()})``
-(``PRUNERS`` below). Bidirectional LSTMs and ``proj_size`` are refused with a clear error.
+and, for ``l > 0``, column ``j`` of ``weight_ih_l{l}``. It is registered for ``nn.LSTM`` with
+``metaprune.layers.register_layer`` when this module is imported, so every dependency graph metaprune builds
+(``metaprune.prune.prune`` included) uses it. Bidirectional LSTMs and ``proj_size`` are refused with a clear error.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
+from ..layers import register_layer
 from .registry import register
 
 
@@ -84,7 +85,7 @@ class LSTMPruner(tp.pruner.function.BasePruningFunc):
         return layer.input_size
 
 
-PRUNERS = {nn.LSTM: LSTMPruner()}
+register_layer(nn.LSTM, pruner=LSTMPruner())
 
 
 def sync_lstm_sizes(module: nn.Module) -> None:

@@ -16,8 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch_pruning as tp  # TODO(lead): route through metaprune.prune.depgraph once it exists
-
+from .importance import tp_magnitude, tp_taylor
 from .obs import prune_to_speedup
 
 CRITERIA = ("snip", "magnitude")
@@ -50,10 +49,10 @@ def prune_at_init(model: nn.Module, example_inputs, target_speedup: float, crite
     if criterion == "snip":
         if batch is None or len(batch) != 2:
             raise ValueError("criterion='snip' needs batch=(inputs, labels): one batch of training data")
-        importance = tp.importance.GroupTaylorImportance()
+        importance = tp_taylor()
         before_step = lambda m: _snip_gradients(m, batch)  # noqa: E731
     else:
-        importance = tp.importance.GroupMagnitudeImportance(p=2)
+        importance = tp_magnitude(p=2)
         before_step = None
     report = prune_to_speedup(model, example_inputs, target_speedup, importance, ignored_layers=ignored_layers,
                               global_pruning=global_pruning, steps=steps, before_step=before_step)

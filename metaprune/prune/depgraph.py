@@ -17,6 +17,10 @@ slices with the same name and dim.
 Nothing else in ``metaprune.prune`` reaches into torch-pruning: importance criteria receive the
 ``Group`` (its ``tp_group`` is the torch-pruning group for criteria that torch-pruning implements),
 and pruning goes through ``DepGraph.apply``.
+
+Layer types torch-pruning has no rule for are pruned by the custom pruners registered with
+``metaprune.layers.register_layer`` (plus any passed as ``customized_pruners``): they become group roots, their
+``param_slices(layer, out)`` lists the entries one channel owns, and ``apply`` cuts them through the pruner.
 """
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning.pruner import function as tpf
+
+from ..layers import check_pruner, custom_pruners
 
 ROOT_TYPES = (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)
 
@@ -50,9 +56,9 @@ class Group:
 
     ``root``: module whose output channels define the group; ``units``: number of channel units;
     ``slices``: every coupled parameter entry (see the module docstring); ``kind``: ``channel`` or
-    ``attention`` (a head dimension of a registry ViT ``Attention``); ``min_keep``: units that must remain
-    (1, or what divisibility constraints such as ``nn.MultiheadAttention``'s heads demand); ``multiple``: kept
-    units must be a multiple of this.
+    ``attention`` (a head dimension of a registry ViT ``Attention``); ``multiple``: kept units must be a
+    multiple of this (``nn.MultiheadAttention``'s heads); ``custom``: a coupled layer is pruned by a custom
+    pruner (criteria then score the slices, which torch-pruning's own criteria do not see).
     """
 
     root: str
@@ -60,6 +66,7 @@ class Group:
     slices: list[Slice]
     kind: str = "channel"
     multiple: int = 1
+    custom: bool = False
     unit_roots: torch.Tensor | None = field(default=None, repr=False)  # [units, k] root channel ids
     tp_group: object = field(default=None, repr=False)
     attention: nn.Module | None = field(default=None, repr=False)
@@ -87,29 +94,32 @@ def _is_attention(m: nn.Module) -> bool:
             and m.qkv.out_features == 3 * m.proj.in_features)
 
 
-def find_output_layers(model: nn.Module, example_inputs) -> list[str]:
-    """Names of the Conv/Linear layers whose output is the model output (the classifier to protect)."""
+def find_output_layers(model: nn.Module, example_inputs, customized_pruners=None) -> list[str]:
+    """Names of the Conv/Linear (or custom) layers whose output is the model output (the classifier to protect)."""
     from .cost import trace_modules
 
-    return trace_modules(model, example_inputs)[1]
+    return trace_modules(model, example_inputs, merge_pruners(customized_pruners))[1]
 
 
 class DepGraph:
     """torch-pruning's dependency graph of ``model`` and its channel groups.
 
     ``ignored_layers``: module names whose output channels stay untouched (their input channels may
-    still shrink with the layer before them). Build it on the model you will prune; ``apply`` removes
-    channel units in place.
+    still shrink with the layer before them). ``customized_pruners``: ``{layer type: pruner}`` used on top
+    of the registered ones (``metaprune.layers.custom_pruners()``). Build it on the model you will prune;
+    ``apply`` removes channel units in place.
     """
 
-    def __init__(self, model: nn.Module, example_inputs, ignored_layers=()):
+    def __init__(self, model: nn.Module, example_inputs, ignored_layers=(), customized_pruners=None):
         self.model = model
+        self.pruners = merge_pruners(customized_pruners)
         modules = dict(model.named_modules())
         unknown = [n for n in ignored_layers if n not in modules]
         if unknown:
             raise ValueError(f"ignored layer(s) {unknown} are not modules of the model; "
                              f"names look like {[n for n in list(modules)[1:6]]}")
         self.ignored = [modules[n] for n in ignored_layers]
+        self._check_custom_layers()
         was_training = model.training
         frozen = [p for p in model.parameters() if not p.requires_grad]
         try:
@@ -118,7 +128,8 @@ class DepGraph:
                 p.requires_grad_(True)
             with warnings.catch_warnings(), torch.enable_grad():
                 warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-                self.DG = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+                self.DG = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
+                                                                customized_pruners=self.pruners)
         finally:
             model.train(was_training)  # the tracer leaves the model in eval mode
             for p in frozen:
@@ -140,7 +151,7 @@ class DepGraph:
             # a leaf layer with parameters needs a pruning rule of its own
             if m in ignored or list(m.children()) or not list(m.parameters(recurse=False)):
                 continue
-            custom = type(m) in self.DG.CUSTOMIZED_PRUNERS
+            custom = type(m) in self.pruners
             kind = tp.ops.module2type(m)
             # unknown layers are traced as element-wise ops: their parameters would silently keep old shapes
             if not custom and (self.DG.get_pruner_of_module(m) is None or kind == tp.ops.OPTYPE.ELEMENTWISE):
@@ -150,11 +161,29 @@ class DepGraph:
                 f"cannot prune layer(s) {', '.join(bad)}: no structural pruning rule for this op type; "
                 "list them in prune.ignored_layers to keep them unchanged (and the channels feeding them)")
 
+    def _check_custom_layers(self) -> None:
+        """Before tracing: every layer with a custom pruner must have ``param_slices`` and be accepted by it."""
+        ignored = {id(sub) for m in self.ignored for sub in m.modules()}
+        for name, m in self.model.named_modules():
+            pruner = self.pruners.get(type(m))
+            if pruner is None or id(m) in ignored:
+                continue
+            if not callable(getattr(pruner, "param_slices", None)):
+                raise UnprunableOpError(
+                    f"the pruner of {name} ({type(m).__name__}) has no param_slices(layer, out): metaprune needs "
+                    "the entries one channel owns for importance and MACs (see docs/custom_layers.md)")
+            try:
+                pruner.param_slices(m, True), pruner.param_slices(m, False)
+            except NotImplementedError as e:  # the rule's own refusal (bidirectional LSTM, ...)
+                raise UnprunableOpError(f"cannot prune layer {name} ({type(m).__name__}): {e}; list it in "
+                                        "prune.ignored_layers to keep it unchanged") from None
+
     # ------------------------------------------------------------------ groups
     def _build_groups(self) -> list[Group]:
         groups = []
         attn_qkv = {m.qkv: m for m in self.model.modules() if _is_attention(m)}
-        for g in self.DG.get_all_groups(ignored_layers=self.ignored, root_module_types=ROOT_TYPES):
+        roots = ROOT_TYPES + tuple(self.pruners)
+        for g in self.DG.get_all_groups(ignored_layers=self.ignored, root_module_types=roots):
             root = g[0].dep.target.module
             if root in attn_qkv:
                 groups.append(self._attention_group(attn_qkv[root], g))
@@ -194,13 +223,14 @@ class DepGraph:
         unit_of_root[unit_roots.flatten()] = torch.arange(units).repeat_interleave(ch)
         if any(item.root_idxs is None or any(r is None for r in item.root_idxs) for item in g if len(item.idxs)):
             return None  # an index mapping torch-pruning cannot trace back to the root: leave the group alone
-        slices, seen, multiple = [], set(), 1
+        slices, seen, multiple, custom = [], set(), 1, False
         for item in g:
             m, fn = item.dep.target.module, item.dep.handler
             targets = torch.as_tensor(list(item.idxs), dtype=torch.long)
             roots = torch.as_tensor(list(item.root_idxs), dtype=torch.long)
             if isinstance(m, nn.MultiheadAttention):
                 multiple = _lcm(multiple, m.num_heads)
+            custom |= type(m) in self.pruners
             for pname, dim, offset_fn in self._param_dims(m, fn):
                 key = (pname, dim)
                 if key in seen:
@@ -209,9 +239,14 @@ class DepGraph:
                 cols = _columns(targets, unit_of_root[roots], units)
                 if cols is None:
                     continue
+                # a unit owns an entry once, even where several of its channels map onto it (all heads' att_src
+                # entry of one GATConv head dimension, a grouped conv's shared input column)
+                picked = {}
                 for col in cols:
                     for off in offset_fn:
-                        slices.append(Slice(pname, dim, off(col)))
+                        idxs = off(col)
+                        picked.setdefault(tuple(idxs.tolist()), idxs)
+                slices += [Slice(pname, dim, idxs) for idxs in picked.values()]
         if not slices:
             return None
         # frozen copies: some torch-pruning criteria sort a group's index lists in place
@@ -219,7 +254,7 @@ class DepGraph:
                  torch.as_tensor(list(item.root_idxs), dtype=torch.long))
                 for item in g if len(item.idxs)]
         return Group(root=self.mod_name.get(root_mod, str(root_mod)), units=units, slices=slices,
-                     multiple=multiple, unit_roots=unit_roots, tp_group=g, cuts=cuts)
+                     multiple=multiple, custom=custom, unit_roots=unit_roots, tp_group=g, cuts=cuts)
 
     def _param_dims(self, m, fn):
         """(param name, dim, [index transforms]) touched when ``fn`` prunes channels of ``m``."""
@@ -232,6 +267,9 @@ class DepGraph:
             return []
         p = lambda n: f"{prefix}.{n}" if prefix else n  # noqa: E731
         out = self.DG.is_out_channel_pruning_fn(fn)
+        custom = self.pruners.get(type(m))
+        if custom is not None:  # the rule lists what one channel owns (checked in _check_custom_layers)
+            return [(p(n), dim, maps) for n, dim, maps in custom.param_slices(m, out)]
         res = []
         if isinstance(m, nn.modules.conv._ConvNd):
             wdim_out = 1 if m.transposed else 0
@@ -367,11 +405,38 @@ def _lcm(a: int, b: int) -> int:
     return a * b // math.gcd(a, b)
 
 
-def coupled_slices(model: nn.Module, example_inputs, ignored_layers=()) -> list[Group]:
+def merge_pruners(customized_pruners=None) -> dict:
+    """The registered custom pruners with ``customized_pruners`` (``{layer type: pruner}``) on top."""
+    extra = dict(customized_pruners or {})
+    for layer_type, pruner in extra.items():
+        if not (isinstance(layer_type, type) and issubclass(layer_type, nn.Module)):
+            raise TypeError(f"customized_pruners keys must be nn.Module subclasses, got {layer_type!r}")
+        check_pruner(layer_type, pruner)
+    return {**custom_pruners(), **extra}
+
+
+def custom_owner(model: nn.Module, names, pruners: dict) -> list[str]:
+    """``names`` with every layer inside a custom layer (GATConv's ``lin``) replaced by that outermost custom layer:
+    what protects a layer's output channels there is protecting the custom layer."""
+    custom = [n for n, m in model.named_modules() if n and type(m) in pruners]
+    outer = [min((c for c in custom if n.startswith(c + ".")), key=len, default=n) for n in names]
+    return list(dict.fromkeys(outer))
+
+
+def tp_pruner_kwargs(customized_pruners=None) -> dict:
+    """``customized_pruners`` and ``root_module_types`` for torch-pruning's own pruners (``MetaPruner``,
+    ``GroupNormPruner``), so that the registered custom layers are traced and pruned there too."""
+    pruners = merge_pruners(customized_pruners)
+    return {"customized_pruners": pruners,
+            "root_module_types": [tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR, tp.ops.TORCH_LSTM, *pruners]}
+
+
+def coupled_slices(model: nn.Module, example_inputs, ignored_layers=(), customized_pruners=None) -> list[Group]:
     """The channel groups of ``model`` with every coupled parameter slice (see the module docstring).
 
     ``ignored_layers``: module names whose output channels are left alone (pass the classifier's name;
-    ``find_output_layers(model, example_inputs)`` finds it). The indices refer to the model as it is now;
-    recompute after the model's shapes change.
+    ``find_output_layers(model, example_inputs)`` finds it). ``customized_pruners``: ``{layer type: pruner}`` on
+    top of the registered ones. The indices refer to the model as it is now; recompute after the model's
+    shapes change.
     """
-    return DepGraph(model, example_inputs, ignored_layers).groups
+    return DepGraph(model, example_inputs, ignored_layers, customized_pruners).groups

@@ -2,16 +2,20 @@
 
 ``importance("l2")`` returns a criterion; call it as ``crit(group, params) -> Tensor[group.units]``.
 Channel groups are scored with torch-pruning's own classes on the group's torch-pruning group; attention
-head-dimension groups (which torch-pruning's index mapping does not cover) use the same formula on the
-group's slices. Criteria that need gradients (``taylor``) say so with ``needs_grad``; ``prune`` then runs one
+head-dimension groups (which torch-pruning's index mapping does not cover) and groups with a custom layer
+(whose parameters torch-pruning's criteria skip) use the same formula on the group's slices. Criteria that need gradients (``taylor``) say so with ``needs_grad``; ``prune`` then runs one
 calibration batch forward and backward before scoring.
+
+``tp_magnitude``/``tp_taylor`` are the torch-pruning-level versions (scoring torch-pruning groups) for the
+routes that run torch-pruning's own pruners (``obs``, ``at_init``, ``sparse``); they add the entries of custom
+layers, which torch-pruning's criteria skip.
 """
 from __future__ import annotations
 
 import torch
 import torch_pruning as tp
 
-from .depgraph import Group
+from .depgraph import Group, merge_pruners
 
 
 def _lamp(scores: torch.Tensor) -> torch.Tensor:
@@ -59,7 +63,7 @@ class Magnitude(Importance):
         self._tp = tp.importance.GroupMagnitudeImportance(p=p, group_reduction="mean", normalizer=None)
 
     def raw(self, group: Group, params) -> torch.Tensor:
-        imp = self._tp(group.tp_group) if group.tp_group is not None else None
+        imp = self._tp(group.tp_group) if group.tp_group is not None and not group.custom else None
         if imp is None:
             return _slice_score(group, params, lambda n, w: w.detach().abs().pow(self.p))
         return _to_units(imp.float().cpu(), group)
@@ -93,7 +97,7 @@ class Taylor(Importance):
 
     def __call__(self, group, params):
         imp = None
-        if group.tp_group is not None:
+        if group.tp_group is not None and not group.custom:
             imp = self._tp(group.tp_group)
         if imp is None:
             def wg(n, w):
@@ -115,6 +119,50 @@ class Random(Importance):
 
     def __call__(self, group, params):
         return torch.rand(group.units, generator=self.generator)
+
+
+class _TPWithCustomLayers(tp.importance.Importance):
+    """A torch-pruning group criterion (summed over layers) plus, for every layer pruned by a custom pruner, the
+    per-entry score ``entry(w)`` summed over what each channel owns (``param_slices``); mean-normalised, so
+    the ranking equals torch-pruning's mean-reduced, mean-normalised default wherever it sees every layer."""
+
+    def __init__(self, base: tp.importance.Importance, entry, normalizer: str | None = "mean", pruners=None):
+        self.base, self.entry, self.normalizer = base, entry, normalizer
+        self.pruners = merge_pruners(pruners)
+
+    @torch.no_grad()
+    def __call__(self, group):
+        imp = self.base(group)
+        n_root = len(group[0].idxs)
+        for i, (dep, idxs) in enumerate(group):
+            layer, root = dep.layer, group[i].root_idxs
+            pruner = self.pruners.get(type(layer))
+            if pruner is None or root is None or any(r is None for r in root):
+                continue
+            t = torch.as_tensor(list(idxs), dtype=torch.long)
+            local = torch.zeros(len(t))
+            for pname, dim, maps in pruner.param_slices(layer, dep.pruning_fn == pruner.prune_out_channels):
+                w = self.entry(layer.get_parameter(pname))
+                for f in maps:
+                    local += w.index_select(dim, f(t)).movedim(dim, 0).reshape(len(t), -1).sum(1).float().cpu()
+            part = torch.zeros(n_root).scatter_add_(0, torch.as_tensor(list(root), dtype=torch.long), local)
+            imp = part if imp is None else imp.float().cpu() + part
+        if imp is not None and self.normalizer == "mean":
+            imp = imp / imp.mean().clamp_min(1e-12)
+        return imp
+
+
+def tp_magnitude(p: int = 2, pruners=None) -> tp.importance.Importance:
+    """torch-pruning's group Lp magnitude (``GroupMagnitudeImportance``) that also sees custom layers."""
+    base = tp.importance.GroupMagnitudeImportance(p=p, group_reduction="sum", normalizer=None)
+    return _TPWithCustomLayers(base, lambda w: w.detach().abs().pow(p), pruners=pruners)
+
+
+def tp_taylor(pruners=None) -> tp.importance.Importance:
+    """torch-pruning's group Taylor ``|w * dL/dw|`` (``GroupTaylorImportance``) that also sees custom layers."""
+    base = tp.importance.GroupTaylorImportance(group_reduction="sum", normalizer=None)
+    entry = lambda w: (w.detach() * w.grad).abs() if w.grad is not None else torch.zeros_like(w)  # noqa: E731
+    return _TPWithCustomLayers(base, entry, pruners=pruners)
 
 
 _CRITERIA = {

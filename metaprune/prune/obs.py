@@ -37,6 +37,10 @@ import torch.nn as nn
 import torch_pruning as tp  # TODO(lead): route through metaprune.prune.depgraph once it exists
 from torch_pruning.pruner import function as F_tp
 
+from .cost import count_macs
+from .depgraph import custom_owner, merge_pruners, tp_pruner_kwargs
+from .importance import tp_magnitude
+
 _CONSUMER_FNS = (F_tp.prune_conv_in_channels, F_tp.prune_linear_in_channels)
 _BN = nn.modules.batchnorm._BatchNorm
 
@@ -187,7 +191,7 @@ class OBSImportance(tp.importance.Importance):
             imp.scatter_add_(0, root, sal[torch.as_tensor(idxs)].float())
             found = True
         if not found:  # a group with no Conv/Linear reader (e.g. the last layer's outputs): weight norm
-            return tp.importance.GroupMagnitudeImportance(p=2)(group)
+            return tp_magnitude(p=2)(group)
         return imp
 
 
@@ -240,14 +244,13 @@ def default_ignored_layers(model: nn.Module, example_inputs) -> list[nn.Module]:
     width = out.shape[-1] if out.dim() == 2 else out.shape[1]
     last = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == width]
     last = last or [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd) and m.out_channels == width]
-    return last[-1:]
+    names = {m: n for n, m in model.named_modules()}
+    # a classifier inside a custom layer (GATConv's lin) is protected by protecting that layer
+    return [model.get_submodule(n) for n in custom_owner(model, [names[m] for m in last[-1:]], merge_pruners())]
 
 
 def _macs(model, example_inputs) -> float:
-    was = model.training
-    macs, _ = tp.utils.count_ops_and_params(model, example_inputs)
-    model.train(was)
-    return float(macs)
+    return float(count_macs(model, example_inputs)[0])
 
 
 def prune_to_speedup(model: nn.Module, example_inputs, target_speedup: float, importance=None, *,
@@ -256,20 +259,20 @@ def prune_to_speedup(model: nn.Module, example_inputs, target_speedup: float, im
                      stats_mode: str = "independent", before_step=None) -> dict:
     """Prune ``model`` in place in small torch-pruning steps until its MACs drop ``target_speedup``-fold.
 
-    ``importance``: a torch-pruning importance (default group L2). ``compensate``: OBS bias compensation
+    ``importance``: a torch-pruning importance (default group L2, custom layers included). ``compensate``: OBS bias compensation
     with fresh data-free statistics each step (what :func:`obs_prune` turns on). ``before_step(model)`` runs
     before every step (e.g. to refresh gradients for a gradient criterion). Returns a small report.
     """
     if target_speedup < 1:
         raise ValueError(f"target_speedup must be >= 1, got {target_speedup}")
-    importance = importance if importance is not None else tp.importance.GroupMagnitudeImportance(p=2)
+    importance = importance if importance is not None else tp_magnitude(p=2)
     ignored = list(ignored_layers) if ignored_layers is not None else default_ignored_layers(model, example_inputs)
     was_training = model.training
     model.eval()
     base = _macs(model, example_inputs)
     pruner = tp.pruner.MetaPruner(model, example_inputs, importance=importance, pruning_ratio=max_ratio,
                                   iterative_steps=steps, ignored_layers=ignored, global_pruning=global_pruning,
-                                  max_pruning_ratio=max_ratio)
+                                  max_pruning_ratio=max_ratio, **tp_pruner_kwargs())
     needs_stats = compensate or isinstance(importance, OBSImportance)
     macs, n_steps, n_comp = base, 0, 0
     while base / macs < target_speedup and n_steps < steps:

@@ -4,6 +4,9 @@ Steps: trace the layers' shapes and find the classifier -> DepGraph groups -> im
 order every removable unit (per-group ratio order for local pruning, normalised score for global) ->
 bisect on how many units to remove using the analytic cost model (no pruned copies, no recounting) ->
 remove them -> count the real MACs and params once.
+
+Layers torch-pruning has no rule for are pruned by their registered custom pruner
+(``metaprune.layers.register_layer``, or ``customized_pruners=``); see ``cost`` for how their MACs count.
 """
 from __future__ import annotations
 
@@ -15,15 +18,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..metrics import macs_and_params
-from .cost import CostModel, trace_modules
-from .depgraph import DepGraph
+from .cost import CostModel, count_macs, trace_modules
+from .depgraph import DepGraph, merge_pruners
 from .importance import Importance, importance as make_importance
 
 
 @dataclass
 class PruneResult:
-    base_macs: int
+    base_macs: int            # torch-pruning's counter plus custom layers (cost.count_macs)
     pruned_macs: int
     base_params: int
     pruned_params: int
@@ -94,7 +96,7 @@ def plan_order(scores: list[torch.Tensor], groups, round_to: int | None, global_
 def prune(model: nn.Module, example_inputs: torch.Tensor, target_speedup: float | None = None,
           target_params: float | None = None, importance: str | Importance = "l2", global_pruning: bool = False,
           round_to: int | None = None, ignored_layers=(), calibration=None, protect_output: bool = True,
-          seed: int = 0) -> PruneResult:
+          seed: int = 0, customized_pruners: dict | None = None) -> PruneResult:
     """Prune ``model`` in place to ``target_speedup`` (base MACs / pruned MACs) or ``target_params``
     (base params / pruned params) and return the measured result.
 
@@ -102,6 +104,8 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, target_speedup: float 
     ``Importance`` object. ``global_pruning``: rank units across layers instead of one ratio for all.
     ``round_to``: kept channel counts are multiples of it. ``ignored_layers``: module names whose output
     channels stay; the classifier (the layer producing the model output) is protected automatically.
+    ``customized_pruners``: ``{layer type: pruner}`` for layer types torch-pruning has no rule for, on top of
+    those registered with ``metaprune.layers.register_layer``.
     Raises ``ValueError`` when the target is <= 1 or cannot be reached without removing a whole layer
     (the message names the maximum reachable value).
     """
@@ -119,13 +123,14 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, target_speedup: float 
     if isinstance(example_inputs, torch.Tensor) and example_inputs.dim() > 1 and example_inputs.shape[0] > 1:
         example_inputs = example_inputs[:1]  # structure and MACs per example; a batch adds nothing but cost
 
-    records, heads = trace_modules(model, example_inputs)
+    pruners = merge_pruners(customized_pruners)
+    records, heads = trace_modules(model, example_inputs, pruners)
     protected = list(dict.fromkeys((heads if protect_output else []) + list(ignored_layers)))
-    dg = DepGraph(model, example_inputs, protected)
+    dg = DepGraph(model, example_inputs, protected, pruners)
     groups = dg.groups
     if not groups:
         raise ValueError("nothing to prune: the model has no prunable channel groups outside the protected layers")
-    base_macs, base_params = macs_and_params(model, example_inputs)
+    base_macs, base_params = count_macs(model, example_inputs, pruners)
     cost = CostModel(model, records, groups)
 
     if crit.needs_grad:
@@ -174,7 +179,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, target_speedup: float 
     predicted = base_macs - (cost.macs(np.zeros(n_groups)) - cost.macs(removed_at(k)))
     dg.apply(removed)
     del dg
-    pruned_macs, pruned_params = macs_and_params(model, example_inputs)
+    pruned_macs, pruned_params = count_macs(model, example_inputs, pruners)
     total_units = sum(g.units for g in groups)
     return PruneResult(
         base_macs=base_macs, pruned_macs=pruned_macs, base_params=base_params, pruned_params=pruned_params,

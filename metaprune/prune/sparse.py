@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from .depgraph import find_output_layers
+from .depgraph import find_output_layers, tp_pruner_kwargs
+from .importance import tp_magnitude
 
 
 def sparse_learning_hook(model: nn.Module, example_inputs, reg: float = 5e-4, alpha: float = 4,
@@ -23,8 +24,9 @@ def sparse_learning_hook(model: nn.Module, example_inputs, reg: float = 5e-4, al
     # unregularised (every other group of a ViT still is)
     ignored += [m.qkv for m in model.modules() if isinstance(getattr(m, "qkv", None), nn.Linear)]
     was_training = model.training
-    pruner = tp.pruner.GroupNormPruner(model, example_inputs, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                       reg=reg, alpha=alpha, ignored_layers=ignored, pruning_ratio=0.5)
+    pruner = tp.pruner.GroupNormPruner(model, example_inputs, importance=tp_magnitude(p=2),
+                                       reg=reg, alpha=alpha, ignored_layers=ignored, pruning_ratio=0.5,
+                                       **tp_pruner_kwargs())
     model.train(was_training)  # the tracer leaves the model in eval mode
 
     def hook(m: nn.Module) -> None:
