@@ -34,7 +34,7 @@ import math
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp  # TODO(lead): route through metaprune.prune.depgraph once it exists
+import torch_pruning as tp  # its MetaPruner loop and Importance base; grouping options come from depgraph
 from torch_pruning.pruner import function as F_tp
 
 from .cost import count_macs
