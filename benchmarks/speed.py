@@ -64,8 +64,9 @@ def run_model(name: str, metanet_cfg: dict, device) -> dict:
     g, s, m = stage(lambda: to_graph(model, x))
     rec["to_graph"] = {"seconds": s, "peak_mb": m, "nodes": int(g.num_nodes), "edges": int(g.edge_index.shape[1])}
     net = Metanet.for_graphs([g], **metanet_cfg).to(device).eval()
-    # edge states dominate: ~a dozen live [E, hidden] float tensors; skip what cannot fit rather than swap/OOM
-    need_gb = rec["to_graph"]["edges"] * metanet_cfg["hidden"] * 4 * 12 / 2**30
+    # edge states dominate: without autograd the metanetwork runs chunk by chunk and holds one [E, hidden]
+    # float tensor plus the new edge features; skip what cannot fit rather than swap/OOM
+    need_gb = rec["to_graph"]["edges"] * (metanet_cfg["hidden"] + 2) * 4 * 1.25 / 2**30
     have_gb = (torch.cuda.get_device_properties(device).total_memory if device.type == "cuda"
                else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) / 2**30
     if need_gb > 0.6 * have_gb:

@@ -34,6 +34,56 @@ def test_quality_results_cover_every_method_speedup_and_network():
         assert set(r["summary"][method]) == {str(s) for s in c["speedups"]}
 
 
+def _loadavg(cell):
+    return len(cell["loadavg_before"]) == 3 and len(cell["loadavg_after"]) == 3
+
+
+def test_latency_results_cover_four_models_three_targets_both_routes():
+    r = json.loads((RESULTS / "latency-cpu.json").read_text())
+    for key in ("device", "processor", "dtype", "batch_size", "input", "runs", "threads", "torch", "round_to",
+                "command", "loadavg_start", "loadavg_end"):
+        assert key in r, key
+    assert r["batch_size"] >= 1 and r["runs"] >= 1
+    cells = {(row["model"], row["target"]): row for row in r["rows"]}
+    assert len(cells) == len(r["rows"])  # each (model, target) measured once
+    models = ("resnet50", "mobilenet_v2", "densenet121", "vit_b_16")
+    assert set(cells) == {(m, t) for m in models for t in (1.5, 2.0, 3.0)}
+    for (model, target), row in cells.items():
+        macs, lat = row["macs_route"], row["latency_route"]
+        assert macs["macs_speedup"] == pytest.approx(target, rel=0.02), (model, target)
+        assert macs["latency_speedup"] > 0 and macs["base_ms"] > 0 and _loadavg(macs)
+        assert lat["trials"] and all(_loadavg(t) for t in lat["trials"]), (model, target)
+        if "unreachable" in lat:  # recorded, not hidden
+            assert "not reachable" in lat["unreachable"]
+        else:
+            assert lat["macs_speedup"] > 1 and lat["latency_speedup"] > 0 and _loadavg(lat)
+
+
+def test_latency_zoo_results_give_both_routes_the_same_finetuning():
+    r = json.loads((RESULTS / "latency_zoo-digits.json").read_text())
+    c = r["config"]
+    for key in ("hardware", "versions", "config", "networks", "per_network", "summary", "loadavg_start", "loadavg_end"):
+        assert key in r, key
+    assert c["split"] == "heldout" and len(r["networks"]) == 12 and set(r["per_network"]) == set(r["networks"])
+    assert c["importance"] == "l2" and c["latency"]["batch_size"] >= 1 and c["finetune"]["epochs"] >= 1
+    for net, rec in r["per_network"].items():
+        assert 0 <= rec["base_acc"] <= 1
+        for s in map(str, c["targets"]):
+            macs, lat = rec["macs"][s], rec["latency"][s]
+            assert macs["finetune"] == lat["finetune"] == c["finetune"], (net, s)  # equal finetuning budget
+            for cell in (macs, lat):
+                assert 0 <= cell["test_acc"] <= 1 and 0 <= cell["no_finetune_acc"] <= 1
+                assert cell["latency_speedup"] > 0 and _loadavg(cell)
+            assert macs["macs_speedup"] == pytest.approx(float(s), rel=0.1), (net, s)
+            assert isinstance(lat["reached"], bool) and lat["search"]
+            if not lat["reached"]:  # the fastest candidate measured, short of the target
+                assert lat["search_latency_speedup"] < float(s)
+    for route in ("macs", "latency"):
+        assert set(r["summary"][route]) == {str(s) for s in c["targets"]}
+        for cell in r["summary"][route].values():
+            assert cell["test_acc"]["n"] == len(r["networks"]) and 0 <= cell["reached"] <= len(r["networks"])
+
+
 def _compose(overrides):
     from hydra import compose, initialize_config_dir
 
@@ -68,3 +118,35 @@ def test_paper_presets_run_on_cifar_fixture(tmp_path, experiment, data):
     assert set(r["summary"]) == {"random", "depgraph", "depgraph_sl"}
     assert (tmp_path / "results" / "quality-fixture.json").exists()
     assert (tmp_path / "results" / "quality-fixture.png").exists()
+
+
+def _bench(name):
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    return importlib.import_module(name)
+
+
+@pytest.mark.slow
+def test_latency_script_records_batch_and_load_per_measurement(tmp_path, monkeypatch):
+    latency = _bench("latency")
+    monkeypatch.setattr(latency, "RESULTS", tmp_path)
+    latency.main(["--models", "mobilenet_v3_small", "--targets", "2", "--batch", "2", "--runs", "1", "--size", "32"])
+    r = json.loads((tmp_path / "latency-cpu.json").read_text())
+    assert r["batch_size"] == 2 and r["input"] == [3, 32, 32] and (tmp_path / "latency-cpu.png").is_file()
+    (row,) = r["rows"]
+    assert row["macs_route"]["macs_speedup"] == pytest.approx(2.0, rel=0.02) and _loadavg(row["macs_route"])
+    assert all(_loadavg(t) and t["macs_speedup"] > 1 for t in row["latency_route"]["trials"])
+    with pytest.raises(SystemExit, match="different"):  # rows of another batch size are never mixed in
+        latency.main(["--models", "mobilenet_v3_small", "--targets", "2", "--batch", "3", "--size", "32", "--merge"])
+
+
+@pytest.mark.slow
+def test_latency_zoo_script_gives_both_routes_one_budget(tmp_path):
+    zoo = _bench("latency_zoo")
+    r = zoo.main(["--max-networks", "1", "--targets", "1.5", "--epochs", "1", "--runs", "1", "--batch", "64",
+                  "--out", str(tmp_path)])
+    (net,) = r["per_network"].values()
+    assert net["macs"]["1.5"]["finetune"] == net["latency"]["1.5"]["finetune"] == r["config"]["finetune"]
+    assert r["summary"]["latency"]["1.5"]["test_acc"]["n"] == 1 and (tmp_path / "latency_zoo-digits.png").is_file()

@@ -17,6 +17,7 @@ from torch import Tensor
 from .layers import EdgeNodeConv, mlp
 
 _EPS = 1e-8
+CHUNK_EDGES = 1 << 21  # without autograd, graphs with more edges run chunk by chunk (Metanet._forward_chunked)
 
 
 def symlog(x: Tensor) -> Tensor:
@@ -183,8 +184,11 @@ class Metanet(nn.Module):
             node_rms = node_rms.index_copy(0, ids, rms.expand_as(xt))
             h = h.index_copy(0, ids, self.node_enc[name](torch.cat([symlog(xt / rms), mt], dim=-1)))
 
+        E = graph.edge_index.shape[1]
+        if not torch.is_grad_enabled() and E > CHUNK_EDGES:
+            return self._forward_chunked(graph, x, mask, nodes, node_rms, h, node_name, edge_name, const)
         edges = []
-        e = x.new_zeros(graph.edge_index.shape[1], self.hidden)
+        e = x.new_zeros(E, self.hidden)
         for t, ids, sl, k in _edge_layout(graph):
             name = self._resolve("edge", edge_name(t), k)
             w = graph.edge_attr[sl].view(len(ids), k)
@@ -196,16 +200,47 @@ class Metanet(nn.Module):
         for conv in self.convs:
             h, e = conv(h, e, graph.edge_index)
 
-        dx = torch.zeros_like(x)
-        for name, ids in nodes:
-            dx = dx.index_copy(0, ids, self.node_dec[name](h[ids]))
-        new_x = x + self.scale * node_rms * dx * mask * self.writable
+        new_x = self._decode_nodes(x, mask, nodes, node_rms, h)
 
         d_attr = torch.zeros_like(graph.edge_attr)
         for name, ids, sl, rms in edges:
             positions = torch.arange(sl.start, sl.stop, device=d_attr.device)
             d_attr = d_attr.index_copy(0, positions, self.edge_dec[name](e[ids]).reshape(-1) * rms)
         return new_x, graph.edge_attr + self.scale * d_attr
+
+    def _decode_nodes(self, x, mask, nodes, node_rms, h):
+        dx = torch.zeros_like(x)
+        for name, ids in nodes:
+            dx = dx.index_copy(0, ids, self.node_dec[name](h[ids]))
+        return x + self.scale * node_rms * dx * mask * self.writable
+
+    @torch.no_grad()
+    def _forward_chunked(self, graph, x, mask, nodes, node_rms, h, node_name, edge_name, const):
+        """The forward pass without autograd, CHUNK_EDGES edges at a time (same result up to summation order):
+        peak memory is the edge states [E, hidden] plus the output, not the dozen [E, hidden] temporaries of the
+        differentiable pass (ViT-B/16: 86M edges)."""
+        C = CHUNK_EDGES
+        e = x.new_empty(graph.edge_index.shape[1], self.hidden)
+        new_attr = graph.edge_attr.clone()
+        layout = []
+        for t, ids, sl, k in _edge_layout(graph):  # each type's edges are one contiguous block
+            name = self._resolve("edge", edge_name(t), k)
+            w = graph.edge_attr[sl].view(len(ids), k)
+            rms = w.pow(2).mean().sqrt().clamp_min(_EPS)
+            e0 = int(ids[0]) if len(ids) else 0
+            for a in range(0, len(ids), C):
+                b = min(a + C, len(ids))
+                e[e0 + a:e0 + b] = self.edge_enc[name](symlog(w[a:b] / rms))
+            if edge_name(t) not in const and name in self.edge_dec:
+                layout.append((name, e0, len(ids), k, sl, rms))
+        for conv in self.convs:
+            h = conv.forward_chunked_(h, e, graph.edge_index, C)
+        for name, e0, n, k, sl, rms in layout:
+            out = new_attr[sl].view(n, k)
+            for a in range(0, n, C):
+                b = min(a + C, n)
+                out[a:b] += self.scale * rms * self.edge_dec[name](e[e0 + a:e0 + b])
+        return self._decode_nodes(x, mask, nodes, node_rms, h), new_attr
 
     def transform(self, graph):
         """``graph`` with the metanetwork's new features (same structure and layout)."""

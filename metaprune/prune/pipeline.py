@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from ..cli import UsageError
 from ..data import DataBundle, get_data
+from ..export import export_verified, parse_formats
 from ..io import CheckpointError, atomic_dir, atomic_write_json, load_into, load_model, load_state_dict_file, save_model
 from ..logging import Logger
 from ..metrics import device_name, latency, macs_and_params
@@ -188,6 +189,10 @@ def _run_prune(cfg, transform, logger, data, progress, state) -> dict:
     for key, val in (("target.speedup", speedup), ("target.params", params_t), ("target.latency_speedup", lat_t)):
         if val is not None and not (isinstance(val, (int, float)) and val > 1):
             raise UsageError(f"{key}={val!r} must be a number > 1 (base / pruned); 1 means no pruning")
+    try:
+        export_formats = parse_formats(cfg.get("export"), cfg.get("export_onnx", False))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     pcfg = dict(cfg.get("prune") or {})
     stage_name = cfg.get("stage") or "trained"
     if stage_name not in STAGES:
@@ -310,15 +315,14 @@ def _run_prune(cfg, transform, logger, data, progress, state) -> dict:
     with atomic_dir(out) as tmp:
         save_model(model, tmp / "pruned", extra={"base_checkpoint": report["checkpoint"], "final_acc": final_acc,
                                                  "speedup": report["speedup"], "data": data.name})
-        if cfg.get("export_onnx") or model.metaprune_spec["name"] == "onnx":
-            from ..onnx import export_onnx, verify_onnx
-
-            x = data.example_inputs(4)
-            path = export_onnx(model, x, tmp / "pruned" / "model.onnx")
-            diff = verify_onnx(model, path, x)
-            if not diff <= 1e-4:
-                raise RuntimeError(f"exported ONNX model differs from the pruned model by {diff:.2e} (> 1e-4)")
-            report["onnx"] = {"path": "pruned/model.onnx", "max_abs_diff_onnxruntime": diff}
+        if model.metaprune_spec["name"] == "onnx" and "onnx" not in export_formats:  # ONNX in, ONNX out
+            export_formats.insert(0, "onnx")
+        exported = export_verified(model, data.example_inputs(4), tmp / "pruned", export_formats)
+        for fmt, key, diff_key in (("onnx", "onnx", "max_abs_diff_onnxruntime"),
+                                   ("torch", "torch_export", "max_abs_diff_reloaded")):
+            if fmt in exported:
+                e = exported[fmt]
+                report[key] = {"path": f"pruned/{e['file']}", diff_key: e["max_abs_diff"], "tolerance": e["tolerance"]}
         timings["save"] = round(time.perf_counter() - t0, 3)
         timings["total"] = round(time.perf_counter() - t_start, 3)
         atomic_write_json(tmp / "report.json", report)
@@ -371,4 +375,9 @@ def format_report(r: dict) -> str:
         "  time: " + " | ".join(f"{k} {v:.1f}s" for k, v in t.items()),
         f"  saved: {r['output_dir']}/pruned  and  {r['output_dir']}/report.json",
     ]
+    exports = [(r[k]["path"], r[k][d]) for k, d in (("onnx", "max_abs_diff_onnxruntime"),
+                                                    ("torch_export", "max_abs_diff_reloaded")) if r.get(k)]
+    if exports:
+        rows.append("  exported: " + ", ".join(f"{r['output_dir']}/{p} (reloaded: max abs diff {d:.1e})"
+                                               for p, d in exports))
     return "\n".join(rows)
