@@ -276,6 +276,17 @@ def _permute_(model, spec):
             t.copy_(v)
 
 
+def _permuted_graph(model, x, spec):
+    """Permute ``model``'s hidden neurons in place (``spec`` as in ``_permute_``), check the function is
+    unchanged, and return the permuted network's graph."""
+    with torch.no_grad():
+        y = model(x)
+    _permute_(model, spec)
+    with torch.no_grad():
+        assert torch.allclose(model(x), y, atol=1e-5)  # function preserved
+    return to_graph(model, x)
+
+
 def _assert_same_up_to(g1, g2, sigma):
     """g2 equals g1 with node i of g2 playing node sigma[i] of g1."""
     assert g1.num_nodes == g2.num_nodes
@@ -304,12 +315,7 @@ def test_permuting_hidden_channels_permutes_nodes_resnet():
     spec = {b + "conv1.weight": [(0, perm)], b + "conv2.weight": [(1, perm)]}
     for k in ("weight", "bias", "running_mean", "running_var"):
         spec[b + "bn1." + k] = [(0, perm)]
-    with torch.no_grad():
-        y = model(x)
-    _permute_(model, spec)
-    with torch.no_grad():
-        assert torch.allclose(model(x), y, atol=1e-5)  # function preserved
-    g2 = to_graph(model, x)
+    g2 = _permuted_graph(model, x, spec)
     sigma = torch.arange(g1.num_nodes)
     nodes = _layout(g1, b + "conv1.weight").out_nodes
     sigma[nodes] = nodes[perm]
@@ -339,12 +345,7 @@ def test_permuting_embedding_and_mlp_channels_permutes_nodes_vit():
         spec[b + "mlp.2.weight"] = [(0, p)] + ([(1, h)] if i == 0 else [])
         spec[b + "mlp.2.bias"] = [(0, p)]
     spec["blocks.0.mlp.0.bias"] = [(0, h)]
-    with torch.no_grad():
-        y = model(x)
-    _permute_(model, spec)
-    with torch.no_grad():
-        assert torch.allclose(model(x), y, atol=1e-5)
-    g2 = to_graph(model, x)
+    g2 = _permuted_graph(model, x, spec)
     sigma = torch.arange(g1.num_nodes)
     stream = [_layout(g1, n + ".weight").out_nodes for n in
               ("patch_embed", "blocks.0.attn.proj", "blocks.0.mlp.2", "blocks.1.attn.proj", "blocks.1.mlp.2")]

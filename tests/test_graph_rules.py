@@ -5,7 +5,9 @@ import pytest
 import torch
 import torch.nn as nn
 import torch_pruning as tp
-from test_graph import _assert_same_up_to, _check_group, _check_round_trip, _layout, _permute_
+from test_graph import _one_thread  # noqa: F401  (autouse fixture: one intra-op thread)
+from test_graph import _assert_same_up_to, _check_group, _check_round_trip, _layout, _permuted_graph
+from test_graph import _x as _seq
 
 from metaprune.graph import GraphConversionError, from_graph, graph_params, to_graph
 from metaprune.layers import register_layer
@@ -13,18 +15,6 @@ from metaprune.metanet import Metanet
 from metaprune.models import build
 
 GEN = torch.Generator().manual_seed(3)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _seq(*shape):
-    return torch.randn(*shape, generator=GEN)
 
 
 FAMILIES = {
@@ -96,12 +86,7 @@ def test_permuting_lstm_hidden_units_permutes_nodes():
     rows = (torch.arange(4)[:, None] * H + perm[None, :]).flatten()
     spec = {"lstm.weight_ih_l0": [(0, rows)], "lstm.weight_hh_l0": [(0, rows), (1, perm)],
             "lstm.bias_ih_l0": [(0, rows)], "lstm.bias_hh_l0": [(0, rows)], "fc1.weight": [(1, perm)]}
-    with torch.no_grad():
-        y = model(x)
-    _permute_(model, spec)
-    with torch.no_grad():
-        assert torch.allclose(model(x), y, atol=1e-5)  # same function
-    g2 = to_graph(model, x)
+    g2 = _permuted_graph(model, x, spec)
     sigma = torch.arange(g1.num_nodes)
     for name in ("lstm.weight_ih_l0", "lstm.weight_hh_l0"):
         nodes = _layout(g1, name).out_nodes
