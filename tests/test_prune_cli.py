@@ -231,3 +231,23 @@ def test_transform_hook_runs_before_pruning(tmp_path, small_ckpt, digits):
     assert {"transform", "transform_finetune", "prune"} <= set(report["timings_s"])
     assert report["speedup"] == pytest.approx(1.5, rel=0.05)
     assert (tmp_path / "out" / "pruned" / "model.safetensors").exists()
+
+
+def test_prune_py_on_an_lstm_picks_its_metanet_and_exports(tmp_path):
+    """A family beyond CNNs through the whole prune.py run: metanetwork (the one shipped for digits_seq, chosen
+    by metanet.checkpoint=auto), DepGraph grouping with the LSTM pruner, finetuning, safe save, both exports."""
+    torch.manual_seed(0)
+    ckpt = tmp_path / "lstm"
+    save_model(build("lstm", hidden_size=32, num_layers=2), ckpt)
+    proc = _run(tmp_path, f"model.checkpoint={ckpt}", "data=digits_seq", "finetune.epochs=1", "latency.runs=2",
+                "export=both")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["metanet"] == "checkpoints/metanet/digits_seq" and report["transformed_acc"] is not None
+    assert report["speedup"] == pytest.approx(2.0, rel=0.05)
+    assert report["onnx"]["max_abs_diff_onnxruntime"] <= 1e-4
+    assert report["torch_export"]["max_abs_diff_reloaded"] <= 1e-4
+    from metaprune import load_model
+
+    pruned = load_model(tmp_path / "out" / "pruned")
+    assert pruned.lstm.hidden_size < 32 and sum(p.numel() for p in pruned.parameters()) == report["pruned_params"]

@@ -113,14 +113,28 @@ def _check_fits_data(model: nn.Module, data: DataBundle, device) -> None:
                          f"{data.name} has {data.num_classes} classes")
 
 
-def metanet_transform(metanet_cfg) -> Transform | None:
-    """The transform for the ``metanet`` config: None for ``none``; else apply the metanetwork at
-    ``metanet.checkpoint`` (``metaprune.metanet.apply_metanet``)."""
+SHIPPED_METANETS = Path("checkpoints/metanet")
+
+
+def metanet_checkpoint(metanet_cfg, data_name: str | None) -> Path | None:
+    """Where the ``metanet`` config points: None for ``none``; ``checkpoint: auto`` is the metanetwork shipped
+    for the run's dataset (``checkpoints/metanet/<data>``, e.g. the LSTM one for ``digits_seq``), else the digits one."""
     if metanet_cfg in (None, "none", False) or (isinstance(metanet_cfg, dict) and metanet_cfg.get("name") == "none"):
         return None
     if not isinstance(metanet_cfg, dict) or not metanet_cfg.get("checkpoint"):
         raise UsageError(f"metanet={metanet_cfg!r}: give metanet=none or metanet.checkpoint=PATH")
-    ckpt = Path(metanet_cfg["checkpoint"])
+    if metanet_cfg["checkpoint"] == "auto":
+        own = SHIPPED_METANETS / str(data_name)
+        return own if (own / "metanet.safetensors").is_file() else SHIPPED_METANETS / "digits"
+    return Path(metanet_cfg["checkpoint"])
+
+
+def metanet_transform(metanet_cfg, data_name: str | None = None) -> Transform | None:
+    """The transform for the ``metanet`` config: None for ``none``; else apply the metanetwork at
+    :func:`metanet_checkpoint` (``metaprune.metanet.apply_metanet``)."""
+    ckpt = metanet_checkpoint(metanet_cfg, data_name)
+    if ckpt is None:
+        return None
     if not ckpt.exists():
         raise CheckpointError(f"{ckpt}: metanetwork checkpoint not found")
 
@@ -201,8 +215,12 @@ def _run_prune(cfg, transform, logger, data, progress, state) -> dict:
     ft_cfg = TrainConfig.from_dict({**dict(cfg.get("finetune") or {}), **ft_over, **split_data_cfg(cfg["data"])[1],
                                     "seed": cfg.get("seed", 0), "device": cfg.get("device", "auto"),
                                     "progress": progress})
-    transform = transform if transform is not None else metanet_transform(cfg.get("metanet"))
     metanet_cfg = cfg.get("metanet")
+    if transform is None:
+        transform = metanet_transform(metanet_cfg, cfg["data"].get("name"))
+        metanet_path = metanet_checkpoint(metanet_cfg, cfg["data"].get("name"))
+    else:
+        metanet_path = "transform given by the caller"
     metanet_epochs = int(metanet_cfg.get("finetune_epochs") or 0) if isinstance(metanet_cfg, dict) else 0
     device = pick_device(cfg.get("device", "auto"))
     seed_everything(cfg.get("seed", 0))
@@ -297,6 +315,7 @@ def _run_prune(cfg, transform, logger, data, progress, state) -> dict:
     report = {
         "model": model.metaprune_spec["name"], "data": data.name, "stage": stage_name,
         "checkpoint": str(cfg["model"].get("onnx") or cfg["model"].get("checkpoint")),
+        "metanet": None if metanet_path is None else str(metanet_path),
         "base_acc": base_acc, "base_val_acc": base_val, "transformed_acc": transformed_acc,
         "pruned_acc": pruned_acc, "final_acc": final_acc, "final_val_acc": final_val,
         "base_macs": result.base_macs, "pruned_macs": pruned_macs, "speedup": result.base_macs / pruned_macs,
