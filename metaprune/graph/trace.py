@@ -1,7 +1,8 @@
-"""The one wrapper around torch-pruning: trace a model into ops and DepGraph pruning groups.
+"""The graph converter's view of torch-pruning: trace a model into ops and DepGraph pruning groups.
 
-Nothing else in metaprune reaches into torch-pruning's dependency graph; the converter reads the
-neutral :class:`Trace` returned here. The trace is torch-pruning's ``DependencyGraph`` (module nodes
+The dependency graph is built by ``metaprune.prune.depgraph.build_dependency_graph`` (the one place metaprune
+builds one, with the registered custom pruners); the converter reads the neutral :class:`Trace` returned
+here, never torch-pruning itself. The trace is torch-pruning's ``DependencyGraph`` (module nodes
 plus functional ops such as add, cat, reshape), re-expressed as a topologically ordered list of
 :class:`Op` with the output index of every input (needed for split / unbind), the shapes of every
 intermediate tensor (recorded with a ``TorchFunctionMode`` during the same forward pass) and the
@@ -16,10 +17,10 @@ import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
-import torch_pruning as tp
 from torch_pruning import ops as tp_ops
 
-from ..layers import custom_pruners, graph_rule_for
+from ..layers import graph_rule_for
+from ..prune.depgraph import build_dependency_graph, root_types
 
 
 class GraphConversionError(ValueError):
@@ -121,10 +122,6 @@ def _call(model, example_inputs):
 
 def trace(model: nn.Module, example_inputs) -> Trace:
     """Trace ``model`` on ``example_inputs`` with torch-pruning; restores train/eval mode and requires_grad."""
-    was_training = {m: m.training for m in model.modules()}
-    frozen = [p for p in model.parameters() if not p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(True)  # tracing follows autograd; frozen layers would vanish from the graph
     calls: dict = {}
     hooks = [m.register_forward_hook(lambda m, i, o: calls.__setitem__(m, calls.get(m, 0) + 1))
              for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
@@ -147,10 +144,9 @@ def trace(model: nn.Module, example_inputs) -> Trace:
             return _call(m, x)
 
     try:
-        with torch.enable_grad(), warnings.catch_warnings():
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            dg = tp.DependencyGraph().build_dependency(model, example_inputs, forward_fn=forward_fn, verbose=False,
-                                                       customized_pruners=custom_pruners())
+            dg = build_dependency_graph(model, example_inputs, forward_fn=forward_fn)
     except GraphConversionError:
         raise
     except Exception as e:  # torch-pruning's own limits (e.g. channel shuffles) end here
@@ -159,10 +155,6 @@ def trace(model: nn.Module, example_inputs) -> Trace:
     finally:
         for h in hooks:
             h.remove()
-        for p in frozen:
-            p.requires_grad_(False)
-        for m, t in was_training.items():
-            m.train(t)
     names = {m: n for n, m in model.named_modules()}
     for m, n in calls.items():
         if n > 1:
@@ -281,8 +273,7 @@ def compute_groups(tr: Trace) -> list:
     groups = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        roots = (tp_ops.TORCH_CONV, tp_ops.TORCH_LINEAR, *custom_pruners())
-        for g in dg.get_all_groups(ignored_layers=ignored, root_module_types=roots):
+        for g in dg.get_all_groups(ignored_layers=ignored, root_module_types=root_types()):
             root = g[0].dep.target.module
             items = []
             for it in g:
@@ -325,14 +316,10 @@ def _output_layers(dg, order) -> list:
 def prune_group(model: nn.Module, example_inputs, root: str, idxs) -> nn.Module:
     """Prune channels ``idxs`` of the DepGraph group rooted at layer ``root`` of ``model`` in place
     (torch-pruning's own pruning, used to check ``graph.groups``). Restores the train/eval mode."""
-    was_training = {m: m.training for m in model.modules()}
-    with torch.enable_grad(), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs, verbose=False,
-                                                   customized_pruners=custom_pruners())
+        dg = build_dependency_graph(model, example_inputs)
         layer = model.get_submodule(root)
         pruner = dg.get_pruner_of_module(layer)
         dg.get_pruning_group(layer, pruner.prune_out_channels, [int(i) for i in idxs]).prune()
-    for m, t in was_training.items():
-        m.train(t)
     return model

@@ -120,20 +120,7 @@ class DepGraph:
                              f"names look like {[n for n in list(modules)[1:6]]}")
         self.ignored = [modules[n] for n in ignored_layers]
         self._check_custom_layers()
-        was_training = model.training
-        frozen = [p for p in model.parameters() if not p.requires_grad]
-        try:
-            # the tracer follows autograd: frozen weights or a no_grad caller would hide every layer
-            for p in frozen:
-                p.requires_grad_(True)
-            with warnings.catch_warnings(), torch.enable_grad():
-                warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-                self.DG = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
-                                                                customized_pruners=self.pruners)
-        finally:
-            model.train(was_training)  # the tracer leaves the model in eval mode
-            for p in frozen:
-                p.requires_grad_(False)
+        self.DG = build_dependency_graph(model, example_inputs, self.pruners)
         self._check_supported()
         self.mod_name = {m: n for n, m in model.named_modules()}
         self.param_name = {p: n for n, p in model.named_parameters()}
@@ -182,7 +169,7 @@ class DepGraph:
     def _build_groups(self) -> list[Group]:
         groups = []
         attn_qkv = {m.qkv: m for m in self.model.modules() if _is_attention(m)}
-        roots = ROOT_TYPES + tuple(self.pruners)
+        roots = root_types(self.pruners)
         for g in self.DG.get_all_groups(ignored_layers=self.ignored, root_module_types=roots):
             root = g[0].dep.target.module
             if root in attn_qkv:
@@ -403,6 +390,36 @@ def _lcm(a: int, b: int) -> int:
     import math
 
     return a * b // math.gcd(a, b)
+
+
+def build_dependency_graph(model: nn.Module, example_inputs, pruners: dict | None = None, forward_fn=None):
+    """torch-pruning's ``DependencyGraph`` of ``model`` with the custom pruners ``pruners`` (default: the
+    registered ones): the one place metaprune builds one (``DepGraph`` here, the graph converter's trace).
+
+    The tracer follows autograd, so it runs with grad enabled and frozen weights made trainable for the trace
+    (a ``no_grad`` caller or frozen layers would hide every layer); each module's train/eval mode and every
+    ``requires_grad`` flag are restored afterwards, also when tracing fails."""
+    modes = {m: m.training for m in model.modules()}
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    try:
+        for p in frozen:
+            p.requires_grad_(True)
+        with warnings.catch_warnings(), torch.enable_grad():
+            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+            warnings.filterwarnings("ignore", category=UserWarning, module="torch_pruning")
+            return tp.DependencyGraph().build_dependency(
+                model, example_inputs=example_inputs, forward_fn=forward_fn, verbose=False,
+                customized_pruners=custom_pruners() if pruners is None else pruners)
+    finally:
+        for m, t in modes.items():
+            m.train(t)  # the tracer leaves the model in eval mode
+        for p in frozen:
+            p.requires_grad_(False)
+
+
+def root_types(pruners: dict | None = None) -> tuple:
+    """Module types whose output channels root DepGraph groups: convs, linears and every custom layer type."""
+    return ROOT_TYPES + tuple(custom_pruners() if pruners is None else pruners)
 
 
 def merge_pruners(customized_pruners=None) -> dict:
