@@ -144,9 +144,11 @@ def test_latency_script_records_batch_and_load_per_measurement(tmp_path, monkeyp
 
 @pytest.mark.slow
 def test_latency_zoo_script_gives_both_routes_one_budget(tmp_path):
+    from test_zoo import tiny_zoo  # the tests' own small zoo (the digits zoo is built by train_meta.py, not shipped)
+
     zoo = _bench("latency_zoo")
-    r = zoo.main(["--max-networks", "1", "--targets", "1.5", "--epochs", "1", "--runs", "1", "--batch", "64",
-                  "--out", str(tmp_path)])
+    r = zoo.main(["--zoo", str(tiny_zoo().root), "--max-networks", "1", "--targets", "1.5", "--epochs", "1",
+                  "--runs", "1", "--batch", "64", "--out", str(tmp_path)])
     (net,) = r["per_network"].values()
     assert net["macs"]["1.5"]["finetune"] == net["latency"]["1.5"]["finetune"] == r["config"]["finetune"]
     assert r["summary"]["latency"]["1.5"]["test_acc"]["n"] == 1 and (tmp_path / "latency_zoo-digits.png").is_file()
