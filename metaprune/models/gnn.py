@@ -7,12 +7,12 @@ both GAT layers over the whole graph and returns the logits of the requested nod
 weights, so a checkpoint is self-contained.
 
 Pruning: ``GATConvPruner`` is a torch-pruning custom pruner for the whole ``GATConv``, registered with
-``metaprune.layers.register_layer`` when this module is imported. An output channel of a concatenating GATConv is ``head * C + c``; channels are
-removed per *head dimension*: dimension ``c`` goes from every head at once (rows of ``lin.weight``, entries of
-``att_src``/``att_dst``, ``bias``), so all heads keep one width, as torch-pruning's channel groups (``heads``)
-demand. Input channels are columns of ``lin.weight``. ``lin`` is a plain ``nn.Linear`` (functionally
-torch-geometric's ``Linear``) so that MACs counters see it; ``GATConvPruner.macs_terms`` adds the attention
-(scores, weighted messages, bias), which no counter sees.
+``metaprune.layers.register_layer`` when this module is imported. An output channel of a concatenating GATConv is
+``head * C + c``; channels are removed per *head dimension*: dimension ``c`` goes from every head at once (rows of
+``lin.weight``, entries of ``att_src``/``att_dst``, ``bias``), so all heads keep one width, as torch-pruning's
+channel groups (``heads``) demand. Input channels are columns of ``lin.weight``. ``lin`` is a plain ``nn.Linear``
+(functionally torch-geometric's ``Linear``) so that MACs counters see it; ``GATConvPruner.macs_terms`` adds the
+attention (scores, weighted messages, bias), which no counter sees.
 """
 from __future__ import annotations
 

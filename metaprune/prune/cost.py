@@ -5,9 +5,10 @@ terms ``coef * x_a * x_b`` where ``x`` are the *kept sizes* of parameter dimensi
 k*H*W*out*in/groups = k*H*W * weight.shape[0] * weight.shape[1]). A plan removes ``r_g`` units from group ``g``;
 every dimension's kept size is ``size - sum_g r_g * (slices of that dim in g)``. The formulas mirror
 torch-pruning's op counter as ``count_macs`` corrects it (``metaprune.metrics.macs_and_params`` calls it); the
-counter counts modules by exact type (a subclass such as torchvision's ``LayerNorm2d`` counts nothing), so evaluating thousands of plans costs
-microseconds each instead of a pruned copy and a forward pass. Layers with no parameters (ReLU, pooling) scale
-with the layer that produced their input; counted layers without a formula here are constant.
+counter counts modules by exact type (a subclass such as torchvision's ``LayerNorm2d`` counts nothing).
+Evaluating thousands of plans so costs microseconds each instead of a pruned copy and a forward pass. Layers
+with no parameters (ReLU, pooling) scale with the layer that produced their input; counted layers without a
+formula here are constant.
 
 Custom layers (a registered pruner, a type the counter does not know) are counted by both this model and
 ``count_macs``: their pruner's optional ``macs_terms(layer, inputs, output)`` returns ``[(coef, [(param name,
@@ -131,10 +132,9 @@ def _own_count(m: nn.Module, pruners: dict) -> bool:
 
 def count_macs(model: nn.Module, example_inputs, pruners: dict | None = None) -> tuple[int, int]:
     """MACs per sample and parameters (``metaprune.metrics.macs_and_params``): torch-pruning's op counter
-    with two changes. Custom layers it does not count are added (see the
-    module docstring), and ``nn.LSTM`` is counted once per time step of a sample: the counter multiplies its
-    per-step count by ``input[0].shape[0] * input[0].shape[1]`` (steps x features for a batch-first input) and
-    then divides by the batch."""
+    with two changes. Custom layers it does not count are added (see the module docstring), and ``nn.LSTM`` is
+    counted once per time step of a sample: the counter multiplies its per-step count by
+    ``input[0].shape[0] * input[0].shape[1]`` (steps x features for a batch-first input), then divides by the batch."""
     import torch_pruning as tp
 
     pruners = merge_pruners() if pruners is None else pruners

@@ -3,8 +3,9 @@
 ``importance("l2")`` returns a criterion; call it as ``crit(group, params) -> Tensor[group.units]``.
 Channel groups are scored with torch-pruning's own classes on the group's torch-pruning group; attention
 head-dimension groups (which torch-pruning's index mapping does not cover) and groups with a custom layer
-(whose parameters torch-pruning's criteria skip) use the same formula on the group's slices. Criteria that need gradients (``taylor``) say so with ``needs_grad``; ``prune`` then runs one
-calibration batch forward and backward before scoring.
+(whose parameters torch-pruning's criteria skip) use the same formula on the group's slices. Criteria that
+need gradients (``taylor``) say so with ``needs_grad``; ``prune`` then runs one calibration batch forward and
+backward before scoring.
 
 ``tp_magnitude``/``tp_taylor`` are the torch-pruning-level versions (scoring torch-pruning groups) for the
 routes that run torch-pruning's own pruners (``obs``, ``at_init``, ``sparse``); they add the entries of custom

@@ -118,7 +118,8 @@ SHIPPED_METANETS = Path("checkpoints/metanet")
 
 def metanet_checkpoint(metanet_cfg, data_name: str | None) -> Path | None:
     """Where the ``metanet`` config points: None for ``none``; ``checkpoint: auto`` is the metanetwork shipped
-    for the run's dataset (``checkpoints/metanet/<data>``, e.g. the LSTM one for ``digits_seq``), else the digits one."""
+    for the run's dataset (``checkpoints/metanet/<data>``, e.g. the LSTM one for ``digits_seq``), else the
+    digits one."""
     if metanet_cfg in (None, "none", False) or (isinstance(metanet_cfg, dict) and metanet_cfg.get("name") == "none"):
         return None
     if not isinstance(metanet_cfg, dict) or not metanet_cfg.get("checkpoint"):
