@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+
+from .io import atomic_write_file
 
 FORMATS = {"onnx": "model.onnx", "torch": "model.pt2"}  # format -> file name in the pruned model's directory
 TOLERANCE = 1e-4
@@ -87,17 +88,7 @@ def export_program(model: nn.Module, example_inputs, path: str | os.PathLike) ->
                     f"torch.export cannot capture {_name(model)}{where}{_culprit(e, msg)}: {first}") from e
     finally:
         model.train(was_training)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.pt2")
-    os.close(fd)
-    try:
-        torch.export.save(program, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_file(path, lambda tmp: torch.export.save(program, tmp), suffix=".tmp.pt2")
 
 
 def verify_program(model: nn.Module, path: str | os.PathLike, example_inputs, tolerance: float = TOLERANCE) -> float:

@@ -28,20 +28,31 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read safely or does not fit its architecture."""
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+def atomic_write_file(path: str | os.PathLike, write, suffix: str = ".tmp") -> Path:
+    """``write(tmp)`` a file next to ``path``, then rename it into place: readers see the old file or the whole
+    new one, never half of it; a failing ``write`` leaves nothing behind. Returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    atomic_write_file(path, write)
 
 
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
@@ -50,18 +61,8 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict | None = None) -> None:
     """Atomically write a name->tensor dict as safetensors (shared storage is cloned apart)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     flat = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(flat, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_file(path, lambda tmp: save_file(flat, tmp, metadata=metadata))
 
 
 def atomic_dir(target: str | os.PathLike):

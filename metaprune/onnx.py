@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import base64
 import os
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -43,6 +42,7 @@ import torch
 import torch.nn as nn
 from onnx import numpy_helper
 
+from .io import atomic_write_file
 from .models.registry import register
 
 MIN_OPSET = 17
@@ -400,17 +400,11 @@ def export_onnx(model: nn.Module, example_inputs, path: str | os.PathLike, opset
 
 def _atomic(path: Path, write) -> None:
     """``write(tmp)`` a file next to ``path``, check it is valid ONNX, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    def write_checked(tmp):
         write(tmp)
         onnx.checker.check_model(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write_file(path, write_checked)
 
 
 def _write_back(model: nn.Module) -> onnx.ModelProto:
