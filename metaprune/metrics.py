@@ -39,17 +39,26 @@ def autocast_for(device, dtype=torch.float32):
     return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
 
 
+def batch_of(inputs, batch_size: int, device="cpu") -> torch.Tensor:
+    """A batch of ``batch_size`` inputs: the rows of an example tensor repeated (its dtype kept: node or token
+    ids stay integers), or standard-normal values when ``inputs`` is a shape (per-example, without the batch)."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs[torch.arange(batch_size) % len(inputs)].to(device)
+    return torch.randn(batch_size, *inputs, device=device)
+
+
 @torch.no_grad()
-def latency(model: nn.Module, input_shape, batch_size: int = 1, device="cpu", dtype=torch.float32,
+def latency(model: nn.Module, inputs, batch_size: int = 1, device="cpu", dtype=torch.float32,
             warmup: int = 5, runs: int = 20, channels_last: bool = False) -> dict:
-    """Median wall time (ms) of one forward pass, after warm-up, with CUDA synchronisation.
+    """Median wall time (ms) of one forward pass on ``batch_of(inputs, batch_size)`` (an example tensor, or a
+    per-example shape), after warm-up, with CUDA synchronisation.
 
     Returns ``{"median_ms", "p10_ms", "p90_ms", "batch_size", "dtype", "device"}``.
     """
     device = torch.device(device)
     was_training = model.training
     model = model.eval().to(device)
-    x = torch.randn(batch_size, *input_shape, device=device)
+    x = batch_of(inputs, batch_size, device)
     if channels_last and x.dim() == 4:
         x = x.to(memory_format=torch.channels_last)
         model = model.to(memory_format=torch.channels_last)

@@ -251,3 +251,26 @@ def test_prune_py_on_an_lstm_picks_its_metanet_and_exports(tmp_path):
 
     pruned = load_model(tmp_path / "out" / "pruned")
     assert pruned.lstm.hidden_size < 32 and sum(p.numel() for p in pruned.parameters()) == report["pruned_params"]
+
+
+def test_every_dataset_has_a_config():
+    from metaprune.data import available
+
+    assert {f"{n}.yaml" for n in available()} <= {p.name for p in (REPO / "configs" / "data").iterdir()}
+
+
+def test_prune_py_on_a_gat_skips_a_metanet_that_never_saw_it(tmp_path):
+    """The default metanetwork (auto: none shipped for sbm, so the digits one) has no encoders for GAT neurons:
+    the run says so and prunes the network's own weights instead of rewriting them with borrowed encoders;
+    node-id inputs reach the latency timer and both exports as ids."""
+    torch.manual_seed(0)
+    ckpt = tmp_path / "gat"
+    save_model(build("gat"), ckpt)
+    proc = _run(tmp_path, f"model.checkpoint={ckpt}", "data=sbm", "finetune.epochs=1", "latency.runs=2",
+                "export=both")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "note: metanetwork checkpoints/metanet/digits skipped" in proc.stdout and "node:gat_head" in proc.stdout
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["metanet"].startswith("checkpoints/metanet/digits (skipped") and report["transformed_acc"] is None
+    assert 1.85 <= report["speedup"] <= 2.1  # 8 head dimensions: the closest step to 2x is 1.93x
+    assert report["torch_export"]["max_abs_diff_reloaded"] <= 1e-4 and report["onnx"]["max_abs_diff_onnxruntime"] <= 1e-4

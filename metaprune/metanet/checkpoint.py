@@ -49,17 +49,27 @@ def load_metanet(path: str | os.PathLike, map_location="cpu") -> Metanet:
     return net.to(map_location).eval()
 
 
+class UnseenTypesError(ValueError):
+    """The network has neuron or weight types the metanetwork was never trained on."""
+
+
 @torch.no_grad()
-def apply_metanet(metanet: Metanet | str | os.PathLike, model: nn.Module, example_inputs) -> nn.Module:
+def apply_metanet(metanet: Metanet | str | os.PathLike, model: nn.Module, example_inputs,
+                  seen_only: bool = False) -> nn.Module:
     """``model`` with the weights the metanetwork writes (model -> NetGraph -> metanet -> model), in place.
 
-    ``metanet`` is a :class:`Metanet` or the directory of a saved one."""
+    ``metanet`` is a :class:`Metanet` or the directory of a saved one. ``seen_only``: raise
+    :class:`UnseenTypesError` instead of rewriting a network with node or edge types the metanetwork has no
+    encoder for (by default those reuse an encoder of the same width, see ``Metanet(unseen=...)``)."""
     from ..graph import from_graph, to_graph
 
     if not isinstance(metanet, nn.Module):
         metanet = load_metanet(metanet)
     was_training = model.training
     graph = to_graph(model, example_inputs)
+    unseen = metanet.unseen_types(graph) if seen_only else []
+    if unseen:
+        raise UnseenTypesError(f"the metanetwork was never trained on {', '.join(unseen)}")
     out = from_graph(metanet.eval().transform(graph), model)
     out.train(was_training)
     return out

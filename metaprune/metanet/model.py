@@ -152,6 +152,15 @@ class Metanet(nn.Module):
             nn.init.zeros_(dec.weight)  # untrained metanetwork = identity
             nn.init.zeros_(dec.bias)
 
+    def unseen_types(self, graph) -> list[str]:
+        """Node and edge types of ``graph`` this metanetwork has no encoder of its own for (it was never
+        trained on such neurons or weights), as ``node:<name>`` / ``edge:<name>``."""
+        node_name, edge_name = type_names(graph)
+        nodes = {f"node:{node_name(t)}" for t in torch.unique(graph.node_type).tolist()
+                 if node_name(t) not in self.config["node_types"]}
+        edges = {f"edge:{edge_name(t)}" for t in graph.edge_type_ids() if edge_name(t) not in self.config["edge_types"]}
+        return sorted(nodes | edges)
+
     def _resolve(self, kind: str, name: str, width: int) -> str:
         known = self.config["node_types"] if kind == "node" else self.config["edge_types"]
         if name in known:

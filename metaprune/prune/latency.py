@@ -14,17 +14,18 @@ import time
 import torch
 import torch.nn as nn
 
-from ..metrics import autocast_for, sync
+from ..metrics import autocast_for, batch_of, sync
 from .pruner import PruneResult, prune
 
 
 @torch.no_grad()
-def paired_speedup(base: nn.Module, cand: nn.Module, input_shape, batch_size=1, device="cpu",
+def paired_speedup(base: nn.Module, cand: nn.Module, inputs, batch_size=1, device="cpu",
                    dtype=torch.float32, runs: int = 15) -> tuple[float, float, float]:
-    """Median latency of ``base`` and ``cand`` timed alternately (so drift and background load hit both
-    alike); returns (base_ms, cand_ms, base_ms / cand_ms)."""
+    """Median latency of ``base`` and ``cand`` on ``batch_of(inputs, batch_size)`` (an example tensor, or a
+    per-example shape) timed alternately (so drift and background load hit both alike); returns
+    (base_ms, cand_ms, base_ms / cand_ms)."""
     device = torch.device(device)
-    x = torch.randn(batch_size, *input_shape, device=device)
+    x = batch_of(inputs, batch_size, device)
     models = [base.eval().to(device), cand.eval().to(device)]
     times = ([], [])
     with autocast_for(device, dtype):
@@ -53,7 +54,6 @@ def prune_to_latency(model: nn.Module, example_inputs: torch.Tensor, target_late
     if not target_latency_speedup > 1:
         raise ValueError(f"target.latency_speedup={target_latency_speedup} must be > 1 (base / pruned latency)")
     t0 = time.perf_counter()
-    shape = tuple(example_inputs.shape[1:])
     was_training = model.training
     base = copy.deepcopy(model).eval()
     timer = timer or paired_speedup
@@ -62,7 +62,7 @@ def prune_to_latency(model: nn.Module, example_inputs: torch.Tensor, target_late
     def measure(s: float):
         cand = copy.deepcopy(model)
         res = prune(cand, example_inputs, target_speedup=s, **prune_kwargs)
-        b, c, r = timer(base, cand, shape, batch_size, device, dtype, runs)
+        b, c, r = timer(base, cand, example_inputs, batch_size, device, dtype, runs)
         trials.append({"macs_speedup": res.speedup, "base_ms": b, "latency_ms": c, "latency_speedup": r})
         return r
 
@@ -94,7 +94,7 @@ def prune_to_latency(model: nn.Module, example_inputs: torch.Tensor, target_late
             f"{best['latency_speedup']:.2f}x at {best['macs_speedup']:.2f}x fewer MACs (round_to={prune_kwargs.get('round_to')})" if best else
             f"target.latency_speedup={target_latency_speedup}: no prunable configuration found")
     result = prune(model, example_inputs, target_speedup=hi, **prune_kwargs)
-    base_ms, final_ms, ratio = timer(base, model, shape, batch_size, device, dtype, 2 * runs)
+    base_ms, final_ms, ratio = timer(base, model, example_inputs, batch_size, device, dtype, 2 * runs)
     model.to("cpu").train(was_training)
     search = {"base_latency_ms": base_ms, "pruned_latency_ms": final_ms, "latency_speedup": ratio,
               "macs_speedup": result.speedup, "batch_size": batch_size, "dtype": str(dtype).replace("torch.", ""),

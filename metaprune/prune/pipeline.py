@@ -139,12 +139,21 @@ def metanet_transform(metanet_cfg, data_name: str | None = None) -> Transform | 
     if not ckpt.exists():
         raise CheckpointError(f"{ckpt}: metanetwork checkpoint not found")
 
+    auto = metanet_cfg["checkpoint"] == "auto"
+
     def transform(model: nn.Module, data: DataBundle) -> nn.Module:
-        from ..metanet import apply_metanet
+        from ..metanet import UnseenTypesError, apply_metanet
 
         device = next(model.parameters()).device
-        return apply_metanet(ckpt, model, data.example_inputs().to(device))
+        try:
+            return apply_metanet(ckpt, model, data.example_inputs().to(device), seen_only=auto)
+        except UnseenTypesError as e:  # the default metanetwork does not know this family: leave the weights
+            transform.skipped = f"skipped: {e}"
+            print(f"note: metanetwork {ckpt} {transform.skipped}; pruning the network's own weights "
+                  "(metanet.checkpoint=PATH applies one anyway)")
+            return model
 
+    transform.skipped = None
     return transform
 
 
@@ -153,10 +162,11 @@ def _acc(model, data, split, device) -> float:
 
 
 def _latency(model, data, cfg, device) -> dict:
-    lat = {"cpu": latency(copy.deepcopy(model), data.input_shape, batch_size=cfg.get("batch_size", 1),
+    x = data.example_inputs(min(int(cfg.get("batch_size", 1)), 64))  # real inputs: node ids stay ids
+    lat = {"cpu": latency(copy.deepcopy(model), x, batch_size=cfg.get("batch_size", 1),
                           device="cpu", warmup=cfg.get("warmup", 5), runs=cfg.get("runs", 20))["median_ms"]}
     if device.type == "cuda":
-        lat["cuda"] = latency(model, data.input_shape, batch_size=cfg.get("batch_size", 1), device=device,
+        lat["cuda"] = latency(model, x, batch_size=cfg.get("batch_size", 1), device=device,
                               warmup=cfg.get("warmup", 5), runs=cfg.get("runs", 20))["median_ms"]
     return lat
 
@@ -255,13 +265,16 @@ def _run_prune(cfg, transform, logger, data, progress, state) -> dict:
         model = transform(model.eval(), data)
         if not isinstance(model, nn.Module):
             raise TypeError(f"the transform returned {type(model).__name__}, not an nn.Module")
+        if getattr(transform, "skipped", None):
+            metanet_path, transform, metanet_epochs = f"{metanet_path} ({transform.skipped})", None, 0
         model = model.to(device)
         stage("transform", t0)
         if metanet_epochs > 0:
             t0 = time.perf_counter()
             fit(model, data, TrainConfig.from_dict({**vars(ft_cfg), "epochs": metanet_epochs}), desc="after metanet")
             stage("transform_finetune", t0)
-        transformed_acc = _acc(model, data, "test", device)
+        if transform is not None:  # not skipped
+            transformed_acc = _acc(model, data, "test", device)
 
     t0 = time.perf_counter()
     calib = next(iter(data.loader("train", ft_cfg.batch_size, seed=ft_cfg.seed)))
