@@ -93,6 +93,17 @@ def test_family_builds_for_its_data(name, datasets):
 
 
 @pytest.mark.parametrize("name", list(SMALL))
+def test_model_config_builds_for_its_data(name, datasets):
+    """configs/model/<family>.yaml (train.py model=<family>) builds a working network for the family's data."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "configs" / "model" / f"{name}.yaml").read_text())
+    data = datasets[SMALL[name][0]]
+    model = build_for_data(cfg["name"], data.input_shape, data.num_classes, **cfg["args"])
+    assert model(data.val.x[:2]).shape == (2, data.num_classes)
+
+
+@pytest.mark.parametrize("name", list(SMALL))
 def test_prune_2x_then_save_load_identical(name, datasets, tmp_path):
     data_name, args = SMALL[name]
     data = datasets[data_name]
