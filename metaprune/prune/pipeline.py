@@ -12,6 +12,7 @@ Nothing is written until the run succeeds: the result directory appears atomical
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from pathlib import Path
@@ -43,6 +44,8 @@ def check_output_dir(path, overwrite: bool) -> Path:
 
 
 STAGES = ("init", "trained", "trained_nofinetune")
+EXPORT_REPORT = {"onnx": ("onnx", "max_abs_diff_onnxruntime"),  # export format -> report key, its diff's key
+                 "torch": ("torch_export", "max_abs_diff_reloaded")}
 
 
 def _prune_special(model, data, stage_name, speedup, kw, pcfg, device) -> PruneResult:
@@ -196,7 +199,11 @@ def _run_prune(cfg, transform, logger, data, progress, state) -> dict:
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
 
-    def stage(name, t0):
+    @contextlib.contextmanager
+    def stage(name):
+        """Time the block as stage ``name`` (recorded only when it finishes)."""
+        t0 = time.perf_counter()
+        yield
         timings[name] = round(time.perf_counter() - t0, 3)
         if isinstance(logger, Logger):  # not yet when it is still a factory
             logger.log({f"time/{name}": timings[name]})
@@ -236,93 +243,86 @@ def _run_prune(cfg, transform, logger, data, progress, state) -> dict:
     device = pick_device(cfg.get("device", "auto"))
     seed_everything(cfg.get("seed", 0))
 
-    t0 = time.perf_counter()
-    if data is None:
-        data = get_data(**split_data_cfg(cfg["data"])[0])
-    mcfg = dict(cfg["model"])
-    if stage_name == "init" and not mcfg.get("checkpoint") and not mcfg.get("onnx"):
-        if not mcfg.get("name"):
-            raise UsageError("stage=init needs model.name (+ model.args) to build a fresh network, or model.checkpoint")
-        seed_everything(cfg.get("seed", 0))
-        model = build_for_data(mcfg["name"], data.input_shape, data.num_classes, **dict(mcfg.get("args") or {}))
-    else:
-        model = load_network(mcfg, data)
-    model = model.to(device)
-    _check_fits_data(model, data, device)
-    stage("load", t0)
+    with stage("load"):
+        if data is None:
+            data = get_data(**split_data_cfg(cfg["data"])[0])
+        mcfg = dict(cfg["model"])
+        if stage_name == "init" and not mcfg.get("checkpoint") and not mcfg.get("onnx"):
+            if not mcfg.get("name"):
+                raise UsageError("stage=init needs model.name (+ model.args) to build a fresh network, "
+                                 "or model.checkpoint")
+            seed_everything(cfg.get("seed", 0))
+            model = build_for_data(mcfg["name"], data.input_shape, data.num_classes, **dict(mcfg.get("args") or {}))
+        else:
+            model = load_network(mcfg, data)
+        model = model.to(device)
+        _check_fits_data(model, data, device)
 
-    t0 = time.perf_counter()
-    base_acc = _acc(model, data, "test", device)
-    base_val = _acc(model, data, "val", device)
-    stage("base_eval", t0)
-    t0 = time.perf_counter()
-    base_lat = _latency(model, data, cfg.get("latency") or {}, device)
-    stage("base_latency", t0)
+    with stage("base_eval"):
+        base_acc = _acc(model, data, "test", device)
+        base_val = _acc(model, data, "val", device)
+    with stage("base_latency"):
+        base_lat = _latency(model, data, cfg.get("latency") or {}, device)
 
     transformed_acc = None
     if transform is not None:
-        t0 = time.perf_counter()
-        model = transform(model.eval(), data)
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"the transform returned {type(model).__name__}, not an nn.Module")
-        if getattr(transform, "skipped", None):
-            metanet_path, transform, metanet_epochs = f"{metanet_path} ({transform.skipped})", None, 0
-        model = model.to(device)
-        stage("transform", t0)
-        if metanet_epochs > 0:
-            t0 = time.perf_counter()
-            fit(model, data, TrainConfig.from_dict({**vars(ft_cfg), "epochs": metanet_epochs}), desc="after metanet")
-            stage("transform_finetune", t0)
-        if transform is not None:  # not skipped
+        with stage("transform"):
+            model = transform(model.eval(), data)
+            if not isinstance(model, nn.Module):
+                raise TypeError(f"the transform returned {type(model).__name__}, not an nn.Module")
+            model = model.to(device)
+        skipped = getattr(transform, "skipped", None)
+        if skipped:
+            metanet_path = f"{metanet_path} ({skipped})"
+        else:
+            if metanet_epochs > 0:
+                with stage("transform_finetune"):
+                    fit(model, data, TrainConfig.from_dict({**vars(ft_cfg), "epochs": metanet_epochs}),
+                        desc="after metanet")
             transformed_acc = _acc(model, data, "test", device)
 
-    t0 = time.perf_counter()
-    calib = next(iter(data.loader("train", ft_cfg.batch_size, seed=ft_cfg.seed)))
-    lat_cfg = dict(cfg.get("latency") or {})
-    lat_dtype = torch.bfloat16 if (device.type == "cuda" and lat_cfg.get("dtype") == "bfloat16") else torch.float32
-    round_to = pcfg.get("round_to")
-    if round_to == "auto" or (round_to is None and lat_t is not None):  # measured for this device and dtype
-        from ..hardware import default_round_to
+    with stage("prune"):
+        calib = next(iter(data.loader("train", ft_cfg.batch_size, seed=ft_cfg.seed)))
+        lat_cfg = dict(cfg.get("latency") or {})
+        lat_dtype = torch.bfloat16 if (device.type == "cuda" and lat_cfg.get("dtype") == "bfloat16") else torch.float32
+        round_to = pcfg.get("round_to")
+        if round_to == "auto" or (round_to is None and lat_t is not None):  # measured for this device and dtype
+            from ..hardware import default_round_to
 
-        round_to = default_round_to(device, lat_dtype)
-    kw = dict(importance=pcfg.get("importance", "l2"), global_pruning=bool(pcfg.get("global_pruning", False)),
-              round_to=round_to, ignored_layers=tuple(pcfg.get("ignored_layers") or ()),
-              calibration=(calib[0].to(device), calib[1].to(device)), seed=cfg.get("seed", 0))
-    latency_search = None
-    crit = kw["importance"]
-    if stage_name == "init" or crit == "obs":
-        if lat_t is not None or params_t is not None:
-            raise UsageError(f"{'stage=init' if stage_name == 'init' else 'prune.importance=obs'} takes target.speedup "
-                             "(MACs), not target.params / target.latency_speedup")
-        result = _prune_special(model, data, stage_name, speedup, kw, pcfg, device)
-    elif lat_t is not None:
-        from .latency import prune_to_latency
+            round_to = default_round_to(device, lat_dtype)
+        kw = dict(importance=pcfg.get("importance", "l2"), global_pruning=bool(pcfg.get("global_pruning", False)),
+                  round_to=round_to, ignored_layers=tuple(pcfg.get("ignored_layers") or ()),
+                  calibration=(calib[0].to(device), calib[1].to(device)), seed=cfg.get("seed", 0))
+        latency_search = None
+        crit = kw["importance"]
+        if stage_name == "init" or crit == "obs":
+            if lat_t is not None or params_t is not None:
+                raise UsageError(f"{'stage=init' if stage_name == 'init' else 'prune.importance=obs'} takes "
+                                 "target.speedup (MACs), not target.params / target.latency_speedup")
+            result = _prune_special(model, data, stage_name, speedup, kw, pcfg, device)
+        elif lat_t is not None:
+            from .latency import prune_to_latency
 
-        result, latency_search = prune_to_latency(
-            model, data.example_inputs().to(device), float(lat_t), batch_size=int(lat_cfg.get("batch_size", 1)),
-            device=device, dtype=lat_dtype, runs=int(lat_cfg.get("runs", 20)), **kw)
-        model = model.to(device)
-    else:
-        result = prune(model, data.example_inputs().to(device), target_speedup=speedup, target_params=params_t, **kw)
-    stage("prune", t0)
+            result, latency_search = prune_to_latency(
+                model, data.example_inputs().to(device), float(lat_t), batch_size=int(lat_cfg.get("batch_size", 1)),
+                device=device, dtype=lat_dtype, runs=int(lat_cfg.get("runs", 20)), **kw)
+            model = model.to(device)
+        else:
+            result = prune(model, data.example_inputs().to(device), target_speedup=speedup, target_params=params_t,
+                           **kw)
     if callable(logger):  # every input is validated by now: a refused run starts no logging run
-        t0 = time.perf_counter()
-        logger = state["own_logger"] = logger()
-        stage("logger_init", t0)
-    t0 = time.perf_counter()
-    pruned_acc = _acc(model, data, "test", device)
-    stage("pruned_eval", t0)
+        with stage("logger_init"):
+            logger = state["own_logger"] = logger()
+    with stage("pruned_eval"):
+        pruned_acc = _acc(model, data, "test", device)
 
-    t0 = time.perf_counter()
-    history = fit(model, data, ft_cfg, logger=logger, desc="finetune") if ft_cfg.epochs > 0 else []
-    stage("finetune", t0)
-    t0 = time.perf_counter()
-    final_acc = _acc(model, data, "test", device)
-    final_val = _acc(model, data, "val", device)
-    stage("final_eval", t0)
-    t0 = time.perf_counter()
-    pruned_lat = _latency(model, data, cfg.get("latency") or {}, device)
-    stage("pruned_latency", t0)
+    with stage("finetune"):
+        history = fit(model, data, ft_cfg, logger=logger, desc="finetune") if ft_cfg.epochs > 0 else []
+    with stage("final_eval"):
+        final_acc = _acc(model, data, "test", device)
+        final_val = _acc(model, data, "val", device)
+    with stage("pruned_latency"):
+        pruned_lat = _latency(model, data, cfg.get("latency") or {}, device)
     model = model.cpu().eval()
     pruned_macs, pruned_params = macs_and_params(model, data.example_inputs())
 
@@ -344,19 +344,17 @@ def _run_prune(cfg, transform, logger, data, progress, state) -> dict:
         "pruning": {k: v for k, v in result.to_dict().items() if k not in ("removed",)},
         "finetune_history": history, "config": cfg, "timings_s": timings,
     }
-    t0 = time.perf_counter()
+    t_save = time.perf_counter()  # timed by hand: its time goes into the report written in the same directory
     with atomic_dir(out) as tmp:
         save_model(model, tmp / "pruned", extra={"base_checkpoint": report["checkpoint"], "final_acc": final_acc,
                                                  "speedup": report["speedup"], "data": data.name})
         if model.metaprune_spec["name"] == "onnx" and "onnx" not in export_formats:  # ONNX in, ONNX out
             export_formats.insert(0, "onnx")
         exported = export_verified(model, data.example_inputs(4), tmp / "pruned", export_formats)
-        for fmt, key, diff_key in (("onnx", "onnx", "max_abs_diff_onnxruntime"),
-                                   ("torch", "torch_export", "max_abs_diff_reloaded")):
-            if fmt in exported:
-                e = exported[fmt]
-                report[key] = {"path": f"pruned/{e['file']}", diff_key: e["max_abs_diff"], "tolerance": e["tolerance"]}
-        timings["save"] = round(time.perf_counter() - t0, 3)
+        for fmt, e in exported.items():
+            key, diff_key = EXPORT_REPORT[fmt]
+            report[key] = {"path": f"pruned/{e['file']}", diff_key: e["max_abs_diff"], "tolerance": e["tolerance"]}
+        timings["save"] = round(time.perf_counter() - t_save, 3)
         timings["total"] = round(time.perf_counter() - t_start, 3)
         atomic_write_json(tmp / "report.json", report)
     if logger is not None:
@@ -408,8 +406,7 @@ def format_report(r: dict) -> str:
         "  time: " + " | ".join(f"{k} {v:.1f}s" for k, v in t.items()),
         f"  saved: {r['output_dir']}/pruned  and  {r['output_dir']}/report.json",
     ]
-    exports = [(r[k]["path"], r[k][d]) for k, d in (("onnx", "max_abs_diff_onnxruntime"),
-                                                    ("torch_export", "max_abs_diff_reloaded")) if r.get(k)]
+    exports = [(r[k]["path"], r[k][d]) for k, d in EXPORT_REPORT.values() if r.get(k)]
     if exports:
         rows.append("  exported: " + ", ".join(f"{r['output_dir']}/{p} (reloaded: max abs diff {d:.1e})"
                                                for p, d in exports))
