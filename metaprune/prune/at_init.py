@@ -13,28 +13,13 @@ initialisation minus the pruned channels; train it with the standard loop (``met
 """
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
 from .importance import tp_magnitude, tp_taylor
 from .obs import prune_to_speedup
+from .pruner import batch_gradients
 
 CRITERIA = ("snip", "magnitude")
-
-
-def _snip_gradients(model: nn.Module, batch) -> None:
-    """Fill ``.grad`` with the gradient of the cross-entropy on ``batch`` (BN buffers left untouched)."""
-    x, y = batch
-    buffers = {k: v.clone() for k, v in model.named_buffers()}
-    was_training = model.training
-    model.train()
-    model.zero_grad(set_to_none=True)
-    with torch.enable_grad():
-        F.cross_entropy(model(x), y).backward()
-    model.train(was_training)
-    with torch.no_grad():
-        for k, v in model.named_buffers():
-            v.copy_(buffers[k])
 
 
 def prune_at_init(model: nn.Module, example_inputs, target_speedup: float, criterion: str = "snip",
@@ -50,7 +35,7 @@ def prune_at_init(model: nn.Module, example_inputs, target_speedup: float, crite
         if batch is None or len(batch) != 2:
             raise ValueError("criterion='snip' needs batch=(inputs, labels): one batch of training data")
         importance = tp_taylor()
-        before_step = lambda m: _snip_gradients(m, batch)  # noqa: E731
+        before_step = lambda m: batch_gradients(m, batch, train=True)  # noqa: E731  (BN buffers untouched)
     else:
         importance = tp_magnitude(p=2)
         before_step = None

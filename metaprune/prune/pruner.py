@@ -46,17 +46,29 @@ class PruneResult:
         return asdict(self)
 
 
-def _calibrate_grads(model: nn.Module, calibration) -> None:
-    """One forward/backward on a calibration batch ``(inputs, targets)`` so criteria can read ``.grad``."""
-    if calibration is None:
-        raise ValueError("importance 'taylor' needs a calibration batch (inputs, targets) for its gradients")
-    x, y = calibration
+def batch_gradients(model: nn.Module, batch, train: bool = False) -> None:
+    """Fill ``.grad`` with the cross-entropy gradient on ``batch`` ``(inputs, targets)``, in eval mode, or in
+    train mode (``train``: batch statistics, for an untrained network) with every buffer restored afterwards.
+    The model's train/eval mode is kept."""
+    x, y = batch
+    buffers = {k: v.clone() for k, v in model.named_buffers()} if train else {}
     was_training = model.training
-    model.eval()
+    model.train(train)
     model.zero_grad(set_to_none=True)
     with torch.enable_grad():
         F.cross_entropy(model(x), y).backward()
     model.train(was_training)
+    with torch.no_grad():
+        for k, v in model.named_buffers():
+            if k in buffers:
+                v.copy_(buffers[k])
+
+
+def _calibrate_grads(model: nn.Module, calibration) -> None:
+    """One forward/backward on a calibration batch ``(inputs, targets)`` so criteria can read ``.grad``."""
+    if calibration is None:
+        raise ValueError("importance 'taylor' needs a calibration batch (inputs, targets) for its gradients")
+    batch_gradients(model, calibration)
 
 
 def _chunks(order: np.ndarray, units: int, step: int) -> list[tuple[int, int]]:
