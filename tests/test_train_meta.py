@@ -30,14 +30,19 @@ def digits():
     return get_data("digits")
 
 
-def test_group_regulariser_is_depgraphs_adaptive_group_l2():
+def _resnet8_groups():
+    """A seeded digits ResNet-8 and its DepGraph groups (classifier protected)."""
     from metaprune.models import build
     from metaprune.prune import coupled_slices, find_output_layers
 
     torch.manual_seed(0)
     model = build("resnet", depth=8, width=4, num_classes=10, in_channels=1).eval()
     ex = torch.randn(1, 1, 8, 8)
-    groups = coupled_slices(model, ex, ignored_layers=find_output_layers(model, ex))
+    return model, coupled_slices(model, ex, ignored_layers=find_output_layers(model, ex))
+
+
+def test_group_regulariser_is_depgraphs_adaptive_group_l2():
+    model, groups = _resnet8_groups()
     params = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()}
     reg, stats = group_regulariser(params, groups, alpha=4.0)
     expected = 0.0
@@ -62,13 +67,7 @@ def test_group_regulariser_is_depgraphs_adaptive_group_l2():
 
 
 def test_relative_regulariser_ignores_uniform_shrinking_and_rewards_concentration():
-    from metaprune.models import build
-    from metaprune.prune import coupled_slices, find_output_layers
-
-    torch.manual_seed(0)
-    model = build("resnet", depth=8, width=4, num_classes=10, in_channels=1).eval()
-    ex = torch.randn(1, 1, 8, 8)
-    groups = coupled_slices(model, ex, ignored_layers=find_output_layers(model, ex))
+    model, groups = _resnet8_groups()
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
     rel, _ = group_regulariser(params, groups, 4.0, kind="relative")
     half, _ = group_regulariser({k: v / 2 for k, v in params.items()}, groups, 4.0, kind="relative")
@@ -88,14 +87,9 @@ def test_relative_regulariser_ignores_uniform_shrinking_and_rewards_concentratio
 
 
 def test_zero_weakest_removes_exactly_the_lowest_norm_units():
-    from metaprune.models import build
-    from metaprune.prune import coupled_slices, find_output_layers
     from metaprune.train.meta import zero_weakest
 
-    torch.manual_seed(0)
-    model = build("resnet", depth=8, width=4, num_classes=10, in_channels=1).eval()
-    ex = torch.randn(1, 1, 8, 8)
-    groups = coupled_slices(model, ex, ignored_layers=find_output_layers(model, ex))
+    model, groups = _resnet8_groups()
     params = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()}
     removed = [1] * len(groups)
     out = zero_weakest(params, groups, removed)
