@@ -46,10 +46,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict | None) -> "TrainConfig":
         d = dict(d or {})
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown training option(s) {unknown}; known: {sorted(names)}")
+        refuse_unknown(cls, d, "training")
         if "milestones" in d and d["milestones"] is not None:
             d["milestones"] = tuple(d["milestones"])
         cfg = cls(**d)
@@ -66,9 +63,23 @@ class TrainConfig:
             (0 <= self.label_smoothing < 1, "label_smoothing", "in [0, 1)"),
             (self.select in ("last", "best_val"), "select", "last or best_val"),
         ]
-        for ok, key, want in checks:
-            if not ok:
-                raise ValueError(f"training option {key}={getattr(self, key)!r} is invalid: must be {want}")
+        check_options(self, checks, "training option ")
+
+
+def refuse_unknown(cls, d: dict, what: str) -> None:
+    """One ValueError naming the keys of ``d`` that are not fields of the dataclass ``cls``."""
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"unknown {what} option(s) {unknown}; known: {sorted(names)}")
+
+
+def check_options(cfg, checks, label: str) -> None:
+    """``checks``: ``(ok, key, what it must be)``; the first failing one is a ValueError naming
+    ``{label}{key}`` and its value."""
+    for ok, key, want in checks:
+        if not ok:
+            raise ValueError(f"{label}{key}={getattr(cfg, key)!r} is invalid: must be {want}")
 
 
 def pick_device(device: str = "auto") -> torch.device:

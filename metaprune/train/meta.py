@@ -29,7 +29,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .loop import evaluate, pick_device, seed_everything
+from .loop import check_options, evaluate, pick_device, refuse_unknown, seed_everything
 
 
 @dataclass
@@ -67,22 +67,20 @@ class MetaConfig:
     @classmethod
     def from_dict(cls, d: dict | None) -> "MetaConfig":
         d = dict(d or {})
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown meta_optim option(s) {unknown}; known: {sorted(names)}")
+        refuse_unknown(cls, d, "meta_optim")
         cfg = cls(**d)
         checks = [
             (cfg.steps >= 0, "steps", ">= 0"), (cfg.nets_per_step >= 1, "nets_per_step", ">= 1"),
-            (cfg.batch_size >= 1, "batch_size", ">= 1"), (cfg.optimizer in ("adamw", "sgd"), "optimizer", "adamw or sgd"),
+            (cfg.batch_size >= 1, "batch_size", ">= 1"),
+            (cfg.optimizer in ("adamw", "sgd"), "optimizer", "adamw or sgd"),
             (cfg.lr > 0, "lr", "> 0"), (cfg.schedule in ("cosine", "constant"), "schedule", "cosine or constant"),
-            (cfg.lam >= 0, "lam", ">= 0"), (cfg.reg in ("l2", "relative"), "reg", "l2 or relative"), (cfg.alpha >= 1, "alpha", ">= 1"), (cfg.prune_loss >= 0, "prune_loss", ">= 0"), (cfg.val_every >= 0, "val_every", ">= 0 (0: no validation)"),
+            (cfg.lam >= 0, "lam", ">= 0"), (cfg.reg in ("l2", "relative"), "reg", "l2 or relative"),
+            (cfg.alpha >= 1, "alpha", ">= 1"), (cfg.prune_loss >= 0, "prune_loss", ">= 0"),
+            (cfg.val_every >= 0, "val_every", ">= 0 (0: no validation)"),
             (cfg.val_speedup > 1, "val_speedup", "> 1"), (cfg.save_every >= 1, "save_every", ">= 1"),
             (cfg.log_every >= 1, "log_every", ">= 1"),
         ]
-        for ok, key, want in checks:
-            if not ok:
-                raise ValueError(f"meta_optim.{key}={getattr(cfg, key)!r} is invalid: must be {want}")
+        check_options(cfg, checks, "meta_optim.")
         return cfg
 
 
