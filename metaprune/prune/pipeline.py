@@ -156,7 +156,7 @@ def metanet_transform(metanet_cfg, data_name: str | None = None) -> Transform | 
                   "(metanet.checkpoint=PATH applies one anyway)")
             return model
 
-    transform.skipped = None
+    transform.checkpoint, transform.skipped = ckpt, None
     return transform
 
 
@@ -236,7 +236,7 @@ def _run_prune(cfg, transform, logger, data, progress, state) -> dict:
     metanet_cfg = cfg.get("metanet")
     if transform is None:
         transform = metanet_transform(metanet_cfg, cfg["data"].get("name"))
-        metanet_path = metanet_checkpoint(metanet_cfg, cfg["data"].get("name"))
+        metanet_path = None if transform is None else transform.checkpoint
     else:
         metanet_path = "transform given by the caller"
     metanet_epochs = int(metanet_cfg.get("finetune_epochs") or 0) if isinstance(metanet_cfg, dict) else 0
