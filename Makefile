@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all install clean
+.PHONY: demo test test-all install data clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	test -f checkpoints/examples/resnet-digits/model.safetensors || $(BIN)/python train.py optim.epochs=15 overwrite=true logger=none
 	$(BIN)/python prune.py
+
+# Fashion-MNIST, the proving ground: Debian's package when root (apt), else torchvision's download.
+FMNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
+data: $(STAMP)
+	@if [ -f $(FMNIST) ] || [ -n "$$DATA_ROOT" -a -d "$$DATA_ROOT/fashion_mnist" ]; then echo "Fashion-MNIST is installed"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  (apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)); \
+	else $(BIN)/python -c "from metaprune.data import get_data; print(get_data('fashion_mnist', download=True).info)"; fi
 
 test: $(STAMP)
 	WANDB_MODE=offline OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q  # small nets: one thread is fastest

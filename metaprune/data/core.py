@@ -41,10 +41,11 @@ class DataBundle:
             g = torch.Generator().manual_seed(seed)
             ds = Subset(ds, torch.randperm(len(ds), generator=g)[:limit].tolist())
         if isinstance(ds, TensorPairs):
-            return TensorLoader(ds.x, ds.y, batch_size, shuffle, seed, drop_last)
+            return TensorLoader(ds.x, ds.y, batch_size, shuffle, seed, drop_last, ds.transform)
         if isinstance(ds, Subset) and isinstance(ds.dataset, TensorPairs):
             idx = torch.as_tensor(ds.indices)
-            return TensorLoader(ds.dataset.x[idx], ds.dataset.y[idx], batch_size, shuffle, seed, drop_last)
+            return TensorLoader(ds.dataset.x[idx], ds.dataset.y[idx], batch_size, shuffle, seed, drop_last,
+                                ds.dataset.transform)
         g = torch.Generator().manual_seed(seed)
         return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, generator=g,
                           drop_last=drop_last, pin_memory=torch.cuda.is_available(),
@@ -52,10 +53,10 @@ class DataBundle:
 
 
 class TensorPairs(Dataset):
-    """Inputs and labels held in memory as two tensors."""
+    """Inputs and labels held in memory as two tensors; ``transform`` (optional) augments each loaded batch."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor):
-        self.x, self.y = x, y
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, transform: Callable | None = None):
+        self.x, self.y, self.transform = x, y, transform
 
     def __len__(self):
         return len(self.y)
@@ -67,8 +68,9 @@ class TensorPairs(Dataset):
 class TensorLoader:
     """Batches sliced from in-memory tensors; reshuffled each epoch with a seeded generator."""
 
-    def __init__(self, x, y, batch_size=128, shuffle=True, seed=0, drop_last=False):
+    def __init__(self, x, y, batch_size=128, shuffle=True, seed=0, drop_last=False, transform=None):
         self.x, self.y, self.batch_size, self.shuffle, self.drop_last = x, y, batch_size, shuffle, drop_last
+        self.transform = transform
         self.generator = torch.Generator().manual_seed(seed)
         self.dataset = TensorPairs(x, y)
 
@@ -81,7 +83,8 @@ class TensorLoader:
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            yield self.x[idx], self.y[idx]
+            x = self.x[idx]
+            yield (self.transform(x) if self.transform is not None else x), self.y[idx]
 
 
 def _digits(seed: int = 0, size: int | None = None, val_fraction: float = 0.2, test_fraction: float = 0.2,

@@ -41,3 +41,31 @@ def write_cifar_fixture(root, n_train: int = 50, n_test: int = 20, variant: str 
     with open(folder / meta[0], "wb") as fh:
         pickle.dump({meta[1]: [f"class_{i}" for i in range(ncls)]}, fh)
     return root
+
+
+def write_idx_fixture(root, n_train: int = 200, n_test: int = 50, gz: bool = True, seed: int = 0,
+                      size: int = 28) -> Path:
+    """Write the four Fashion-MNIST IDX files (big-endian header, uint8 data; gzipped like the official ones).
+
+    Images are class-dependent stripes plus noise, so a model can learn them. Returns ``root``.
+    """
+    import gzip
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+
+    def write(name, arr):
+        header = (0x0800 + arr.ndim).to_bytes(4, "big") + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+        payload = header + arr.astype(np.uint8).tobytes()
+        path = root / (name + (".gz" if gz else ""))
+        path.write_bytes(gzip.compress(payload) if gz else payload)
+
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(n) % 10
+        rng.shuffle(labels)
+        rows = np.arange(size)[None, :, None]
+        img = np.where((rows // 3) % 10 == labels[:, None, None], 200, 20) + rng.normal(0, 20, (n, size, size))
+        write(f"{split}-images-idx3-ubyte", np.clip(img, 0, 255))
+        write(f"{split}-labels-idx1-ubyte", labels)
+    return root

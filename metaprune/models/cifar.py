@@ -139,10 +139,10 @@ class MobileNetV2(nn.Module):
     # (expand, channels, repeats, stride); CIFAR stem keeps resolution in the first stages
     SETTING = [(1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
 
-    def __init__(self, width_mult=1.0, num_classes=10, in_channels=3, last_channels=1280):
+    def __init__(self, width_mult=1.0, num_classes=10, in_channels=3, last_channels=1280, stem_stride=1):
         super().__init__()
         cin = _round8(32 * width_mult)
-        layers = [nn.Sequential(nn.Conv2d(in_channels, cin, 3, 1, 1, bias=False), nn.BatchNorm2d(cin), nn.ReLU6(inplace=True))]
+        layers = [nn.Sequential(nn.Conv2d(in_channels, cin, 3, stem_stride, 1, bias=False), nn.BatchNorm2d(cin), nn.ReLU6(inplace=True))]
         for t, c, n, s in self.SETTING:
             cout = _round8(c * width_mult)
             for i in range(n):
@@ -160,5 +160,7 @@ class MobileNetV2(nn.Module):
 
 
 @register("mobilenet_v2")
-def mobilenet_v2(width_mult: float = 1.0, num_classes: int = 10, in_channels: int = 3, last_channels: int = 1280):
-    return MobileNetV2(width_mult, num_classes, in_channels, last_channels)
+def mobilenet_v2(width_mult: float = 1.0, num_classes: int = 10, in_channels: int = 3, last_channels: int = 1280,
+                 stem_stride: int = 1):
+    """MobileNetV2 with the CIFAR stem (stride 1); ``stem_stride=2`` quarters the cost of every stage."""
+    return MobileNetV2(width_mult, num_classes, in_channels, last_channels, stem_stride)

@@ -434,7 +434,10 @@ def run_meta(c: dict, logger=None) -> dict:
     if rank != 0:
         zoo = load_zoo(zoo_root)
     if c.get("zoo_only"):
-        return {"zoo": str(zoo.root), "split": zoo.split}
+        return {"zoo": str(zoo_root), "split": zoo.split if zoo is not None else None}
+    if zoo is None:
+        raise ValueError(f"zoo {zoo_root} is incomplete: zoo.num_shards={c['zoo']['num_shards']} shards are still "
+                         "building; run train_meta.py zoo_only=true without zoo.shard once they finish")
     out_dir = Path(c["out_root"]) / c["name"]
     try:
         return meta_train(zoo, data, c["metanet"], cfg, out_dir, seed=c["seed"], device=device, resume=c["resume"],

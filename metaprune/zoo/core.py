@@ -12,12 +12,19 @@ from ..io import CheckpointError, atomic_write_json, load_model, read_spec, save
 
 SPLITS = ("train", "val", "heldout")
 INDEX = "index.json"
-_SHORT = {"depth": "d", "width": "w", "dim": "c", "heads": "h", "patch_size": "p", "mlp_ratio": "r", "width_mult": "m"}
+_SHORT = {"depth": "d", "width": "w", "dim": "c", "heads": "h", "patch_size": "p", "mlp_ratio": "r", "width_mult": "m",
+          "blocks": "b", "growth": "g", "stem_stride": "st"}
+
+
+def _short_value(v) -> str:
+    if isinstance(v, (list, tuple)):
+        return "x".join(_short_value(x) for x in v)
+    return f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def member_name(family: str, args: dict, seed: int) -> str:
-    """A readable, unique directory name: ``resnet-d20-w8-s0``."""
-    parts = [f"{_SHORT.get(k, k)}{v:g}" if isinstance(v, float) else f"{_SHORT.get(k, k)}{v}" for k, v in sorted(args.items())]
+    """A readable, unique directory name: ``resnet-d20-w8-s0``, ``densenet-b2x2x2-g8-s0``."""
+    parts = [f"{_SHORT.get(k, k)}{_short_value(v)}" for k, v in sorted(args.items())]
     return "-".join([family.replace(":", "_"), *parts, f"s{seed}"])
 
 
@@ -132,23 +139,40 @@ def _reusable(path: Path, recipe: dict) -> dict | None:
 
 
 def build_zoo(zoo_cfg: dict, data_cfg: dict, optim: dict | None = None, root: str | Path | None = None,
-              device: str = "cpu", progress: bool = True, data=None, log=print) -> Zoo:
+              device: str = "cpu", progress: bool = True, data=None, log=print) -> Zoo | None:
     """Train (or reuse) every member of ``zoo_cfg`` on ``data_cfg``; returns the indexed :class:`Zoo`.
 
-    ``zoo_cfg``: ``{name, root, families: {family: {model?, archs: [args...], seeds: [...], optim?}}, split}``.
+    ``zoo_cfg``: ``{name, root, families: {family: {model?, archs: [args...], seeds: [...], optim?}}, split,
+    data?, shard?, num_shards?}``; ``data`` overrides ``data_cfg`` keys for the members (a ``train_subset``, say). With ``num_shards`` N > 1 this call trains only members ``i`` with ``i % N == shard``
+    (in plan order), so N processes build one zoo in parallel without writing the same member; a sharded call
+    writes ``index.json`` only once every member is on disk, and returns None before that. An unsharded call
+    afterwards reuses everything and writes the index.
     """
     from ..data import get_data
     from ..train.network import split_data_cfg, train_network
 
     root = Path(root or Path(zoo_cfg.get("root", "checkpoints/zoo")) / zoo_cfg.get("name", data_cfg["name"]))
+    if zoo_cfg.get("data"):  # the zoo's own data settings (e.g. a train_subset) are part of its recipe
+        if any(data_cfg.get(k) != v for k, v in zoo_cfg["data"].items()):
+            data = None
+        data_cfg = {**data_cfg, **zoo_cfg["data"]}
+    shard, num_shards = int(zoo_cfg.get("shard") or 0), int(zoo_cfg.get("num_shards") or 1)
+    if num_shards < 1 or not 0 <= shard < num_shards:
+        raise ValueError(f"zoo.shard={shard} must lie in [0, zoo.num_shards={num_shards})")
     members = plan_members(zoo_cfg, optim or {})
     split = split_members(members, zoo_cfg.get("split") or {})
-    index = {"data": data_cfg, "config": zoo_cfg, "split": split, "members": {}}
-    bar = tqdm(members, desc=f"zoo {root.name}", disable=not progress, dynamic_ncols=True)
-    trained = 0
+    index = {"data": data_cfg, "config": {k: v for k, v in zoo_cfg.items() if k not in ("shard", "num_shards")},
+             "split": split, "members": {}}
+    mine = [m for i, m in enumerate(members) if i % num_shards == shard]
+    bar = tqdm(members, desc=f"zoo {root.name}" + (f" shard {shard}/{num_shards}" if num_shards > 1 else ""),
+               disable=not progress, dynamic_ncols=True)
+    trained, missing = 0, []
     for m in bar:
         path, recipe = root / m["name"], _recipe(m, data_cfg)
         record = _reusable(path, recipe)
+        if record is None and m not in mine:
+            missing.append(m["name"])  # another shard's member, not finished yet
+            continue
         if record is None:
             if data is None:
                 data = get_data(**split_data_cfg(data_cfg)[0])
@@ -161,7 +185,15 @@ def build_zoo(zoo_cfg: dict, data_cfg: dict, optim: dict | None = None, root: st
         index["members"][m["name"]] = {
             "family": m["family"], "model": m["model"], "args": m["args"], "seed": m["seed"], "path": m["name"],
             "split": next(s for s in SPLITS if m["name"] in split[s]),
-            **{k: record[k] for k in ("val_acc", "test_acc", "macs", "params")}}
+            **{k: record[k] for k in ("val_acc", "test_acc", "macs", "params", "train_seconds") if k in record}}
+        if num_shards == 1:
+            atomic_write_json(root / INDEX, index)
+    if missing:
+        if log is not None:
+            log(f"zoo {root} shard {shard}/{num_shards}: {trained} trained; {len(missing)} members of other shards "
+                f"not finished yet ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); no index written")
+        return None
+    if num_shards > 1:
         atomic_write_json(root / INDEX, index)
     if log is not None:
         log(f"zoo {root}: {len(members)} members ({trained} trained, {len(members) - trained} reused); "
