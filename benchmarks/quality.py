@@ -1,21 +1,27 @@
 """MetaPruning vs DepGraph vs random on held-out zoo networks, side by side, at equal training budgets.
 
-    python benchmarks/quality.py                          # digits zoo, CPU, ~15 min
-    python benchmarks/quality.py data=cifar10 zoo=...     # the same comparison at paper scale
+    python benchmarks/quality.py                                        # digits zoo, CPU, minutes
+    python benchmarks/quality.py data=fashion_mnist zoo=fashion_mnist   # the proving ground (hours on CPU)
+    python benchmarks/quality.py experiment=resnet56_cifar10            # paper scale
 
-Methods (every one receives the same trained checkpoint and trains ``budget_epochs`` in total after that):
-  random            random group importance, then finetune for the whole budget
-  depgraph          torch-pruning group-L2 on the original weights, finetune for the whole budget
-  depgraph_sl       DepGraph sparse learning (GroupNormPruner regulariser) for ``pre_epochs``, prune, finetune the rest
-  metaprune_direct  metanetwork rewrite, prune immediately (no training at all before pruning), finetune the whole budget
-  metaprune         metanetwork rewrite, finetune ``pre_epochs``, prune, finetune the rest
-Accuracy is reported on the test split right after pruning ("no finetune") and after the budget ("finetuned");
-nothing is selected on test. Writes ``quality-<data>-<date>.json`` + ``.png`` and prints a markdown table.
+Every method receives the same trained checkpoint and trains ``pre_epochs + finetune_epochs`` (E + F) in total:
+  random            random group importance, prune, finetune E + F
+  depgraph          DepGraph's CIFAR recipe: group L2 normalised by the group maximum, ranked *globally*; E + F
+  depgraph_local    the same criterion with one pruning ratio per layer (per-layer ranking); E + F
+  depgraph_sl       DepGraph sparse learning (GroupNormPruner regulariser) for E, prune, finetune F
+  metaprune         metanetwork rewrite, E epochs of recovery finetuning, prune (global), finetune F
+  metaprune_direct  metanetwork rewrite, prune at once (global), finetune E + F
+Accuracy on the test split right after pruning ("no finetune") and after the final finetune, whose epoch is
+kept by **val** accuracy; nothing is selected on test. Paired differences between methods (per network,
+averaged over pruning seeds) with a 95% t-interval over networks, wins and losses, and per-family means go in
+``quality-<tag>.json``; ``.png`` plots accuracy against speedup, one line per method with its spread.
 """
 from __future__ import annotations
 
 import copy
 import datetime as dt
+import math
+import os
 import platform
 import statistics
 import sys
@@ -31,11 +37,21 @@ sys.path.insert(0, str(ROOT))
 
 from metaprune.cli import friendly_errors, to_dict  # noqa: E402
 
-METHODS = ("random", "depgraph", "depgraph_sl", "metaprune_direct", "metaprune")
+METHODS = ("random", "depgraph", "depgraph_local", "depgraph_sl", "metaprune", "metaprune_direct")
+PRE_TRAINED = ("depgraph_sl", "metaprune")  # methods that spend E epochs before pruning
+PHASES = ("no_finetune", "finetuned")
 
 
-def _ft_cfg(c: dict, epochs: int, seed: int) -> dict:
-    return {**c["finetune"], "epochs": epochs, "seed": seed, "device": c["device"], "progress": False}
+def _ft_cfg(c: dict, epochs: int, seed: int, select: str = "last") -> dict:
+    return {**c["finetune"], "epochs": epochs, "seed": seed, "device": c["device"], "progress": False,
+            "select": select}
+
+
+def _criterion(method: str, c: dict) -> tuple[str, bool]:
+    """(importance, global ranking) each method prunes with."""
+    if method == "random":
+        return "random", False
+    return c["importance"], method != "depgraph_local"
 
 
 def run_network(base, data, metanet, c: dict, seed: int) -> dict:
@@ -48,47 +64,79 @@ def run_network(base, data, metanet, c: dict, seed: int) -> dict:
     x = data.example_inputs()
     test = data.loader("test", 512, shuffle=False)
     acc = lambda m: evaluate(m, test, c["device"])["acc"]
-    budget, pre = int(c["budget_epochs"]), int(c["pre_epochs"])
-    out = {"base_acc": acc(base)}
+    pre, post = int(c["pre_epochs"]), int(c["finetune_epochs"])
+    out = {"base_acc": acc(base), "seconds": {}}
     starts = {}  # method -> (model before pruning, epochs already spent)
     for method in c["methods"]:
+        t0 = time.perf_counter()
         m = copy.deepcopy(base)
         if method == "depgraph_sl":
             hook = sparse_learning_hook(m, x, **c["sparse_learning"])
             fit(m, data, _ft_cfg(c, pre, seed), after_backward=hook, desc="sl")
-            starts[method] = (m, pre)
         elif method in ("metaprune", "metaprune_direct"):
             m = apply_metanet(metanet, m, x)
             out[f"{method}_rewritten_acc"] = acc(m)
-            spent = 0
             if method == "metaprune" and pre:
-                fit(m, data, _ft_cfg(c, pre, seed), desc="meta-ft")
-                spent = pre
-            starts[method] = (m, spent)
-        elif method in ("random", "depgraph"):
-            starts[method] = (m, 0)
-        else:
-            raise ValueError(f"methods: unknown method {method!r}; known: {', '.join(METHODS)}")
+                fit(m, data, _ft_cfg(c, pre, seed), desc="recovery")
+        starts[method] = (m, pre if method in PRE_TRAINED else 0)
+        out["seconds"][method] = time.perf_counter() - t0
     for method, (start, spent) in starts.items():
         out[method] = {}
+        t0 = time.perf_counter()
+        crit, global_pruning = _criterion(method, c)
         for s in c["speedups"]:
             m = copy.deepcopy(start)
-            crit = "random" if method == "random" else c["importance"]
-            res = prune(m, x, target_speedup=float(s), importance=crit, seed=seed)
+            try:
+                res = prune(m, x, target_speedup=float(s), importance=crit, global_pruning=global_pruning,
+                            seed=seed)
+            except ValueError as e:  # the target removes a whole layer: recorded, left out of the statistics
+                out[method][str(s)] = {"unreachable": str(e)}
+                continue
             no_ft = acc(m)
-            fit(m, data, _ft_cfg(c, budget - spent, seed), desc="ft")
+            fit(m, data, _ft_cfg(c, pre + post - spent, seed, select="best_val"), desc="ft")
             out[method][str(s)] = {"no_finetune": no_ft, "finetuned": acc(m), "speedup": res.speedup,
                                    "params_ratio": res.param_ratio, "epochs_before_prune": spent,
-                                   "epochs_after_prune": budget - spent}
+                                   "epochs_after_prune": pre + post - spent}
+        out["seconds"][method] += time.perf_counter() - t0
     return out
+
+
+def _cells(per_net: dict, method: str, s, phase: str) -> dict[str, float]:
+    """network -> value at (method, speedup, phase), averaged over the network's pruning seeds."""
+    by_net: dict[str, list[float]] = {}
+    for key, r in per_net.items():
+        cell = r.get(method, {}).get(str(s), {})
+        if phase in cell:
+            by_net.setdefault(key.rsplit("/seed", 1)[0], []).append(cell[phase])
+    return {n: statistics.mean(v) for n, v in by_net.items()}
+
+
+def _t95(n: int) -> float:
+    """Two-sided 95% Student-t quantile for a mean over ``n`` paired differences."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, n - 1))
+
+
+def paired(per_net: dict, a: str, b: str, s, phase: str) -> dict | None:
+    """Method ``a`` minus method ``b`` per network: mean, 95% interval over networks, wins/losses/ties."""
+    ca, cb = _cells(per_net, a, s, phase), _cells(per_net, b, s, phase)
+    nets = sorted(set(ca) & set(cb))
+    if len(nets) < 2:
+        return None
+    d = [ca[n] - cb[n] for n in nets]
+    mean, sd = statistics.mean(d), statistics.stdev(d)
+    half = _t95(len(d)) * sd / math.sqrt(len(d))
+    return {"mean": mean, "ci95": [mean - half, mean + half], "n": len(d), "wins": sum(x > 0 for x in d),
+            "losses": sum(x < 0 for x in d), "separated": mean - half > 0 or mean + half < 0}
 
 
 def summarise(per_net: dict, methods, speedups) -> dict:
     table = {}
     for method in methods:
         for s in speedups:
-            for phase in ("no_finetune", "finetuned"):
-                vals = [r[method][str(s)][phase] for r in per_net.values() if method in r]
+            for phase in PHASES:
+                vals = [r[method][str(s)][phase] for r in per_net.values() if phase in r.get(method, {}).get(str(s), {})]
                 if vals:
                     table.setdefault(method, {}).setdefault(str(s), {})[phase] = {
                         "mean": statistics.mean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
@@ -96,7 +144,34 @@ def summarise(per_net: dict, methods, speedups) -> dict:
     return table
 
 
-def markdown(table: dict, speedups, base_mean: float) -> str:
+def comparisons(per_net: dict, methods, speedups) -> dict:
+    """Paired differences: every method against ``depgraph`` and against ``random``, per speedup and phase."""
+    out = {}
+    for ref in ("depgraph", "random"):
+        for method in methods:
+            if method == ref or ref not in methods:
+                continue
+            for s in speedups:
+                for phase in PHASES:
+                    p = paired(per_net, method, ref, s, phase)
+                    if p is not None:
+                        out.setdefault(f"{method} - {ref}", {}).setdefault(str(s), {})[phase] = p
+    return out
+
+
+def by_family(per_net: dict, methods, speedups) -> dict:
+    """Mean accuracy per family (and base accuracy), per method, speedup and phase."""
+    fams = sorted({r["family"] for r in per_net.values()})
+    out = {}
+    for fam in fams:
+        sub = {k: r for k, r in per_net.items() if r["family"] == fam}
+        out[fam] = {"networks": len({k.rsplit("/seed", 1)[0] for k in sub}),
+                    "base_acc": statistics.mean(r["base_acc"] for r in sub.values()),
+                    "summary": summarise(sub, methods, speedups)}
+    return out
+
+
+def markdown(table: dict, speedups, base_mean: float, paired_diffs: dict | None = None) -> str:
     head = "| method | " + " | ".join(f"{s}× no-ft | {s}× ft" for s in speedups) + " |"
     sep = "|---|" + "---|---|" * len(speedups)
     rows = [head, sep]
@@ -104,26 +179,45 @@ def markdown(table: dict, speedups, base_mean: float) -> str:
         cells = []
         for s in speedups:
             r = by_s.get(str(s), {})
-            for ph in ("no_finetune", "finetuned"):
+            for ph in PHASES:
                 cells.append(f"{100 * r[ph]['mean']:.1f} ± {100 * r[ph]['std']:.1f}" if ph in r else "–")
         rows.append(f"| {method} | " + " | ".join(cells) + " |")
-    return f"Base (unpruned) test accuracy: {100 * base_mean:.1f}%\n\n" + "\n".join(rows)
+    text = f"Base (unpruned) test accuracy: {100 * base_mean:.1f}%\n\n" + "\n".join(rows)
+    if paired_diffs:
+        rows = ["| paired difference (points) | " + " | ".join(f"{s}× ft" for s in speedups) + " |",
+                "|---|" + "---|" * len(speedups)]
+        for pair, by_s in paired_diffs.items():
+            cells = []
+            for s in speedups:
+                p = by_s.get(str(s), {}).get("finetuned")
+                cells.append("–" if p is None else
+                             f"{100 * p['mean']:+.1f} [{100 * p['ci95'][0]:+.1f}, {100 * p['ci95'][1]:+.1f}] "
+                             f"{p['wins']}/{p['losses']}" + (" **" if p["separated"] else ""))
+            rows.append(f"| {pair} | " + " | ".join(cells) + " |")
+        text += ("\n\nPaired over networks: mean [95% interval] wins/losses; ** = interval excludes 0\n\n"
+                 + "\n".join(rows))
+    return text
 
 
-def plot(table: dict, speedups, path: Path, title: str) -> None:
+def plot(table: dict, speedups, path: Path, title: str, base_mean: float | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=False)
-    for ax, phase, name in zip(axes, ("no_finetune", "finetuned"), ("no finetuning", "after equal finetuning")):
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=False)
+    for ax, phase, name in zip(axes, PHASES, ("right after pruning", "after equal finetuning (epoch by val)")):
         for method, by_s in table.items():
-            xs = [float(s) for s in speedups if str(s) in by_s]
-            mu = [100 * by_s[str(s)][phase]["mean"] for s in speedups if str(s) in by_s]
-            sd = [100 * by_s[str(s)][phase]["std"] for s in speedups if str(s) in by_s]
-            ax.errorbar(xs, mu, yerr=sd, marker="o", capsize=3, label=method)
-        ax.set(xlabel="MACs speedup (×)", ylabel="test accuracy (%)", title=name)
+            xs = [float(s) for s in speedups if phase in by_s.get(str(s), {})]
+            mu = [100 * by_s[str(s)][phase]["mean"] for s in speedups if phase in by_s.get(str(s), {})]
+            sd = [100 * by_s[str(s)][phase]["std"] for s in speedups if phase in by_s.get(str(s), {})]
+            line, = ax.plot(xs, mu, marker="o", label=method)
+            ax.fill_between(xs, [m - d for m, d in zip(mu, sd)], [m + d for m, d in zip(mu, sd)],
+                            color=line.get_color(), alpha=0.12)
+        if base_mean is not None:
+            ax.axhline(100 * base_mean, color="grey", ls="--", lw=1, label="unpruned")
+        ax.set(xlabel="MACs speedup (×, log scale)", ylabel="test accuracy (%)", title=name, xscale="log")
+        ax.set_xticks([float(s) for s in speedups], [f"{s:g}" for s in speedups])
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(title)
@@ -140,8 +234,9 @@ def run(c: dict) -> dict:
     bad = [m for m in c["methods"] if m not in METHODS]
     if bad:
         raise ValueError(f"methods: unknown {bad}; known: {', '.join(METHODS)}")
-    if not 0 <= int(c["pre_epochs"]) <= int(c["budget_epochs"]):
-        raise ValueError(f"pre_epochs={c['pre_epochs']} must lie in [0, budget_epochs={c['budget_epochs']}]")
+    if int(c["pre_epochs"]) < 0 or int(c["finetune_epochs"]) < 0:
+        raise ValueError(f"pre_epochs={c['pre_epochs']} and finetune_epochs={c['finetune_epochs']} must be >= 0")
+    c["data"] = {**c["data"], **(c["zoo"].get("data") or {})}  # finetune on the data the zoo was trained on
     data_kwargs, _ = split_data_cfg(c["data"])
     data = get_data(**data_kwargs)
     root = Path(c["zoo"].get("root", "checkpoints/zoo")) / c["zoo"]["name"]
@@ -160,6 +255,8 @@ def run(c: dict) -> dict:
                                              **run_network(zoo.load(name), data, metanet, c, seed)}
             print(f"[{i + 1}/{len(names)}] {name} seed {seed}: {time.perf_counter() - t:.0f}s", flush=True)
     table = summarise(per_net, c["methods"], c["speedups"])
+    diffs = comparisons(per_net, c["methods"], c["speedups"])
+    seconds = {m: sum(r["seconds"][m] for r in per_net.values()) for m in c["methods"]}
     base_mean = statistics.mean(r["base_acc"] for r in per_net.values())
     date = dt.date.today().isoformat()
     tag = c["tag"] or f"{data.name}-{date}"
@@ -168,14 +265,15 @@ def run(c: dict) -> dict:
               "hardware": {"machine": platform.machine(), "processor": platform.processor(),
                            "threads": torch.get_num_threads(), "device": c["device"]},
               "versions": {"torch": torch.__version__, "python": platform.python_version()},
-              "config": c, "networks": names, "summary": table, "per_network": per_net,
-              "base_acc_mean": base_mean}
+              "loadavg": os.getloadavg(), "config": c, "networks": names, "summary": table,
+              "paired": diffs, "families": by_family(per_net, c["methods"], c["speedups"]),
+              "method_seconds": seconds, "per_network": per_net, "base_acc_mean": base_mean}
     from metaprune.io import atomic_write_json
 
     atomic_write_json(out_dir / f"quality-{tag}.json", result)
     plot(table, c["speedups"], out_dir / f"quality-{tag}.png",
-         f"{data.name}: {len(names)} held-out networks × {len(c['seeds'])} seed(s), test accuracy")
-    md = markdown(table, c["speedups"], base_mean)
+         f"{data.name}: {len(names)} held-out networks × {len(c['seeds'])} seed(s), test accuracy", base_mean)
+    md = markdown(table, c["speedups"], base_mean, diffs)
     print(md)
     return result
 

@@ -29,7 +29,8 @@ def test_quality_results_cover_every_method_speedup_and_network():
                 assert 0 <= cell["no_finetune"] <= 1 and 0 <= cell["finetuned"] <= 1, (net, method, s)
                 assert cell["speedup"] == pytest.approx(float(s), rel=0.1)
                 # equal budgets: every method trains the same number of epochs after receiving the network
-                assert cell["epochs_before_prune"] + cell["epochs_after_prune"] == c["budget_epochs"]
+                budget = c["budget_epochs"] if "budget_epochs" in c else c["pre_epochs"] + c["finetune_epochs"]
+                assert cell["epochs_before_prune"] + cell["epochs_after_prune"] == budget
     for method in c["methods"]:
         assert set(r["summary"][method]) == {str(s) for s in c["speedups"]}
 
@@ -112,7 +113,7 @@ def test_paper_presets_run_on_cifar_fixture(tmp_path, experiment, data):
                                                                       "seeds": [0, 1, 2]}},
                     split={"seed": 0, "val": 0.0, "heldout": 0.34, "heldout_families": []})
     c["optim"].update(epochs=1)
-    c.update(methods=["random", "depgraph", "depgraph_sl"], speedups=[2.0], budget_epochs=1, pre_epochs=1,
+    c.update(methods=["random", "depgraph", "depgraph_sl"], speedups=[2.0], finetune_epochs=0, pre_epochs=1,
              out_dir=str(tmp_path / "results"), tag="fixture")
     r = quality.run(c)
     assert set(r["summary"]) == {"random", "depgraph", "depgraph_sl"}
@@ -152,3 +153,22 @@ def test_latency_zoo_script_gives_both_routes_one_budget(tmp_path):
     (net,) = r["per_network"].values()
     assert net["macs"]["1.5"]["finetune"] == net["latency"]["1.5"]["finetune"] == r["config"]["finetune"]
     assert r["summary"]["latency"]["1.5"]["test_acc"]["n"] == 1 and (tmp_path / "latency_zoo-digits.png").is_file()
+
+
+def test_quality_paired_differences_are_per_network_with_interval_and_wins():
+    quality = _bench("quality")
+    per_net, rows = {}, {"n0": (0.80, 0.70), "n1": (0.90, 0.86), "n2": (0.60, 0.61), "n3": (0.75, 0.65)}
+    for net, (a, b) in rows.items():
+        for seed, jitter in ((0, 0.0), (1, 0.02)):  # two pruning seeds, averaged per network
+            per_net[f"{net}/seed{seed}"] = {"family": "resnet" if net < "n2" else "vgg", "base_acc": 0.9,
+                                            "depgraph": {"2.0": {"finetuned": a + jitter}},
+                                            "random": {"2.0": {"finetuned": b + jitter}}}
+    p = quality.paired(per_net, "depgraph", "random", 2.0, "finetuned")
+    diffs = [0.10, 0.04, -0.01, 0.10]
+    assert p["n"] == 4 and p["wins"] == 3 and p["losses"] == 1
+    assert p["mean"] == pytest.approx(sum(diffs) / 4)
+    sd = (sum((d - p["mean"]) ** 2 for d in diffs) / 3) ** 0.5
+    assert p["ci95"][1] - p["mean"] == pytest.approx(3.182 * sd / 2, rel=1e-3)  # t(3 dof) * sd / sqrt(4)
+    assert p["separated"] == (p["ci95"][0] > 0)
+    fam = quality.by_family(per_net, ["depgraph", "random"], [2.0])
+    assert fam["resnet"]["networks"] == 2 and fam["vgg"]["summary"]["depgraph"]["2.0"]["finetuned"]["n"] == 4

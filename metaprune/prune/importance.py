@@ -56,7 +56,8 @@ class Importance:
 
 
 class Magnitude(Importance):
-    """Group Lp magnitude (DepGraph's default criterion): mean over coupled layers of sum |w|^p, mean-normalised."""
+    """Group Lp magnitude (DepGraph's default criterion): mean over coupled layers of sum |w|^p, normalised by the
+    group's mean (``l2``, ``l1``) or maximum (``l2_max``, DepGraph's published CIFAR recipe with global ranking)."""
 
     def __init__(self, p: int = 2, normalizer: str | None = "mean"):
         self.p, self.normalizer = p, normalizer
@@ -73,6 +74,8 @@ class Magnitude(Importance):
         imp = self.raw(group, params)
         if self.normalizer == "mean":
             imp = imp / imp.mean().clamp_min(1e-12)
+        elif self.normalizer == "max":  # DepGraph's CIFAR recipe: comparable across groups for global ranking
+            imp = imp / imp.max().clamp_min(1e-12)
         return imp
 
 
@@ -168,6 +171,7 @@ def tp_taylor(pruners=None) -> tp.importance.Importance:
 
 _CRITERIA = {
     "l2": lambda **kw: Magnitude(p=2, **kw),
+    "l2_max": lambda **kw: Magnitude(p=2, normalizer="max", **kw),
     "l1": lambda **kw: Magnitude(p=1, **kw),
     "lamp": lambda **kw: LAMP(**kw),
     "taylor": lambda **kw: Taylor(**kw),
@@ -180,7 +184,7 @@ def available() -> list[str]:
 
 
 def importance(name: str | Importance, **kwargs) -> Importance:
-    """The criterion called ``name`` (l2, l1, lamp, taylor, random); an ``Importance`` passes through."""
+    """The criterion called ``name`` (l2, l2_max, l1, lamp, taylor, random); an ``Importance`` passes through."""
     if isinstance(name, Importance):
         return name
     key = str(name).lower()
