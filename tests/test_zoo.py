@@ -90,3 +90,36 @@ def test_bad_zoo_configs_fail_with_the_key_named():
         plan_members({"families": {"resnet": {"archs": [{"depth": 8}]}}}, OPTIM)
     with pytest.raises(ValueError, match="no meta-train"):
         split_members(members, {"heldout_families": ["vgg", "resnet", "vit"]})
+
+
+def test_shards_train_disjoint_members_and_the_index_waits_for_all(zoo, tmp_path):
+    """Two shards build one zoo: neither retrains the other's members, the index appears only when complete,
+    and the result equals an unsharded build (same members, same weights reused)."""
+    root, lines = tmp_path / "sharded", []
+    for n in ("resnet-d8-w4-s0", "resnet-d8-w4-s1", "vit-d1-c8-h2-p4-s0"):  # pretend some finished earlier
+        shutil.copytree(zoo.root / n, root / n)
+    first = build_zoo({**TINY, "shard": 0, "num_shards": 2}, DATA, OPTIM, root=root, progress=False,
+                      log=lines.append)
+    assert first is None and not (root / "index.json").exists()
+    # shard 0 owns plan indices 0, 2, 4: resnet s0 was there, resnet s2 and vit s1 are trained
+    assert "no index written" in lines[0] and "2 trained" in lines[0] and "vgg-d11-w4-s0" in lines[0]
+    done = build_zoo({**TINY, "shard": 1, "num_shards": 2}, DATA, OPTIM, root=root, progress=False, log=lines.append)
+    assert "1 trained, 5 reused" in lines[1]  # shard 1 owns 1, 3, 5: only vgg (5) was missing
+    assert sorted(done.members) == sorted(zoo.members) and done.split == zoo.split
+    assert "shard" not in json.loads((root / "index.json").read_text())["config"]
+    with pytest.raises(ValueError, match="zoo.shard=2"):
+        build_zoo({**TINY, "shard": 2, "num_shards": 2}, DATA, OPTIM, root=root, progress=False, log=None)
+
+
+def test_zoo_report_publishes_index_and_family_summary(zoo, tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import zoo_report
+
+    r = zoo_report.main([str(zoo.root), "--out-dir", str(tmp_path)])
+    written = json.loads((tmp_path / "zoo-tiny.json").read_text())
+    assert written["families"]["resnet"]["members"] == 3 and written["families"]["vgg"]["splits"]["heldout"] == 1
+    accs = [m["test_acc"] for m in zoo.members.values() if m["family"] == "resnet"]
+    assert r["families"]["resnet"]["test_acc_max"] == max(accs)
+    assert (tmp_path / "zoo-tiny.png").stat().st_size > 1000
