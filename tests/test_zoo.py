@@ -123,3 +123,15 @@ def test_zoo_report_publishes_index_and_family_summary(zoo, tmp_path):
     accs = [m["test_acc"] for m in zoo.members.values() if m["family"] == "resnet"]
     assert r["families"]["resnet"]["test_acc_max"] == max(accs)
     assert (tmp_path / "zoo-tiny.png").stat().st_size > 1000
+
+
+def test_a_member_trains_bit_identically_from_its_seed():
+    from metaprune.train.network import train_network
+
+    args = ("resnet", {"depth": 8, "width": 4}, DATA, OPTIM)
+    a, _ = train_network(*args, seed=3, device="cpu", progress=False)
+    b, _ = train_network(*args, seed=3, device="cpu", progress=False)
+    c, _ = train_network(*args, seed=4, device="cpu", progress=False)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
