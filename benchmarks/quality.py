@@ -12,7 +12,8 @@ Every method receives the same trained checkpoint and trains ``pre_epochs + fine
   metaprune         metanetwork rewrite, E epochs of recovery finetuning, prune (global), finetune F
   metaprune_direct  metanetwork rewrite, prune at once (global), finetune E + F
 Accuracy on the test split right after pruning ("no finetune") and after the final finetune, whose epoch is
-kept by **val** accuracy; nothing is selected on test. Paired differences between methods (per network,
+kept by **val** accuracy; nothing is selected on test. Each finished (network, seed) cell is kept under ``cells_dir``, so an interrupted
+run resumes, and ``shard=I num_shards=N`` splits the cells over N processes. Paired differences between methods (per network,
 averaged over pruning seeds) with a 95% t-interval over networks, wins and losses, and per-family means go in
 ``quality-<tag>.json``; ``.png`` plots accuracy against speedup, one line per method with its spread.
 """
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import hashlib
+import json
 import math
 import os
 import platform
@@ -36,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from metaprune.cli import friendly_errors, to_dict  # noqa: E402
+from metaprune.io import atomic_write_json  # noqa: E402
 
 METHODS = ("random", "depgraph", "depgraph_local", "depgraph_sl", "metaprune", "metaprune_direct")
 PRE_TRAINED = ("depgraph_sl", "metaprune")  # methods that spend E epochs before pruning
@@ -225,6 +229,15 @@ def plot(table: dict, speedups, path: Path, title: str, base_mean: float | None 
     fig.savefig(path, dpi=110)
 
 
+def _cells_dir(c: dict) -> Path:
+    """Where finished (network, seed) results are kept, keyed by everything that changes them: a rerun with the
+    same settings resumes, a changed setting starts afresh."""
+    keys = ("data", "zoo", "split", "methods", "speedups", "importance", "pre_epochs", "finetune_epochs",
+            "finetune", "sparse_learning", "metanet_checkpoint", "device")
+    recipe = json.dumps({k: c.get(k) for k in keys}, sort_keys=True, default=str)
+    return Path(c.get("cells_dir") or "outputs/quality/cells") / hashlib.sha256(recipe.encode()).hexdigest()[:16]
+
+
 def run(c: dict) -> dict:
     from metaprune.data import get_data
     from metaprune.metanet import load_metanet
@@ -245,15 +258,29 @@ def run(c: dict) -> dict:
     if not names:
         raise ValueError(f"zoo {root} has no {c['split']!r} networks")
     metanet = load_metanet(c["metanet_checkpoint"]) if any(m.startswith("metaprune") for m in c["methods"]) else None
+    shard, num_shards = int(c.get("shard") or 0), int(c.get("num_shards") or 1)
+    if num_shards < 1 or not 0 <= shard < num_shards:
+        raise ValueError(f"shard={shard} must lie in [0, num_shards={num_shards})")
+    cells_dir = _cells_dir(c)
     t0 = time.perf_counter()
-    per_net = {}
-    for i, name in enumerate(names):
-        for seed in c["seeds"]:
-            seed_everything(seed)
-            t = time.perf_counter()
-            per_net[f"{name}/seed{seed}"] = {"family": zoo.members[name]["family"],
-                                             **run_network(zoo.load(name), data, metanet, c, seed)}
-            print(f"[{i + 1}/{len(names)}] {name} seed {seed}: {time.perf_counter() - t:.0f}s", flush=True)
+    per_net, jobs = {}, [(name, seed) for name in names for seed in c["seeds"]]
+    for i, (name, seed) in enumerate(jobs):
+        key, path = f"{name}/seed{seed}", cells_dir / f"{name}-seed{seed}.json"
+        if path.is_file():  # finished earlier (resumed run, or another shard)
+            per_net[key] = json.loads(path.read_text())
+            continue
+        if i % num_shards != shard:
+            continue
+        seed_everything(seed)
+        t = time.perf_counter()
+        per_net[key] = {"family": zoo.members[name]["family"], **run_network(zoo.load(name), data, metanet, c, seed)}
+        atomic_write_json(path, per_net[key])
+        print(f"[{i + 1}/{len(jobs)}] {name} seed {seed}: {time.perf_counter() - t:.0f}s", flush=True)
+    if len(per_net) < len(jobs):
+        print(f"{len(per_net)}/{len(jobs)} network-seed cells done in {cells_dir}; the other shards' cells are "
+              "still running: rerun without shard (or with any shard) once they finish to write the result")
+        return {}
+    per_net = {f"{n}/seed{s}": per_net[f"{n}/seed{s}"] for n, s in jobs}  # plan order, whoever computed them
     table = summarise(per_net, c["methods"], c["speedups"])
     diffs = comparisons(per_net, c["methods"], c["speedups"])
     seconds = {m: sum(r["seconds"][m] for r in per_net.values()) for m in c["methods"]}
@@ -268,8 +295,6 @@ def run(c: dict) -> dict:
               "loadavg": os.getloadavg(), "config": c, "networks": names, "summary": table,
               "paired": diffs, "families": by_family(per_net, c["methods"], c["speedups"]),
               "method_seconds": seconds, "per_network": per_net, "base_acc_mean": base_mean}
-    from metaprune.io import atomic_write_json
-
     atomic_write_json(out_dir / f"quality-{tag}.json", result)
     plot(table, c["speedups"], out_dir / f"quality-{tag}.png",
          f"{data.name}: {len(names)} held-out networks × {len(c['seeds'])} seed(s), test accuracy", base_mean)

@@ -114,11 +114,21 @@ def test_paper_presets_run_on_cifar_fixture(tmp_path, experiment, data):
                     split={"seed": 0, "val": 0.0, "heldout": 0.34, "heldout_families": []})
     c["optim"].update(epochs=1)
     c.update(methods=["random", "depgraph", "depgraph_sl"], speedups=[2.0], finetune_epochs=0, pre_epochs=1,
-             out_dir=str(tmp_path / "results"), tag="fixture")
+             out_dir=str(tmp_path / "results"), tag="fixture", cells_dir=str(tmp_path / "cells"))
     r = quality.run(c)
     assert set(r["summary"]) == {"random", "depgraph", "depgraph_sl"}
     assert (tmp_path / "results" / "quality-fixture.json").exists()
     assert (tmp_path / "results" / "quality-fixture.png").exists()
+    # finished cells are kept: a rerun (or a second shard) reuses them instead of training again
+    def no_training(*a, **k):
+        raise AssertionError("a finished cell was computed again")
+
+    quality.run_network, computed = no_training, quality.run_network
+    try:
+        again = quality.run({**c, "shard": 1, "num_shards": 2})
+    finally:
+        quality.run_network = computed
+    assert again["per_network"] == r["per_network"]
 
 
 def _bench(name):
