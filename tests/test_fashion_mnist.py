@@ -44,11 +44,12 @@ def test_subset_size32_and_augmentation(idx_root):
 
 def test_a_model_learns_the_fixture(idx_root):
     from metaprune.models import build_for_data
-    from metaprune.train import TrainConfig, evaluate, fit
+    from metaprune.train import TrainConfig, evaluate, fit, seed_everything
 
     d = get_data("fashion_mnist", root=idx_root, val_size=50)
+    seed_everything(0)
     model = build_for_data("vgg", d.input_shape, d.num_classes, depth=11, width=4)
-    fit(model, d, TrainConfig(epochs=4, lr=0.05, progress=False, device="cpu"))
+    fit(model, d, TrainConfig(epochs=6, lr=0.05, batch_size=32, progress=False, device="cpu"))
     assert evaluate(model, d.loader("test"), "cpu")["acc"] > 0.5
 
 
