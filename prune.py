@@ -12,7 +12,8 @@ from metaprune.cli import friendly_errors, to_dict
 @friendly_errors
 def main(cfg: DictConfig) -> None:
     from metaprune.logging import make_logger
-    from metaprune.prune.pipeline import check_output_dir, format_report, run_prune
+    from metaprune.prune.pipeline import check_output_dir, run_prune
+    from metaprune.prune.report import format_report
 
     c = to_dict(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
