@@ -68,7 +68,7 @@ def _cfg(tmp_path, *overrides):
 
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         return to_dict(compose("prune", overrides=[f"output_dir={tmp_path / 'out'}", "logger=none",
-                                                   "metanet=none", "stage=trained_nofinetune",
+                                                   "metanet.checkpoint=none", "stage=trained_nofinetune",
                                                    "latency.runs=2", "latency.warmup=1", *overrides]))
 
 

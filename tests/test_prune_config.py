@@ -97,3 +97,33 @@ def test_one_ignored_layer_given_as_a_string_is_one_name(tmp_path):
     assert cfg.prune.ignored_layers == ("layer1.0.conv1",)  # not its 14 characters
     with pytest.raises(UsageError, match=r"prune\.ignored_layers=\[1, 2\] must be a list of module names"):
         PruneConfig.from_dict(_compose("prune", f"output_dir={tmp_path}", "prune.ignored_layers=[1,2]"))
+
+
+def _cli(script, *overrides):
+    return subprocess.run([sys.executable, str(REPO / script), *overrides, "hydra.run.dir=/nonexistent/never",
+                           "logger=none"], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_metanet_presets_of_the_other_entry_point_are_one_clear_error():
+    """configs/metanet/ = train_meta.py's architecture presets, configs/apply_metanet/ = how prune.py applies a
+    trained one; naming one kind to the other entry point says so instead of a traceback."""
+    proc = _cli("prune.py", "metanet=large")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: metanet=large is not a prune.py preset (none, shipped)"), proc.stderr
+    proc = _cli("train_meta.py", "metanet=shipped")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "Could not find 'metanet/shipped'" in proc.stderr and "large" in proc.stderr, proc.stderr
+
+
+def test_prune_py_metanet_none_still_selects_the_preset():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("prune_entry", REPO / "prune.py")
+    entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(entry)
+    args = entry._metanet_choice(["metanet=none", "metanet.finetune_epochs=2", "target.speedup=3"])
+    assert args == ["apply_metanet@metanet=none", "metanet.finetune_epochs=2", "target.speedup=3"]
+    cfg = PruneConfig.from_dict(_compose("prune", *args, "output_dir=x"))
+    assert cfg.metanet_checkpoint is None and cfg.metanet.finetune_epochs == 2
+    assert entry._metanet_choice(["metanet=none,shipped"]) == ["apply_metanet@metanet=none,shipped"]  # multirun
+    assert _compose("quality")["metanet"]["hidden"] == 16  # quality.yaml still composes an architecture preset
