@@ -100,6 +100,32 @@ def _run_prune(cfg: PruneConfig, out: Path, transform, data, stages: Stages) -> 
     return report
 
 
+def prune_checkpoint(checkpoint, data="digits", speedup: float | None = 2.0, *, output_dir, params: float | None = None,
+                     latency_speedup: float | None = None, metanet="auto", metanet_finetune_epochs: int = 0,
+                     importance: str = "l2", prune: dict | None = None, finetune_epochs: int = 5, lr: float = 0.02,
+                     model_name: str | None = None, model_args: dict | None = None, onnx=None, stage: str = "trained",
+                     export="none", latency: dict | None = None, overwrite: bool = False, device: str = "auto",
+                     seed: int = 0, threads: int | None = 1, progress: bool = True) -> dict:
+    """``prune.py`` with plain arguments: prune ``checkpoint`` (a metaprune checkpoint directory, or a state dict
+    file with ``model_name``; or an ``onnx`` file) on ``data`` (a dataset name, a ``data`` config dict, or a DataBundle) to ``speedup``
+    (MACs; or ``params`` / ``latency_speedup``), after the metanetwork (``"auto"``, ``"none"`` or a path), and
+    finetune for ``finetune_epochs``. ``prune``: more ``prune.*`` options (global_pruning, round_to,
+    ignored_layers, ...). Writes ``output_dir`` (``pruned/`` + ``report.json``) and returns the report."""
+    bundle = data if isinstance(data, DataBundle) else None
+    data_cfg = {"name": data.name} if bundle else {"name": data} if isinstance(data, str) else dict(data)
+    cfg = {"model": {"checkpoint": None if checkpoint is None else str(checkpoint), "name": model_name,
+                     "args": model_args, "onnx": None if onnx is None else str(onnx)},
+           "data": data_cfg, "output_dir": str(output_dir), "stage": stage, "export": export,
+           "target": {"speedup": speedup, "params": params, "latency_speedup": latency_speedup},
+           "metanet": {"checkpoint": None if metanet is None else str(metanet),
+                       "finetune_epochs": metanet_finetune_epochs},
+           "prune": {"importance": importance, **(prune or {})},
+           "finetune": {"epochs": finetune_epochs, "lr": lr, "select": "best_val"},
+           "latency": dict(latency or {}), "seed": seed, "device": device, "threads": threads,
+           "overwrite": overwrite}
+    return run_prune(cfg, data=bundle, progress=progress)
+
+
 class Stages:
     """Times each stage (``with stages("name"):``, recorded when it finishes) and holds the run's logger."""
 
