@@ -56,6 +56,9 @@ def no_loading(monkeypatch):
     ("+prune.importanec=l1", r"unknown prune option\(s\) \['importanec'\]"),
     ("export_onnx=true", r"export_onnx is gone: use export=onnx"),
     ("metanet.checkpoint=/nowhere/metanet", r"/nowhere/metanet: metanetwork checkpoint not found"),
+    ("device=gpu", r"device='gpu' is invalid: give auto, cpu, cuda or cuda:N"),
+    ("model.checkpoint=null", r"model\.checkpoint is required"),
+    ("data.name=null", r"data=.* must be a data config with a name"),
 ])
 def test_bad_value_fails_before_any_model_is_loaded(tmp_path, no_loading, override, pattern):
     cfg = _compose("prune", f"output_dir={tmp_path / 'out'}", "logger=none", override)
@@ -81,6 +84,9 @@ def test_obs_and_init_take_a_macs_target_before_loading(tmp_path, no_loading):
         cfg = _compose("prune", f"output_dir={tmp_path / 'out'}", "logger=none", override, "target.params=2")
         with pytest.raises(UsageError, match=r"takes target\.speedup \(MACs\), not target\.params"):
             run_prune(cfg, progress=False)
+    cfg = _compose("prune", f"output_dir={tmp_path / 'out'}", "logger=none", "stage=init", "model.checkpoint=null")
+    with pytest.raises(UsageError, match=r"stage=init needs model\.name"):
+        run_prune(cfg, progress=False)
     assert no_loading == []
 
 

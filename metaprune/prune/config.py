@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from ..cli import UsageError
 from ..export import parse_formats
 from ..metanet.resolve import resolve_metanet
@@ -96,11 +98,12 @@ class PruneConfig:
         for key in ("model", "data", "output_dir"):
             if cfg.get(key) is None:
                 raise UsageError(f"{key} is required")
-        _int(cfg, "seed", cfg.get("seed", 0), 0)
+        _int("seed", cfg.get("seed", 0), 0)
         if cfg.get("threads") is not None:
-            _int(cfg, "threads", cfg["threads"], 1)
+            _int("threads", cfg["threads"], 1)
         if cfg.get("overwrite", False) not in (True, False):
             raise UsageError(f"overwrite={cfg['overwrite']!r} must be true or false")
+        _device(cfg.get("device") or "auto")
         stage = cfg.get("stage") or "trained"
         if stage not in STAGES:
             raise UsageError(f"stage={stage!r} is invalid: must be one of {', '.join(STAGES)}")
@@ -108,11 +111,14 @@ class PruneConfig:
             export = parse_formats(cfg.get("export"))
         except ValueError as e:
             raise UsageError(str(e)) from None
+        if not isinstance(cfg["data"], dict) or not cfg["data"].get("name"):
+            raise UsageError(f"data={cfg['data']!r} must be a data config with a name (e.g. data=digits)")
         data = dict(cfg["data"])
+        model = _model_source(cfg["model"], stage)
         prune = _prune_options(cfg.get("prune"))
         target = _target(cfg.get("target"), stage, prune.importance)
         metanet = _metanet_options(cfg.get("metanet"))
-        return cls(model=_sub(ModelSource, cfg["model"], "model"), data=data, output_dir=str(cfg["output_dir"]),
+        return cls(model=model, data=data, output_dir=str(cfg["output_dir"]),
                    target=target, stage=stage, prune=prune, metanet=metanet,
                    metanet_checkpoint=resolve_metanet(metanet.checkpoint, data.get("name")),
                    finetune=_finetune(cfg, stage, data, progress), latency=_latency_options(cfg.get("latency")),
@@ -133,10 +139,30 @@ def _sub(cls, d, key: str):
     return cls(**d)
 
 
-def _int(cfg, key: str, value, minimum: int) -> int:
+def _int(key: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise UsageError(f"{key}={value!r} must be an integer >= {minimum}")
     return value
+
+
+def _device(device) -> None:
+    try:
+        if device != "auto":
+            torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"device={device!r} is invalid: give auto, cpu, cuda or cuda:N") from None
+
+
+def _model_source(d, stage: str) -> ModelSource:
+    src = _sub(ModelSource, d, "model")
+    if not src.checkpoint and not src.onnx:
+        if stage != "init":
+            raise UsageError("model.checkpoint is required: a metaprune checkpoint directory or a state dict file "
+                             "(or model.onnx)")
+        if not src.name:
+            raise UsageError("stage=init needs model.name (+ model.args) to build a fresh network, "
+                             "or model.checkpoint")
+    return src
 
 
 def _checked(opts, checks, label: str):
@@ -212,14 +238,14 @@ def _metanet_options(d) -> MetanetOptions:
         raise UsageError("metanet holds an architecture preset (configs/metanet/, for train_meta.py); prune.py "
                          "applies a trained one: metanet=shipped|none or metanet.checkpoint=PATH")
     opts = _sub(MetanetOptions, d, "metanet")
-    _int(d, "metanet.finetune_epochs", opts.finetune_epochs, 0)
+    _int("metanet.finetune_epochs", opts.finetune_epochs, 0)
     return opts
 
 
 def _finetune(cfg: dict, stage: str, data: dict, progress: bool) -> TrainConfig:
     ft = dict(cfg.get("finetune") or {})
     if "epochs" in ft:
-        _int(ft, "finetune.epochs", ft["epochs"], 0)
+        _int("finetune.epochs", ft["epochs"], 0)
     if stage == "trained_nofinetune":
         ft["epochs"] = 0
     try:

@@ -62,10 +62,7 @@ def load(cfg, device, data: DataBundle | None = None) -> tuple[nn.Module, DataBu
     if data is None:
         data = get_data(**split_data_cfg(cfg.data)[0])
     src = cfg.model
-    if cfg.stage == "init" and not src.checkpoint and not src.onnx:
-        if not src.name:
-            raise UsageError("stage=init needs model.name (+ model.args) to build a fresh network, "
-                             "or model.checkpoint")
+    if cfg.stage == "init" and not src.checkpoint and not src.onnx:  # a fresh network (PruneConfig checked name)
         seed_everything(cfg.seed)
         model = build_for_data(src.name, data.input_shape, data.num_classes, **dict(src.args or {}))
     else:
