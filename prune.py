@@ -1,4 +1,5 @@
 """Prune a trained network to a target and finetune it: ``python prune.py target.speedup=2.0``."""
+import sys
 from pathlib import Path
 
 import hydra
@@ -12,7 +13,8 @@ from metaprune.cli import friendly_errors, to_dict
 @friendly_errors
 def main(cfg: DictConfig) -> None:
     from metaprune.logging import make_logger
-    from metaprune.prune.pipeline import check_output_dir, format_report, run_prune
+    from metaprune.prune.pipeline import check_output_dir, run_prune
+    from metaprune.prune.report import format_report
 
     c = to_dict(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -37,5 +39,24 @@ def _remove_if_empty(path: Path) -> None:
         path.rmdir()
 
 
+def _metanet_choice(argv: list[str]) -> list[str]:
+    """``metanet=X`` picks how a metanetwork is applied (``configs/apply_metanet/X.yaml``, the config's
+    ``apply_metanet@metanet`` entry); ``configs/metanet/`` holds train_meta.py's architecture presets."""
+    presets = sorted(p.stem for p in (Path(__file__).parent / "configs" / "apply_metanet").glob("*.yaml"))
+    out = []
+    for arg in argv:
+        if arg.startswith("metanet="):
+            choice = arg.split("=", 1)[1]
+            if not set(choice.split(",")) <= set(presets):  # one preset, or a multirun sweep over several
+                print(f"error: metanet={choice} is not a prune.py preset ({', '.join(presets)}); give "
+                      "metanet.checkpoint=PATH for another metanetwork (configs/metanet/ holds train_meta.py's "
+                      "architecture presets)", file=sys.stderr)
+                sys.exit(2)
+            arg = f"apply_metanet@metanet={choice}"
+        out.append(arg)
+    return out
+
+
 if __name__ == "__main__":
+    sys.argv[1:] = _metanet_choice(sys.argv[1:])
     main()

@@ -11,4 +11,13 @@ from .io import CheckpointError, load_model, load_state_dict_file, save_model
 from .models import build
 
 __version__ = "0.1.0"
-__all__ = ["build", "load_model", "save_model", "load_state_dict_file", "CheckpointError", "__version__"]
+__all__ = ["build", "load_model", "save_model", "load_state_dict_file", "CheckpointError", "prune_checkpoint",
+           "__version__"]
+
+
+def __getattr__(name):
+    if name == "prune_checkpoint":  # imported on first use: ``import metaprune`` stays light
+        from .prune.pipeline import prune_checkpoint
+
+        return prune_checkpoint
+    raise AttributeError(f"module 'metaprune' has no attribute {name!r}")

@@ -114,11 +114,9 @@ def verify_program(model: nn.Module, path: str | os.PathLike, example_inputs, to
     return diff
 
 
-def parse_formats(export, export_onnx=False) -> list[str]:
-    """The config's ``export`` value (none | onnx | torch | both, or a list of formats) as a list of formats;
-    ``export_onnx=true`` (the older switch) adds onnx. A bad value is one ValueError naming the key."""
-    if export_onnx not in (True, False, None):
-        raise ValueError(f"export_onnx={export_onnx!r} must be true or false")
+def parse_formats(export) -> list[str]:
+    """The config's ``export`` value (none | onnx | torch | both, or a list of formats) as a list of formats.
+    A bad value is one ValueError naming the key."""
     if export in (None, False, "none", "null"):
         chosen = []
     elif export == "both":
@@ -133,8 +131,6 @@ def parse_formats(export, export_onnx=False) -> list[str]:
     if bad:
         raise ValueError(f"export={export!r} is invalid: give none, onnx, torch, both, or a list of "
                          f"{', '.join(FORMATS)}")
-    if export_onnx:
-        chosen.append("onnx")
     return [f for f in FORMATS if f in chosen]
 
 

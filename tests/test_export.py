@@ -67,9 +67,9 @@ def _cfg(tmp_path, *overrides):
     from metaprune.cli import to_dict
 
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return to_dict(compose("prune", overrides=[f"output_dir={tmp_path / 'out'}", "logger=none", "metanet=none",
-                                                   "stage=trained_nofinetune", "latency.runs=2", "latency.warmup=1",
-                                                   *overrides]))
+        return to_dict(compose("prune", overrides=[f"output_dir={tmp_path / 'out'}", "logger=none",
+                                                   "metanet.checkpoint=none", "stage=trained_nofinetune",
+                                                   "latency.runs=2", "latency.warmup=1", *overrides]))
 
 
 def test_pipeline_exports_both_and_records_both_diffs(tmp_path, digits):
@@ -89,16 +89,17 @@ def test_pipeline_exports_both_and_records_both_diffs(tmp_path, digits):
     assert verify_onnx(pruned, out / "pruned" / "model.onnx", x) <= 1e-4
 
 
-@pytest.mark.parametrize("value,old,want", [
-    ("none", False, []), ("onnx", False, ["onnx"]), ("torch", False, ["torch"]), ("both", False, ["onnx", "torch"]),
-    (["torch", "onnx"], False, ["onnx", "torch"]), (None, True, ["onnx"]), ("torch", True, ["onnx", "torch"])])
-def test_export_values_including_the_older_switch(value, old, want):
-    assert parse_formats(value, old) == want
+@pytest.mark.parametrize("value,want", [
+    ("none", []), ("onnx", ["onnx"]), ("torch", ["torch"]), ("both", ["onnx", "torch"]),
+    (["torch", "onnx"], ["onnx", "torch"])])
+def test_export_values(value, want):
+    assert parse_formats(value) == want
 
 
 @pytest.mark.parametrize("override,pattern", [("export=pt3", r"export='pt3' is invalid: give none, onnx, torch, both"),
                                               ("export=[onnx,tflite]", r"export=\['onnx', 'tflite'\] is invalid"),
-                                              ("export_onnx=maybe", r"export_onnx='maybe' must be true or false")])
+                                              ("export_onnx=true", r"export_onnx is gone: use export=onnx"),
+                                              ("export_onnx=maybe", r"export_onnx is gone: use export=onnx")])
 def test_bad_export_value_is_one_clear_error_before_any_work(tmp_path, digits, override, pattern):
     with pytest.raises(UsageError, match=pattern):
         run_prune(_cfg(tmp_path, override), data=digits, progress=False)

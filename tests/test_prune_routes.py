@@ -19,8 +19,8 @@ def _cfg(tmp_path, *overrides):
     from metaprune.cli import to_dict
 
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return to_dict(compose("prune", overrides=[f"output_dir={tmp_path / 'out'}", "logger=none", "metanet=none",
-                                                   *overrides]))
+        return to_dict(compose("prune", overrides=[f"output_dir={tmp_path / 'out'}", "logger=none",
+                                                   "metanet.checkpoint=none", *overrides]))
 
 
 def test_obs_without_data_or_finetuning_beats_l2(tmp_path, digits):

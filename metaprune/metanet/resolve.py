@@ -1,0 +1,45 @@
+"""Which metanetwork a pruning run applies, and applying it to a network about to be pruned.
+
+``resolve_metanet("auto", data_name)`` is the one shipped for the run's dataset (``checkpoints/metanet/<data>``,
+e.g. the LSTM one for ``digits_seq``), else the digits one; ``None``/``"none"`` is no metanetwork; anything
+else is a path. ``rewrite_for_pruning`` applies it, and leaves a network with neuron or weight types a shipped
+metanetwork never saw as it is, with a note, instead of rewriting it with borrowed encoders.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch.nn as nn
+
+from ..io import CheckpointError
+from .checkpoint import UnseenTypesError, apply_metanet
+
+SHIPPED = Path("checkpoints/metanet")
+
+
+def resolve_metanet(checkpoint, data_name: str | None) -> Path | None:
+    """The metanetwork directory ``metanet.checkpoint`` names for a run on ``data_name`` (None: none);
+    :class:`CheckpointError` if it does not exist."""
+    if checkpoint in (None, "none", False):
+        return None
+    if checkpoint == "auto":
+        own = SHIPPED / str(data_name)
+        path = own if (own / "metanet.safetensors").is_file() else SHIPPED / "digits"
+    else:
+        path = Path(checkpoint)
+    if not path.exists():
+        raise CheckpointError(f"{path}: metanetwork checkpoint not found")
+    return path
+
+
+def rewrite_for_pruning(checkpoint: Path, model: nn.Module, example_inputs, seen_only: bool
+                        ) -> tuple[nn.Module, str | None]:
+    """``(model with the metanetwork's weights, None)``; with ``seen_only`` (``checkpoint: auto``), a network
+    of types the metanetwork has no encoder for comes back unchanged with the reason: ``(model, "skipped: ...")``."""
+    try:
+        return apply_metanet(checkpoint, model, example_inputs, seen_only=seen_only), None
+    except UnseenTypesError as e:
+        skipped = f"skipped: {e}"
+        print(f"note: metanetwork {checkpoint} {skipped}; pruning the network's own weights "
+              "(metanet.checkpoint=PATH applies one anyway)")
+        return model, skipped
