@@ -37,7 +37,7 @@ def no_loading(monkeypatch):
 
 
 @pytest.mark.parametrize("override,pattern", [
-    ("prune.importance=l3", r"prune\.importance='l3' is invalid: must be one of l1, l2, lamp, random, taylor, obs"),
+    ("prune.importance=l3", r"prune\.importance='l3' is invalid: must be one of l1, l2, l2_max, lamp, random, taylor, obs"),
     ("latency.dtype=fp8", r"latency\.dtype='fp8' is invalid: must be float32 or bfloat16"),
     ("target.speedup=0.5", r"target\.speedup=0\.5 must be a number > 1"),
     ("target.params=one", r"target\.params='one' must be a number > 1"),
