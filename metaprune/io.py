@@ -190,7 +190,10 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source) -> nn.Mo
     unexpected = [k for k in state if k not in own]
     shape = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shape:
+    # an integer or bool tensor where the model has a float one would be cast silently
+    dtype = [f"{k} {state[k].dtype} vs {own[k].dtype}" for k in own
+             if k in state and own[k].is_floating_point() and not state[k].is_floating_point()]
+    if missing or unexpected or shape or dtype:
         parts = []
         if missing:
             parts.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
@@ -198,6 +201,8 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source) -> nn.Mo
             parts.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
         if shape:
             parts.append(f"shape mismatch (file vs model) {shape[:5]}{' ...' if len(shape) > 5 else ''}")
+        if dtype:
+            parts.append(f"non-float weights (file vs model) {dtype[:5]}{' ...' if len(dtype) > 5 else ''}")
         raise CheckpointError(f"{source}: weights do not fit the architecture: " + "; ".join(parts))
     model.load_state_dict(state, strict=True)
     return model

@@ -154,6 +154,15 @@ def test_truncated_checkpoint_weights_are_refused(ckpt):
     refused(ckpt.parent, lambda: load_model(ckpt), str(w), "not a readable safetensors file")
 
 
+def test_integer_weights_in_a_checkpoint_are_refused_not_cast(ckpt):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(ckpt / "model.safetensors"))
+    state["fc.weight"] = state["fc.weight"].to(torch.int8)
+    save_file(state, str(ckpt / "model.safetensors"))
+    refused(ckpt.parent, lambda: load_model(ckpt), "model.safetensors", "non-float weights", "fc.weight torch.int8")
+
+
 # --- plain state dicts --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name,content,match", [
@@ -419,7 +428,7 @@ def _svhn(root: Path, y, n_images: int = 10) -> None:
 
 @pytest.mark.parametrize("y,n_images,match", [
     (np.ones((9, 1)), 10, "holds 10 images but 9 labels"),
-    (np.full((10, 1), 11), 10, "labels outside 0..10"),
+    (np.full((10, 1), 11), 10, "labels outside 1..10 (11..11)"),
     (np.zeros((10, 1)), 10, "labels outside 1..10 (0..0)"),
     (np.full((10, 1), -5), 10, "labels outside"),
     (np.full((10, 1), 2.5), 10, "not integers"),
@@ -531,3 +540,4 @@ def test_wandb_init_timeout_is_validated(bad):
 
     with pytest.raises(ValueError, match="logger.init_timeout"):
         make_logger({"kind": "wandb", "init_timeout": bad})
+

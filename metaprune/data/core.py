@@ -15,9 +15,10 @@ class DataNotFoundError(FileNotFoundError):
     """A dataset root that is missing, empty or holds no readable data."""
 
 
-def check_labels(labels, n_images: int, num_classes: int, dataset: str, source, hint: str = "") -> np.ndarray:
-    """``labels`` as an int64 array if they are integers in ``0..num_classes-1``, one per image; else a
-    ``DataNotFoundError`` naming ``source`` (the file) and what is wrong."""
+def check_labels(labels, n_images: int, num_classes: int, dataset: str, source, hint: str = "",
+                 first: int = 0) -> np.ndarray:
+    """``labels`` as an int64 array if they are integers in ``first..first+num_classes-1``, one per image;
+    else a ``DataNotFoundError`` naming ``source`` (the file) and what is wrong."""
     arr = np.asarray(labels.numpy() if isinstance(labels, torch.Tensor) else labels)
     tail = f"; {hint}" if hint else ""
     if arr.dtype.kind not in "iu":
@@ -25,8 +26,8 @@ def check_labels(labels, n_images: int, num_classes: int, dataset: str, source, 
     arr = arr.reshape(-1).astype(np.int64)
     if len(arr) != n_images:
         raise DataNotFoundError(f"{dataset}: {source} holds {n_images} images but {len(arr)} labels{tail}")
-    if len(arr) and (arr.min() < 0 or arr.max() >= num_classes):
-        raise DataNotFoundError(f"{dataset}: {source} has labels outside 0..{num_classes - 1} "
+    if len(arr) and (arr.min() < first or arr.max() >= first + num_classes):
+        raise DataNotFoundError(f"{dataset}: {source} has labels outside {first}..{first + num_classes - 1} "
                                 f"({arr.min()}..{arr.max()}){tail}")
     return arr
 
@@ -295,10 +296,7 @@ def _check_svhn(ds) -> None:
         raise DataNotFoundError(f"svhn: {path} has no labels 'y'; {_HOW_TO_GET['svhn']}")
     if raw.dtype.kind == "f" and np.isfinite(raw).all() and (raw == np.round(raw)).all():
         raw = raw.astype(np.int64)  # MATLAB stores the official labels as doubles holding integers
-    labels = check_labels(raw, len(ds.data), 11, "svhn", path, _HOW_TO_GET["svhn"])
-    if len(labels) and labels.min() < 1:  # the official files label digits 1..10 (10 is the digit 0)
-        raise DataNotFoundError(f"svhn: {path} has labels outside 1..10 ({labels.min()}..{labels.max()}); "
-                                f"{_HOW_TO_GET['svhn']}")
+    check_labels(raw, len(ds.data), 10, "svhn", path, _HOW_TO_GET["svhn"], first=1)  # 10 is the digit 0
 
 
 def _imagenet(root=None, seed=0, augment=True, val_size=10000, size=224, **_) -> DataBundle:
