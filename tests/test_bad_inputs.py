@@ -65,12 +65,20 @@ def refused(root: Path, call, *match: str) -> str:
     return msg
 
 
+@pytest.fixture(autouse=True)
+def _global_rng_left_as_found():
+    """These tests build models and draw inputs; later tests that rely on the global RNG see no difference."""
+    with torch.random.fork_rng():
+        yield
+
+
 # --- checkpoints: spec.json -----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def ckpt_bytes(tmp_path_factory):
     d = tmp_path_factory.mktemp("ck") / "model"
-    save_model(build("resnet", depth=8, width=4), d)
+    with torch.random.fork_rng():
+        save_model(build("resnet", depth=8, width=4), d)
     return {f: (d / f).read_bytes() for f in ("spec.json", "model.safetensors")}
 
 
