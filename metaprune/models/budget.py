@@ -13,7 +13,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 MAX_PARAMS = 2_000_000_000  # parameters + buffers (elements); ViT-H/14 has 0.63e9
-MAX_TENSORS = 4_000  # parameter and buffer tensors; torchvision's largest (EfficientNet-B7) has 1,200
+MAX_TENSORS = 4_000  # parameter and buffer tensors; torchvision's largest (EfficientNetV2-L) has 1,548
 
 _FACTORIES = {"empty", "zeros", "ones", "full", "rand", "randn", "randint", "tensor", "as_tensor", "arange",
               "empty_like", "zeros_like", "ones_like", "full_like", "rand_like", "randn_like", "eye", "linspace"}
