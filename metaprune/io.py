@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -18,14 +19,67 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .models.spec import model_spec, rebuild
+from .models.spec import check_spec, model_spec, rebuild
 
 WEIGHTS = "model.safetensors"
 SPEC = "spec.json"
 
 
+# Bounds on what a user's file may make us read: checked with stat() before a byte is read or parsed.
+MAX_JSON_BYTES = 64 << 20  # spec.json (an imported ONNX model keeps its compressed graph there), index.json
+MAX_CONFIG_BYTES = 1 << 20  # a metanetwork's config.json
+MAX_WEIGHTS_BYTES = 64 << 30  # model.safetensors, .pt/.pth state dicts
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read safely or does not fit its architecture."""
+
+
+def check_file(path: str | os.PathLike, limit: int, what: str = "file") -> Path:
+    """``path`` if it is a regular file of at most ``limit`` bytes; else a ``CheckpointError``.
+
+    Only ``stat`` is used: a FIFO (whose open would block) or a device such as ``/dev/zero`` is refused
+    without being opened."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: {what} not found") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read {what} ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a socket")
+        raise CheckpointError(f"{path}: refused: {what} is {kind}, not a regular file")
+    if st.st_size > limit:
+        raise CheckpointError(f"{path}: refused: {what} is {st.st_size:,} bytes, over the {limit:,}-byte limit")
+    return path
+
+
+def read_json(path: str | os.PathLike, limit: int = MAX_JSON_BYTES, what: str = "JSON file"):
+    """Parse a user's JSON file with bounded reads (see ``check_file``); errors name the file."""
+    path = check_file(path, limit, what)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)  # the file may have grown since stat()
+        if len(data) > limit:
+            raise CheckpointError(f"{path}: refused: {what} is over the {limit:,}-byte limit")
+        return json.loads(data.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{path}: not a valid {what} ({type(e).__name__}: {e})") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read {what} ({e.strerror})") from None
+
+
+def read_safetensors(path: str | os.PathLike, device="cpu", limit: int = MAX_WEIGHTS_BYTES) -> dict[str, torch.Tensor]:
+    """A safetensors file as name -> tensor: regular file within ``limit``, readable, every value finite."""
+    path = check_file(path, limit, "weights file")
+    try:
+        state = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    check_finite(state, path)
+    return state
 
 
 def atomic_write_file(path: str | os.PathLike, write, suffix: str = ".tmp") -> Path:
@@ -115,12 +169,9 @@ def save_model(model: nn.Module, path: str | os.PathLike, extra: dict | None = N
 def read_spec(path: str | os.PathLike) -> dict:
     path = Path(path)
     spec_file = path / SPEC if path.is_dir() else path
-    if not spec_file.exists():
+    if not os.path.lexists(spec_file):
         raise CheckpointError(f"{path}: no {SPEC} found; a metaprune checkpoint is a directory with {WEIGHTS} and {SPEC}")
-    try:
-        spec = json.loads(spec_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{spec_file}: not a valid spec file ({e})") from None
+    spec = read_json(spec_file, MAX_JSON_BYTES, "spec file")
     if not isinstance(spec, dict) or "name" not in spec:
         raise CheckpointError(f"{spec_file}: spec has no model 'name'")
     return spec
@@ -139,7 +190,10 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source) -> nn.Mo
     unexpected = [k for k in state if k not in own]
     shape = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shape:
+    # an integer or bool tensor where the model has a float one would be cast silently
+    dtype = [f"{k} {state[k].dtype} vs {own[k].dtype}" for k in own
+             if k in state and own[k].is_floating_point() and not state[k].is_floating_point()]
+    if missing or unexpected or shape or dtype:
         parts = []
         if missing:
             parts.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
@@ -147,6 +201,8 @@ def load_into(model: nn.Module, state: dict[str, torch.Tensor], source) -> nn.Mo
             parts.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
         if shape:
             parts.append(f"shape mismatch (file vs model) {shape[:5]}{' ...' if len(shape) > 5 else ''}")
+        if dtype:
+            parts.append(f"non-float weights (file vs model) {dtype[:5]}{' ...' if len(dtype) > 5 else ''}")
         raise CheckpointError(f"{source}: weights do not fit the architecture: " + "; ".join(parts))
     model.load_state_dict(state, strict=True)
     return model
@@ -164,15 +220,18 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         )
     spec = read_spec(path)
     weights = path / WEIGHTS
-    if not weights.exists():
+    if not os.path.lexists(weights):
         raise CheckpointError(f"{path}: no {WEIGHTS} found")
+    check_file(weights, MAX_WEIGHTS_BYTES, "weights file")
     try:
-        state = load_file(str(weights), device=str(map_location))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{weights}: not a readable safetensors file ({e})") from None
-    check_finite(state, weights)
+        check_spec(spec)  # attrs, downloads and the size budget: before anything is built or read
+    except ValueError as e:
+        raise CheckpointError(f"{path / SPEC}: {e}") from None
+    except Exception as e:  # a constructor refusing the spec's argument types
+        raise CheckpointError(f"{path / SPEC}: cannot rebuild model {spec.get('name')!r}: {e}") from None
+    state = read_safetensors(weights, map_location)
     try:
-        model = rebuild(spec)
+        model = rebuild(spec, checked=True)
     except Exception as e:  # a spec naming an unknown model or bad args
         raise CheckpointError(f"{path / SPEC}: cannot rebuild model {spec.get('name')!r}: {e}") from None
     load_into(model, state, weights)
@@ -181,28 +240,23 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a plain state dict (.safetensors, or .pt/.pth via ``weights_only=True``), never running code."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
+    path = check_file(path, MAX_WEIGHTS_BYTES, "checkpoint file")
     if path.suffix == ".safetensors":
-        try:
-            state = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            if _pickles_code(path):
-                raise CheckpointError(
-                    f"{path}: refused: the file holds pickled objects other than tensors, and loading it "
-                    "could run code. Re-save it as a plain state dict or as safetensors."
-                ) from None
-            raise CheckpointError(f"{path}: not a PyTorch checkpoint (unreadable pickle data)") from None
-        except (RuntimeError, EOFError, OSError, ValueError) as e:
-            raise CheckpointError(f"{path}: not a PyTorch checkpoint ({str(e).splitlines()[0]})") from None
-        except Exception as e:  # the weights-only unpickler fails in many ways on arbitrary bytes
-            raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(e).__name__})") from None
+        return read_safetensors(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        if _pickles_code(path):
+            raise CheckpointError(
+                f"{path}: refused: the file holds pickled objects other than tensors, and loading it "
+                "could run code. Re-save it as a plain state dict or as safetensors."
+            ) from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (unreadable pickle data)") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        why = str(e).splitlines()[0] if str(e).strip() else type(e).__name__  # an empty file: empty message
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({why})") from None
+    except Exception as e:  # the weights-only unpickler fails in many ways on arbitrary bytes
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(e).__name__})") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -20,14 +20,29 @@ class NoLogger(Logger):
 
 
 class WandbLogger(Logger):
-    def __init__(self, project="metaprune", entity=None, mode="offline", config=None, tags=(), name=None, dir=None):
+    """wandb, online or offline. Online, ``init_timeout`` seconds bound the wait for the server: past it (no
+    network, server down) the run warns once and logs offline instead (``wandb sync`` uploads it later)."""
+
+    def __init__(self, project="metaprune", entity=None, mode="offline", config=None, tags=(), name=None, dir=None,
+                 init_timeout: float = 5.0):
+        if isinstance(init_timeout, bool) or not isinstance(init_timeout, (int, float)) or not init_timeout > 0:
+            raise ValueError(f"logger.init_timeout={init_timeout!r} is invalid: must be a number of seconds > 0")
         self._run = None
         try:
             import wandb
 
             os.environ.setdefault("WANDB_SILENT", "true")
-            self._run = wandb.init(project=project, entity=entity, mode=mode, config=config, tags=list(tags or []),
-                                   name=name, dir=dir, reinit="finish_previous")
+            kw = dict(project=project, entity=entity, config=config, tags=list(tags or []), name=name, dir=dir,
+                      reinit="finish_previous")
+            try:
+                self._run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=float(init_timeout)), **kw)
+            except Exception as e:
+                if mode == "offline":
+                    raise
+                warnings.warn(f"wandb could not start online within logger.init_timeout={init_timeout:g} s "
+                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); this run logs offline "
+                              "(upload it later with `wandb sync`)")
+                self._run = wandb.init(mode="offline", **kw)
         except Exception as e:  # never let logging take a run down
             self._fail("init", e)
 

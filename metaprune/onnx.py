@@ -42,10 +42,11 @@ import torch
 import torch.nn as nn
 from onnx import numpy_helper
 
-from .io import atomic_write_file
+from .io import CheckpointError, atomic_write_file, check_file
 from .models.registry import register
 
 MIN_OPSET = 17
+MAX_ONNX_BYTES = 2 << 30  # protobuf's own limit for one file
 _ZEROED_NUMEL = 64  # float initializers larger than this are weights: zeroed in the stored graph
 
 
@@ -66,10 +67,14 @@ def supported_ops(opset: int = MIN_OPSET) -> list[str]:
 # --- reading and checking -------------------------------------------------------------------------------------
 
 def _load_proto(path: Path) -> onnx.ModelProto:
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise OnnxImportError(f"{path}: ONNX file not found")
     try:
-        proto = onnx.load(str(path))
+        check_file(path, MAX_ONNX_BYTES, "ONNX file")  # regular files only: a FIFO or device is never opened
+        proto = onnx.load(str(path), load_external_data=False)
+        _load_external(proto, path)
+    except CheckpointError as e:
+        raise OnnxImportError(str(e)) from None
     except Exception as e:  # protobuf DecodeError, OSError, ...
         raise OnnxImportError(f"{path}: not an ONNX model ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     if len(proto.graph.node) == 0 or not proto.opset_import:
@@ -79,7 +84,49 @@ def _load_proto(path: Path) -> onnx.ModelProto:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as e:
         raise OnnxImportError(f"{path}: ONNX checker rejected the model: {str(e).splitlines()[0]}") from None
+    _check_weights(proto, path)
     return proto
+
+
+def _load_external(proto: onnx.ModelProto, path: Path) -> None:
+    """Read tensors stored outside the file, only from bounded regular files inside the model's folder."""
+    from onnx.external_data_helper import _get_all_tensors, load_external_data_for_model, uses_external_data
+
+    base = path.parent.resolve()
+    for t in _get_all_tensors(proto):
+        if uses_external_data(t):
+            where = {e.key: e.value for e in t.external_data}.get("location", "")
+            target = (base / where).resolve()
+            if os.path.isabs(where) or not target.is_relative_to(base):
+                raise CheckpointError(f"{path}: refused: tensor {t.name!r} reads external data from {where!r}, "
+                                      "outside the model's folder")
+            check_file(target, MAX_ONNX_BYTES, f"external data of tensor {t.name!r}")
+    load_external_data_for_model(proto, str(base))
+
+
+_WEIGHT_OPS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (0, 1),
+               "BatchNormalization": (1, 2, 3, 4), "LayerNormalization": (1, 2)}
+
+
+def _check_weights(proto: onnx.ModelProto, source) -> None:
+    """Refuse weights that are NaN/Inf, and integer/bool tensors in a weight's place (quantized models):
+    converting them would cast them silently to float."""
+    tensors = {t.name: t for t in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type == "Constant":
+            tensors.update({o: a.t for o in node.output[:1] for a in node.attribute if a.name == "value"})
+    for name, t in tensors.items():
+        arr = numpy_helper.to_array(t)
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise OnnxImportError(f"{source}: refused: weight {name!r} holds NaN or Inf values")
+    for node in proto.graph.node:
+        for k in _WEIGHT_OPS.get(node.op_type, ()):
+            t = tensors.get(node.input[k]) if k < len(node.input) else None
+            if t is not None and t.data_type not in _FLOAT_TYPES and int(np.prod(t.dims)) > 1:
+                kind = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).name
+                raise OnnxImportError(
+                    f"{source}: refused: weight {t.name!r} of {node.op_type} node {node.name!r} is {kind}; integer, "
+                    "bool and quantized weights are not imported (they would be cast to float): export the float model")
 
 
 def _check_ops(proto: onnx.ModelProto, source) -> None:
@@ -177,7 +224,13 @@ def _pack(proto: onnx.ModelProto) -> str:
 
 def _unpack(graph: str) -> onnx.ModelProto:
     try:
-        return onnx.load_from_string(zlib.decompress(base64.b64decode(graph)))
+        inflate = zlib.decompressobj()
+        data = inflate.decompress(base64.b64decode(graph), MAX_ONNX_BYTES)
+        if inflate.unconsumed_tail:  # a compression bomb: stop at the bound instead of exhausting memory
+            raise OnnxImportError(f"stored ONNX graph is over the {MAX_ONNX_BYTES:,}-byte limit")
+        return onnx.load_from_string(data)
+    except OnnxImportError:
+        raise
     except Exception as e:
         raise OnnxImportError(f"stored ONNX graph is corrupt ({type(e).__name__})") from None
 

@@ -15,6 +15,23 @@ class DataNotFoundError(FileNotFoundError):
     """A dataset root that is missing, empty or holds no readable data."""
 
 
+def check_labels(labels, n_images: int, num_classes: int, dataset: str, source, hint: str = "",
+                 first: int = 0) -> np.ndarray:
+    """``labels`` as an int64 array if they are integers in ``first..first+num_classes-1``, one per image;
+    else a ``DataNotFoundError`` naming ``source`` (the file) and what is wrong."""
+    arr = np.asarray(labels.numpy() if isinstance(labels, torch.Tensor) else labels)
+    tail = f"; {hint}" if hint else ""
+    if arr.dtype.kind not in "iu":
+        raise DataNotFoundError(f"{dataset}: {source} has labels of type {arr.dtype}, not integers{tail}")
+    arr = arr.reshape(-1).astype(np.int64)
+    if len(arr) != n_images:
+        raise DataNotFoundError(f"{dataset}: {source} holds {n_images} images but {len(arr)} labels{tail}")
+    if len(arr) and (arr.min() < first or arr.max() >= first + num_classes):
+        raise DataNotFoundError(f"{dataset}: {source} has labels outside {first}..{first + num_classes - 1} "
+                                f"({arr.min()}..{arr.max()}){tail}")
+    return arr
+
+
 @dataclass
 class DataBundle:
     name: str
@@ -144,7 +161,15 @@ _HOW_TO_GET = {
 def _require_root(name: str, root) -> Path:
     if root is None or str(root) == "":
         raise DataNotFoundError(f"dataset {name!r} needs data.root: {_HOW_TO_GET[name]}")
-    return Path(root).expanduser()
+    return check_root(name, root, _HOW_TO_GET[name])
+
+
+def check_root(name: str, root, hint: str) -> Path:
+    """``data.root`` as a path, refused when it exists but is not a folder."""
+    root_p = Path(root).expanduser()
+    if root_p.exists() and not root_p.is_dir():
+        raise DataNotFoundError(f"{name}: data.root={str(root)!r} is not a folder; {hint}")
+    return root_p
 
 
 def _torchvision_split(cls, name, root, download, **kw):
@@ -187,23 +212,31 @@ class CIFARFolder(Dataset):
     LAYOUT = {"cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
               "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels")}
 
+    MAX_BATCH_BYTES = 1 << 30  # the official batches are 30-160 MB
+
     def __init__(self, root, name: str, train: bool, transform=None):
         folder, train_files, test_files, key = self.LAYOUT[name]
         base = Path(root) / folder
         data, labels = [], []
         for f in train_files if train else test_files:
             path = base / f
-            if not path.is_file():
-                raise DataNotFoundError(f"{name}: {path} is missing; {_HOW_TO_GET[name]}")
+            if not path.is_file():  # also refuses FIFOs and devices, which are never opened
+                raise DataNotFoundError(f"{name}: {path} is missing or not a regular file; {_HOW_TO_GET[name]}")
+            if path.stat().st_size > self.MAX_BATCH_BYTES:
+                raise DataNotFoundError(f"{name}: {path} is {path.stat().st_size:,} bytes, over the "
+                                        f"{self.MAX_BATCH_BYTES:,}-byte limit for a CIFAR batch file")
             try:
                 with open(path, "rb") as fh:
                     entry = _SafeUnpickler(fh, encoding="latin1").load()
-                data.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-                labels.extend(entry[key])
+                images = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+                raw_labels = entry[key]
             except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as e:
                 raise DataNotFoundError(f"{name}: {path} is not a CIFAR batch file ({e}); {_HOW_TO_GET[name]}") from None
+            data.append(images)
+            labels.append(check_labels(raw_labels, len(images), 10 if name == "cifar10" else 100, name, path,
+                                       _HOW_TO_GET[name]))
         self.data = np.concatenate(data).transpose(0, 2, 3, 1)  # HWC for PIL
-        self.targets = [int(t) for t in labels]
+        self.targets = np.concatenate(labels).tolist()
         self.transform = transform
 
     def __len__(self):
@@ -242,10 +275,28 @@ def _svhn(root=None, download=False, seed=0, augment=True, val_size=5000, size=3
     train_aug = _torchvision_split(cls, "svhn", root, download, split="train", transform=t_train)
     train_plain = _torchvision_split(cls, "svhn", root, False, split="train", transform=t_eval)
     test = _torchvision_split(cls, "svhn", root, download, split="test", transform=t_eval)
+    for ds in (train_plain, test):
+        _check_svhn(ds)
     val_size = min(val_size, len(train_aug) // 5)
     tr_idx, val_idx = _val_split(len(train_aug), val_size, seed)
     return DataBundle("svhn", Subset(train_aug, tr_idx), Subset(train_plain, val_idx), test, 10, (3, size, size),
                       {"root": str(root), "val_size": val_size})
+
+
+def _check_svhn(ds) -> None:
+    """torchvision casts SVHN's labels to int64 and maps 10 to 0 without checks: re-read the raw ``y``."""
+    from scipy.io import loadmat
+
+    path = Path(ds.root) / ds.filename
+    try:
+        raw = loadmat(str(path), variable_names=["y"]).get("y")
+    except (OSError, ValueError, TypeError) as e:
+        raise DataNotFoundError(f"svhn: {path} is not a readable .mat file ({e}); {_HOW_TO_GET['svhn']}") from None
+    if raw is None:
+        raise DataNotFoundError(f"svhn: {path} has no labels 'y'; {_HOW_TO_GET['svhn']}")
+    if raw.dtype.kind == "f" and np.isfinite(raw).all() and (raw == np.round(raw)).all():
+        raw = raw.astype(np.int64)  # MATLAB stores the official labels as doubles holding integers
+    check_labels(raw, len(ds.data), 10, "svhn", path, _HOW_TO_GET["svhn"], first=1)  # 10 is the digit 0
 
 
 def _imagenet(root=None, seed=0, augment=True, val_size=10000, size=224, **_) -> DataBundle:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import DataBundle, DataNotFoundError, TensorPairs, register_data
+from .core import DataBundle, DataNotFoundError, TensorPairs, check_labels, check_root, register_data
 
 DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
 FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
@@ -33,7 +33,7 @@ NATIVE = 28
 def _candidates(root) -> list[Path]:
     out = []
     if root not in (None, ""):
-        out.append(Path(root).expanduser())
+        out.append(check_root("fashion_mnist", root, HOW_TO_GET))
     if os.environ.get("DATA_ROOT"):
         out.append(Path(os.environ["DATA_ROOT"]) / "fashion_mnist")
     out.append(DEBIAN_ROOT)
@@ -92,12 +92,10 @@ def _read_idx(path: Path, kind: str) -> torch.Tensor:
 
 def _load_pair(files: dict[str, Path], split: str) -> tuple[torch.Tensor, torch.Tensor]:
     x, y = _read_idx(files[f"{split}_images"], "images"), _read_idx(files[f"{split}_labels"], "labels")
-    if len(x) != len(y):
+    if len(x) != len(y):  # names both files, unlike the shared check below
         raise DataNotFoundError(f"fashion_mnist: {files[f'{split}_images']} holds {len(x)} images but "
                                 f"{files[f'{split}_labels']} holds {len(y)} labels; {HOW_TO_GET}")
-    if len(y) and (int(y.min()) < 0 or int(y.max()) > 9):
-        raise DataNotFoundError(f"fashion_mnist: {files[f'{split}_labels']} has labels outside 0..9 "
-                                f"({int(y.min())}..{int(y.max())}); {HOW_TO_GET}")
+    check_labels(y, len(x), 10, "fashion_mnist", files[f"{split}_labels"], HOW_TO_GET)
     return x, y
 
 

@@ -1,14 +1,15 @@
 """Metanetwork checkpoints (``metanet.safetensors`` + ``config.json`` + ``zoo_split.json``) and applying one."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from ..io import CheckpointError, atomic_dir, atomic_write_json, check_finite, save_tensors
+from ..io import (MAX_CONFIG_BYTES, CheckpointError, atomic_dir, atomic_write_json, read_json, read_safetensors,
+                  save_tensors)
+from ..models.budget import check_budget
 from .model import Metanet
 
 WEIGHTS, CONFIG, SPLIT = "metanet.safetensors", "config.json", "zoo_split.json"
@@ -30,18 +31,17 @@ def save_metanet(metanet: Metanet, path: str | os.PathLike, extra: dict | None =
 
 def load_metanet(path: str | os.PathLike, map_location="cpu") -> Metanet:
     """Rebuild the metanetwork saved in directory ``path`` (never unpickles)."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not (path / WEIGHTS).is_file() or not (path / CONFIG).is_file():
         raise CheckpointError(f"{path}: not a metanetwork checkpoint (needs {WEIGHTS} and {CONFIG})")
+    config = read_json(path / CONFIG, MAX_CONFIG_BYTES, "metanetwork config")  # bounded: no FIFO, no device
     try:
-        cfg = json.loads((path / CONFIG).read_text())["metanet"]
+        cfg = config["metanet"]
+        check_budget(Metanet, cfg, "metanetwork")  # sizes checked on the meta device before allocating
         net = Metanet(**cfg)
-    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
+    except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path / CONFIG}: cannot rebuild the metanetwork ({e})") from None
-    state = load_file(str(path / WEIGHTS), device=str(map_location))
-    check_finite(state, path / WEIGHTS)
+    state = read_safetensors(path / WEIGHTS, map_location)  # bounded, readable, finite
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as e:

@@ -46,27 +46,34 @@ def _torchvision_constructor(name: str) -> Callable[..., nn.Module]:
     return fn
 
 
+def constructor(name: str) -> Callable[..., nn.Module]:
+    """The function ``build(name, ...)`` calls (a torchvision constructor for ``tv:<name>``)."""
+    if name.startswith("tv:"):
+        return _torchvision_constructor(name[3:])
+    if name in _LAZY and name not in _REGISTRY:
+        importlib.import_module(_LAZY[name])  # heavy optional families register on first use
+    if name not in _REGISTRY:
+        raise UnknownModelError(
+            f"unknown model {name!r}; registered: {', '.join(available())}, or tv:<torchvision name>"
+        )
+    return _REGISTRY[name]
+
+
 def build(name: str, **args) -> nn.Module:
     """Build model ``name`` with constructor ``args`` and record the spec on it."""
+    fn = constructor(name)
     if name.startswith("tv:"):
-        fn = _torchvision_constructor(name[3:])
         tv_args = dict(args)
         tv_args.setdefault("weights", None)
         model = fn(**tv_args)
     else:
-        if name in _LAZY and name not in _REGISTRY:
-            importlib.import_module(_LAZY[name])  # heavy optional families register on first use
-        if name not in _REGISTRY:
-            raise UnknownModelError(
-                f"unknown model {name!r}; registered: {', '.join(available())}, or tv:<torchvision name>"
-            )
-        sig = inspect.signature(_REGISTRY[name])
+        sig = inspect.signature(fn)
         unknown = [k for k in args if k not in sig.parameters]
         if unknown:
             raise UnknownModelError(
                 f"model {name!r} takes no argument(s) {unknown}; it takes {list(sig.parameters)}"
             )
-        model = _REGISTRY[name](**args)
+        model = fn(**args)
     model.metaprune_spec = {"name": name, "args": dict(args)}
     return model
 

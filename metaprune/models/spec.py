@@ -7,12 +7,60 @@ layer to the recorded shapes, so a pruned model loads in a fresh process.
 """
 from __future__ import annotations
 
+import functools
+import math
+
 import torch
 import torch.nn as nn
 
-from .registry import build
+from .budget import MAX_PARAMS, check_budget
+from .registry import build, constructor
 
+# the only attributes a spec restores: the integer sizes structural pruning changes
 _INT_ATTRS = ("num_heads", "groups", "head_dim", "hidden_dim", "embed_dim", "num_features", "dim")
+_DOWNLOADS = ("weights", "weights_backbone", "pretrained", "pretrained_backbone")  # torchvision arguments
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_spec(spec: dict) -> None:
+    """Refuse, naming the key, a spec that is malformed, would download weights, restores an attribute
+    pruning never changes, or describes a network over the size budget (checked on the meta device, so
+    before anything real is allocated). ``rebuild`` calls it; errors are ``ValueError``."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise ValueError("spec 'name' must be a model name (a string)")
+    name = spec["name"]
+    for key, kind in (("args", dict), ("shapes", dict), ("attrs", dict), ("extra", dict)):
+        if not isinstance(spec.get(key, {}), kind):
+            raise ValueError(f"spec {key!r} must be a JSON object, got {type(spec[key]).__name__}")
+    args = spec.get("args", {})
+    for k in _DOWNLOADS:
+        if args.get(k) not in (None, False):
+            raise ValueError(f"args.{k}={args[k]!r}: loading a checkpoint never downloads pretrained weights "
+                             f"(its weights are in its own file); remove {k!r} from the spec")
+    total = 0
+    for key, shape in spec.get("shapes", {}).items():
+        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+            raise ValueError(f"shapes.{key}={shape!r}: a shape must be a list of non-negative integers")
+        total += math.prod(shape)
+        if total > MAX_PARAMS:
+            raise ValueError(f"shapes.{key}={shape!r}: the recorded shapes total over {MAX_PARAMS:,} "
+                             "parameters (budget); refused before allocating anything")
+    for module, attrs in spec.get("attrs", {}).items():
+        if not isinstance(attrs, dict):
+            raise ValueError(f"attrs.{module}: must map attribute names to integers, got {attrs!r}")
+        for a, v in attrs.items():
+            key = f"attrs.{module + '.' if module else ''}{a}"
+            if a not in _INT_ATTRS:
+                raise ValueError(f"{key}: refused: a spec may only restore the sizes pruning changes "
+                                 f"({', '.join(_INT_ATTRS)})")
+            if not _is_int(v):
+                raise ValueError(f"{key}={v!r}: must be an integer")
+    if name != "onnx":  # an ONNX graph is bounded by the size of the spec file that holds it
+        fn = constructor(name)
+        check_budget(functools.wraps(fn)(lambda **a: build(name, **a)), args, f"model {name!r}")
 
 
 def model_spec(model: nn.Module) -> dict:
@@ -47,6 +95,9 @@ def _resize_param(module: nn.Module, pname: str, shape) -> None:
 def resize_to(model: nn.Module, shapes: dict, attrs: dict | None = None) -> nn.Module:
     """Shrink (or grow) every parameter/buffer of ``model`` to ``shapes`` and fix layer attributes."""
     attrs = attrs or {}
+    unknown = sorted(set(attrs) - {n for n, _ in model.named_modules()})
+    if unknown:
+        raise ValueError(f"attrs.{unknown[0]}: refused: the model has no module of that name")
     for mname, m in model.named_modules():
         prefix = f"{mname}." if mname else ""
         for pname, _ in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False)):
@@ -54,8 +105,10 @@ def resize_to(model: nn.Module, shapes: dict, attrs: dict | None = None) -> nn.M
             if key in shapes:
                 _resize_param(m, pname, shapes[key])
         for a, v in attrs.get(mname, {}).items():
-            if hasattr(m, a):
-                setattr(m, a, v)
+            if a not in _INT_ATTRS or not _is_int(getattr(m, a, None)):
+                raise ValueError(f"attrs.{prefix}{a}: refused: {type(m).__name__} {mname or '(root)'!r} has no "
+                                 "integer size of that name to restore")
+            setattr(m, a, v)
         w = getattr(m, "weight", None)
         if isinstance(m, nn.modules.conv._ConvNd) and w is not None:
             m.out_channels = w.shape[0]
@@ -79,7 +132,10 @@ def resize_to(model: nn.Module, shapes: dict, attrs: dict | None = None) -> nn.M
     return model
 
 
-def rebuild(spec: dict) -> nn.Module:
+def rebuild(spec: dict, checked: bool = False) -> nn.Module:
+    """The model ``spec`` describes (random weights), after ``check_spec`` unless the caller ran it."""
+    if not checked:
+        check_spec(spec)
     model = build(spec["name"], **spec["args"])
     resize_to(model, spec.get("shapes", {}), spec.get("attrs", {}))
     if spec.get("extra"):

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from ..io import CheckpointError, atomic_write_json, load_model, read_spec, save_model
+from ..io import MAX_JSON_BYTES, CheckpointError, atomic_write_json, load_model, read_json, read_spec, save_model
 
 SPLITS = ("train", "val", "heldout")
 INDEX = "index.json"
@@ -110,7 +111,7 @@ class Zoo:
     def load(self, name: str) -> nn.Module:
         if name not in self.members:
             raise KeyError(f"zoo {self.root} has no member {name!r}")
-        return load_model(self.root / name)
+        return load_model(_member_dir(self.root, name, self.members[name]))
 
     def __len__(self) -> int:
         return len(self.members)
@@ -120,11 +121,37 @@ class Zoo:
         return f"Zoo({self.root}, {len(self)} members: {sizes})"
 
 
+def _member_dir(root: Path, name: str, member: dict) -> Path:
+    """A member's directory, refused (naming the index) when its path would leave the zoo root."""
+    rel = member.get("path", name)
+    base = root.resolve()
+    if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or \
+            not (base / rel).resolve().is_relative_to(base) or (base / rel).resolve() == base:
+        raise CheckpointError(f"{root / INDEX}: members.{name}.path={rel!r} is refused: a member's path must be a "
+                              "folder inside the zoo root")
+    return root / rel
+
+
 def load_zoo(root: str | Path) -> Zoo:
     root = Path(root)
-    if not (root / INDEX).is_file():
+    if not os.path.lexists(root / INDEX):
         raise CheckpointError(f"{root}: no zoo {INDEX}; build it with build_zoo / train_meta.py")
-    return Zoo(root, json.loads((root / INDEX).read_text()))
+    index = read_json(root / INDEX, MAX_JSON_BYTES, "zoo index")
+    where = root / INDEX
+    if not isinstance(index, dict) or not isinstance(index.get("members"), dict) or \
+            not isinstance(index.get("split"), dict):
+        raise CheckpointError(f"{where}: not a zoo index (needs 'members' and 'split' objects)")
+    for name, member in index["members"].items():
+        if not isinstance(member, dict):
+            raise CheckpointError(f"{where}: members.{name} must be an object, got {type(member).__name__}")
+        _member_dir(root, name, member)
+    for split, names in index["split"].items():
+        if split not in SPLITS or not isinstance(names, list):
+            raise CheckpointError(f"{where}: split.{split} is not one of {SPLITS} with a list of member names")
+        unknown = [n for n in names if not isinstance(n, str) or n not in index["members"]]
+        if unknown:
+            raise CheckpointError(f"{where}: split.{split} names members not in the index: {unknown[:5]}")
+    return Zoo(root, index)
 
 
 def _reusable(path: Path, recipe: dict) -> dict | None:
