@@ -19,7 +19,7 @@ def main(cfg: DictConfig) -> None:
     from hydra.types import RunMode
 
     from metaprune.logging import make_logger
-    from metaprune.train.meta import run_meta
+    from metaprune.metatrain import run_meta
 
     c = to_dict(cfg)
     hc = HydraConfig.get()

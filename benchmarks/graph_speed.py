@@ -70,7 +70,7 @@ def run_one(name: str, repeats: int, size: int) -> dict:
     x = torch.randn(1, 3, size, size)
     n_params = sum(p.numel() for p in model.parameters())
 
-    g, to_wall0, to_cpu0, to_peak = _measure(lambda: to_graph(model, x))
+    g, to_wall0, to_cpu0, to_peak = _measure(lambda: to_graph(model, x, groups=True))
     graph_bytes = sum(v.numel() * v.element_size() for v in g.to_dict().values() if isinstance(v, torch.Tensor))
     m2, from_wall0, from_cpu0, from_peak = _measure(lambda: from_graph(g, model))
     exact = all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), m2.state_dict().values()))
@@ -78,7 +78,7 @@ def run_one(name: str, repeats: int, size: int) -> dict:
     to_w, to_c, from_w, from_c = [], [], [], []
     for _ in range(repeats):
         del g
-        g, w, c, _ = _measure(lambda: to_graph(model, x))
+        g, w, c, _ = _measure(lambda: to_graph(model, x, groups=True))
         to_w.append(w)
         to_c.append(c)
         m2, w, c, _ = _measure(lambda: from_graph(g, model))

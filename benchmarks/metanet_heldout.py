@@ -24,7 +24,7 @@ def main(argv=None) -> dict:
     from metaprune.data import get_data
     from metaprune.io import atomic_write_json
     from metaprune.metanet import apply_metanet, load_metanet
-    from metaprune.train.meta import pruned_accuracy
+    from metaprune.metatrain import pruned_accuracy
     from metaprune.zoo import load_zoo
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -26,7 +26,7 @@ from metaprune.graph import from_graph, to_graph  # noqa: E402
 from metaprune.io import atomic_write_json  # noqa: E402
 from metaprune.metanet import Metanet  # noqa: E402
 from metaprune.metrics import device_name  # noqa: E402
-from metaprune.prune import coupled_slices, prune  # noqa: E402
+from metaprune.prune import groups, prune  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -82,8 +82,8 @@ def run_model(name: str, metanet_cfg: dict, device) -> dict:
     _, s, m = stage(lambda: from_graph(g2.to("cpu"), model))
     rec["from_graph"] = {"seconds": s, "peak_mb": m}
     del g, g2
-    groups, s, m = stage(lambda: coupled_slices(model, x))
-    rec["grouping"] = {"seconds": s, "peak_mb": m, "groups": len(groups)}
+    grps, s, m = stage(lambda: groups(model, x))
+    rec["grouping"] = {"seconds": s, "peak_mb": m, "groups": len(grps)}
     res, s, m = stage(lambda: prune(copy.deepcopy(model), x, target_speedup=2.0))
     rec["reach_target"] = {"seconds": s, "peak_mb": m, "speedup": res.speedup}
     return rec

@@ -7,7 +7,7 @@ process with a per-model time limit and a memory cap:
          ``--max-graph-params``; a NetGraph holds one edge per weight)
   prune  ``metaprune.prune.prune(model, x, target_speedup=2)`` (DepGraph groups, classifier protected), then a
          forward pass of the pruned model; status ``pruned``
-  group  only when pruning fails: do ``metaprune.prune.coupled_slices`` groups build? status ``grouped`` (groups
+  group  only when pruning fails: do ``metaprune.prune.groups`` groups build? status ``grouped`` (groups
          build, pruning fails) or ``failed`` (grouping fails), with the error message
 Models above ``--max-params`` are skipped with the reason recorded (memory and time on a 2-core CPU).
 
@@ -87,7 +87,7 @@ def run_one(name: str, max_params: float = 60e6, max_graph_params: float = 3e6, 
     warnings.filterwarnings("ignore")
     if threads:
         torch.set_num_threads(threads)
-    from metaprune.prune import coupled_slices, find_output_layers, prune
+    from metaprune.prune import find_output_layers, groups, prune
 
     size = INPUT_SIZE.get(name, 64)
     args = {"num_classes": 10, **EXTRA_ARGS.get(name, {})}
@@ -147,7 +147,7 @@ def run_one(name: str, max_params: float = 60e6, max_graph_params: float = 3e6, 
         try:
             torch.manual_seed(0)
             fresh = tvm.get_model(name, weights=None, **args).eval()
-            rec["groups"] = len(coupled_slices(fresh, x, find_output_layers(fresh, x)))
+            rec["groups"] = len(groups(fresh, x, find_output_layers(fresh, x)))
             rec.update(status="grouped", stage="prune")
         except Exception as e2:
             rec.update(status="failed", stage="group", error=_first_line(e2),

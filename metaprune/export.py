@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from .io import atomic_write_file
+from .utils import preserve_mode
 
 FORMATS = {"onnx": "model.onnx", "torch": "model.pt2"}  # format -> file name in the pruned model's directory
 TOLERANCE = 1e-4
@@ -73,21 +74,16 @@ def export_program(model: nn.Module, example_inputs, path: str | os.PathLike) ->
     # torch.export fixes a size-1 axis as a constant, so trace with at least 2 examples
     inputs = tuple(t if len(t) > 1 else t.expand(2, *t.shape[1:]).clone() for t in _inputs(example_inputs))
     batch = torch.export.Dim("batch")
-    was_training = model.training
-    model.eval()
-    try:
-        with _module_trail(model) as stack:
-            try:
-                program = torch.export.export(model, inputs, dynamic_shapes=tuple({0: batch} for _ in inputs))
-            except Exception as e:  # torch.export raises many types; all mean "cannot capture this model"
-                msg = str(e).strip()
-                where = f" in module '{stack[-1]}'" if stack and stack[-1] else ""
-                first = ("the op has no fake (meta) kernel to trace with" if hasattr(e, "func")
-                         else msg.splitlines()[0] if msg else type(e).__name__)
-                raise ExportError(
-                    f"torch.export cannot capture {_name(model)}{where}{_culprit(e, msg)}: {first}") from e
-    finally:
-        model.train(was_training)
+    with preserve_mode(model), _module_trail(model.eval()) as stack:
+        try:
+            program = torch.export.export(model, inputs, dynamic_shapes=tuple({0: batch} for _ in inputs))
+        except Exception as e:  # torch.export raises many types; all mean "cannot capture this model"
+            msg = str(e).strip()
+            where = f" in module '{stack[-1]}'" if stack and stack[-1] else ""
+            first = ("the op has no fake (meta) kernel to trace with" if hasattr(e, "func")
+                     else msg.splitlines()[0] if msg else type(e).__name__)
+            raise ExportError(
+                f"torch.export cannot capture {_name(model)}{where}{_culprit(e, msg)}: {first}") from e
     return atomic_write_file(path, lambda tmp: torch.export.save(program, tmp), suffix=".tmp.pt2")
 
 
@@ -101,11 +97,8 @@ def verify_program(model: nn.Module, path: str | os.PathLike, example_inputs, to
     """
     inputs = _inputs(example_inputs)
     program = torch.export.load(str(path))
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        want, got = model(*inputs), program.module()(*inputs)
-    model.train(was_training)
+    with preserve_mode(model), torch.no_grad():
+        want, got = model.eval()(*inputs), program.module()(*inputs)
     want, got = (o[0] if isinstance(o, (tuple, list)) else o for o in (want, got))
     diff = float((got - want).abs().max())
     if not diff <= tolerance:  # NaN fails too

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .metrics import sync
+from .io import atomic_write_json
+from .metrics import device_name, sync
 
 CANDIDATES = (1, 2, 4, 8, 16, 32, 64)
 CACHE = Path(os.environ.get("METAPRUNE_CACHE", Path.home() / ".cache" / "metaprune")) / "round_to.json"
@@ -84,8 +85,6 @@ def best_multiple(throughput: dict[int, float], tolerance: float = 0.05, candida
 
 
 def _device_key(device, dtype) -> str:
-    from .metrics import device_name
-
     return f"v2|{device_name(device)}|{str(dtype).replace('torch.', '')}"
 
 
@@ -102,8 +101,6 @@ def default_round_to(device="cpu", dtype=torch.float32, measure: bool = True) ->
     m = best_multiple(thr)
     cache[key] = {"round_to": m, "measured": time.strftime("%Y-%m-%d")}
     try:
-        from .io import atomic_write_json
-
         atomic_write_json(CACHE, cache)
     except OSError:
         pass  # a read-only home only costs a re-measure next time

@@ -7,7 +7,7 @@ A layer type with parameters that torch-pruning has no rule for is registered on
 
 ``pruner`` is a torch-pruning custom pruner (a ``BasePruningFunc`` subclass, plus our ``param_slices(layer, out)``
 listing the entries one channel owns, and optionally ``macs_terms(layer, inputs, output)`` for its MACs, see
-``metaprune.prune.cost``); it is handed to every ``DependencyGraph`` metaprune builds (grouping, pruning, the
+``metaprune.cost``); it is handed to every ``DependencyGraph`` metaprune builds (grouping, pruning, the
 cost model). ``graph_rule`` tells the network <-> graph converter where each parameter entry of the
 layer lives (see ``metaprune.graph.rules``). Either may be registered alone and the other added later; a second
 registration of the same part replaces the first. The built-in rules (``nn.LSTM`` of any depth, torch-geometric's
@@ -43,7 +43,7 @@ def check_pruner(layer_type: type, pruner) -> None:
     for method in ("prune_out_channels", "prune_in_channels", "get_out_channels", "get_in_channels"):
         if not callable(getattr(pruner, method, None)):
             raise TypeError(f"pruner for {getattr(layer_type, '__name__', layer_type)} has no {method}(); subclass "
-                            "torch_pruning.pruner.function.BasePruningFunc")
+                            "metaprune.depgraph.BasePruningFunc (torch-pruning's pruner base)")
 
 
 def custom_pruners() -> dict[type, object]:

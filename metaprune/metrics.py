@@ -1,4 +1,4 @@
-"""Accuracy, MACs/params (torch-pruning's counter) and measured latency."""
+"""MACs/params (torch-pruning's counter, corrected in ``metaprune.cost``) and measured latency."""
 from __future__ import annotations
 
 import contextlib
@@ -8,22 +8,10 @@ import time
 import torch
 import torch.nn as nn
 
+from .cost import macs_and_params
+from .utils import preserve_mode
 
-def accuracy(logits: torch.Tensor, target: torch.Tensor) -> float:
-    return (logits.argmax(1) == target).float().mean().item()
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def macs_and_params(model: nn.Module, example_inputs) -> tuple[int, int]:
-    """MACs per sample of one forward pass on ``example_inputs`` and the parameter count: torch-pruning's op
-    counter, with LSTMs counted once per time step and registered custom layers (GATConv attention, yours)
-    added; see ``metaprune.prune.cost.count_macs``."""
-    from .prune.cost import count_macs
-
-    return count_macs(model, example_inputs)
+__all__ = ["macs_and_params", "latency", "sync", "autocast_for", "batch_of", "device_name"]
 
 
 def sync(device) -> None:
@@ -56,14 +44,13 @@ def latency(model: nn.Module, inputs, batch_size: int = 1, device="cpu", dtype=t
     Returns ``{"median_ms", "p10_ms", "p90_ms", "batch_size", "dtype", "device"}``.
     """
     device = torch.device(device)
-    was_training = model.training
-    model = model.eval().to(device)
     x = batch_of(inputs, batch_size, device)
-    if channels_last and x.dim() == 4:
-        x = x.to(memory_format=torch.channels_last)
-        model = model.to(memory_format=torch.channels_last)
     times = []
-    with autocast_for(device, dtype):
+    with preserve_mode(model), autocast_for(device, dtype):
+        model = model.eval().to(device)
+        if channels_last and x.dim() == 4:
+            x = x.to(memory_format=torch.channels_last)
+            model = model.to(memory_format=torch.channels_last)
         for _ in range(warmup):
             model(x)
         sync(device)
@@ -72,7 +59,6 @@ def latency(model: nn.Module, inputs, batch_size: int = 1, device="cpu", dtype=t
             model(x)
             sync(device)
             times.append((time.perf_counter() - t0) * 1e3)
-    model.train(was_training)
     times.sort()
     return {
         "median_ms": statistics.median(times),

@@ -44,6 +44,7 @@ from onnx import numpy_helper
 
 from .io import CheckpointError, atomic_write_file, check_file
 from .models.registry import register
+from .utils import preserve_mode
 
 MIN_OPSET = 17
 MAX_ONNX_BYTES = 2 << 30  # protobuf's own limit for one file
@@ -435,8 +436,6 @@ def export_onnx(model: nn.Module, example_inputs, path: str | os.PathLike, opset
         return path
     inputs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     names = [f"input{i}" if len(inputs) > 1 else "input" for i in range(len(inputs))]
-    was_training = model.training
-    model.eval()
 
     def write(tmp):
         with torch.no_grad():
@@ -444,10 +443,9 @@ def export_onnx(model: nn.Module, example_inputs, path: str | os.PathLike, opset
                               output_names=["output"],
                               dynamic_axes={**{n: {0: "batch"} for n in names}, "output": {0: "batch"}})
 
-    try:
+    with preserve_mode(model):
+        model.eval()
         _atomic(path, write)
-    finally:
-        model.train(was_training)
     return path
 
 
@@ -499,10 +497,7 @@ def verify_onnx(model: nn.Module, path: str | os.PathLike, example_inputs) -> fl
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     feed = {i.name: t.detach().cpu().numpy() for i, t in zip(sess.get_inputs(), inputs)}
     got = sess.run(None, feed)[0]
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        want = model(*inputs)
-    model.train(was_training)
+    with preserve_mode(model), torch.no_grad():
+        want = model.eval()(*inputs)
     want = want[0] if isinstance(want, (tuple, list)) else want
     return float(np.abs(got - want.detach().cpu().numpy()).max())

@@ -18,7 +18,7 @@ from metaprune.data import get_data
 from metaprune.io import load_model, save_model
 from metaprune.layers import custom_pruners, pruner_for
 from metaprune.models import build, build_for_data
-from metaprune.prune import UnprunableOpError, coupled_slices, prune
+from metaprune.prune import UnprunableOpError, groups, prune
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -200,11 +200,11 @@ def test_gat_pruner_removes_head_dimensions_exactly():
 # ------------------------------------------------------------------ metaprune.prune on custom layers
 def _zero_removed(model, x, res):
     """Zero, in ``model``, every entry the units ``res.removed`` of a prune run own (the groups' slices)."""
-    groups = {g.root: g for g in coupled_slices(model, x, ignored_layers=res.protected)}
+    by_root = {g.root: g for g in groups(model, x, ignored=res.protected)}
     params = dict(model.named_parameters())
     with torch.no_grad():
         for root, units in res.removed.items():
-            g, units = groups[root], torch.tensor(units)
+            g, units = by_root[root], torch.tensor(units)
             for s in g.slices:
                 params[s.param].index_fill_(s.dim, s.idxs[units], 0.0)
 
@@ -235,25 +235,25 @@ def test_metaprune_prune_on_custom_layers_is_exact(name):
 
 
 def test_lstm_macs_are_counted_per_time_step():
-    """count_macs (what prune reports) counts an LSTM once per step of a sample, whatever the batch; torch-pruning's
+    """macs_and_params (what prune reports) counts an LSTM once per step of a sample, whatever the batch; torch-pruning's
     counter would multiply by steps x features and divide by the batch."""
-    from metaprune.prune.cost import count_macs
+    from metaprune.metrics import macs_and_params
 
     model = build("lstm", input_size=8, hidden_size=16, num_layers=2, head=16)
     x = torch.randn(1, 8, 8)
     H, steps = 16, 8
     per_step = sum(4 * H * (i + H) + 10 * H + 8 * H for i in (8, H))  # |W_ih| + |W_hh|, gate arithmetic, biases
     head = (16 * 16 + 16) + (16 * 10 + 10)
-    assert count_macs(model, x)[0] == steps * per_step + head
+    assert macs_and_params(model, x)[0] == steps * per_step + head
     # the counter adds a Linear's bias once per batch, not per sample
     batched = steps * per_step + (16 * 16 * 3 + 16 + 16 * 10 * 3 + 10) / 3
-    assert count_macs(model, x.repeat(3, 1, 1))[0] == pytest.approx(batched, abs=1)
+    assert macs_and_params(model, x.repeat(3, 1, 1))[0] == pytest.approx(batched, abs=1)
 
 
 def test_lstm_group_slices_hold_every_gate_row_of_every_layer():
     model = build("lstm", input_size=8, hidden_size=6, num_layers=2, head=5)
     x = torch.randn(1, 8, 8)
-    g = next(g for g in coupled_slices(model, x, ignored_layers=["fc"]) if g.root == "lstm")
+    g = next(g for g in groups(model, x, ignored=["fc"]) if g.root == "lstm")
     assert g.units == 6 and g.custom
     H, j = 6, 4
     owned = {}
@@ -270,7 +270,7 @@ def test_lstm_group_slices_hold_every_gate_row_of_every_layer():
 
 def test_gat_group_unit_is_one_head_dimension_of_every_head():
     model = build("gat", hidden=5, heads=3)
-    g = next(g for g in coupled_slices(model, torch.arange(2), ignored_layers=["conv2"]) if g.root == "conv1")
+    g = next(g for g in groups(model, torch.arange(2), ignored=["conv2"]) if g.root == "conv1")
     assert g.units == 5
     c = 2
     rows = {int(s.idxs[c]) for s in g.slices if s.param == "conv1.lin.weight" and s.dim == 0}

@@ -1,5 +1,6 @@
 """Network <-> graph converter (issue 3): exact bijection, symmetry, gradients, groups, clear failures."""
 import copy
+import warnings
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ from metaprune.graph import (
     graph_params,
     to_graph,
 )
-from metaprune.graph.trace import prune_group
+from metaprune.depgraph import build_dependency_graph
 from metaprune.models import build
 
 GEN = torch.Generator().manual_seed(0)
@@ -91,7 +92,7 @@ def _graph_value_elements(g) -> torch.Tensor:
 def _check_round_trip(model, x, unique_ids: bool, data_buffers=()):
     """``data_buffers``: buffers that hold data, not weights (a GAT's fixed graph): kept as layout metadata."""
     model = _randomize(model)
-    g = to_graph(model, x)
+    g = to_graph(model, x, groups=True)
     back = from_graph(g, model)
     sd, sd2 = model.state_dict(), back.state_dict()
     assert list(sd) == list(sd2)
@@ -190,7 +191,7 @@ def test_vgg_classifier_reads_flattened_maps():
     model.classifier = nn.Sequential(nn.Linear(512 * 7 * 7, 16), nn.ReLU(), nn.Linear(16, 10))
     model = _randomize(model)
     x = _x(1, 3, 32, 32)
-    g = to_graph(model, x)
+    g = to_graph(model, x, groups=True)
     t = edge_type_id("linear_49")
     assert g.edge_features(t).shape == (512 * 16, 49)
     assert torch.equal(from_graph(g, model).classifier[0].weight, model.classifier[0].weight)
@@ -422,6 +423,18 @@ _GRAPH_FIELDS = ("x", "x_mask", "node_type", "edge_index", "edge_type", "edge_at
                  "edge_block_ptr", "edge_block_attr_ptr")
 
 
+def prune_group(model: nn.Module, example_inputs, root: str, idxs) -> nn.Module:
+    """Prune channels ``idxs`` of the DepGraph group rooted at layer ``root`` of ``model`` in place with
+    torch-pruning's own pruning (the reference ``graph.groups`` is checked against)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dg = build_dependency_graph(model, example_inputs)
+        layer = model.get_submodule(root)
+        pruner = dg.get_pruner_of_module(layer)
+        dg.get_pruning_group(layer, pruner.prune_out_channels, [int(i) for i in idxs]).prune()
+    return model
+
+
 def _check_group(model, x, g, grp, idxs):
     pruned = prune_group(copy.deepcopy(model), x, grp.root, idxs)
     reduced = g.remove_nodes(grp.node_ids(idxs))
@@ -438,7 +451,7 @@ def _check_group(model, x, g, grp, idxs):
 def test_groups_match_torch_pruning_resnet20():
     model, x = SMALL["resnet20"]()
     model = _randomize(model)
-    g = to_graph(model, x)
+    g = to_graph(model, x, groups=True)
     roots = [grp.root for grp in g.groups]
     assert "fc" not in roots and len(roots) == 12  # 3 residual stages + 9 inner convs; classifier ignored
     for grp in g.groups:
@@ -452,7 +465,7 @@ def test_groups_match_torch_pruning_mobilenet_v2():
     """Depthwise convs: pruning an expanded channel removes it from expand, depthwise and project."""
     model = _randomize(build("mobilenet_v2", width_mult=0.25, num_classes=10, in_channels=1, last_channels=32))
     x = _x(2, 1, 8, 8)
-    g = to_graph(model, x)
+    g = to_graph(model, x, groups=True)
     roots = {grp.root: grp for grp in g.groups}
     inner = roots["features.4.conv.3"]
     assert inner.nodes.shape == (48, 2)  # expand conv output + depthwise conv output
@@ -463,7 +476,7 @@ def test_groups_match_torch_pruning_mobilenet_v2():
 def test_groups_match_torch_pruning_vit():
     model, x = SMALL["vit"]()
     model = _randomize(model)
-    g = to_graph(model, x)
+    g = to_graph(model, x, groups=True)
     roots = {grp.root: grp for grp in g.groups}
     assert "head" not in roots
     # the embedding dim (residual stream) and the MLP hiddens

@@ -47,7 +47,7 @@ def test_round_trip_is_exact(name):
 
 def test_lstm_graph_structure():
     model, x = FAMILIES["lstm-2layer"]()
-    g = to_graph(model, x)
+    g = to_graph(model, x, groups=True)
     H, L = 6, 2
     lstm = next(grp for grp in g.groups if grp.root == "lstm")
     # hidden unit j: 4 gates + 4 recurrent pre-activations + the unit itself, in each of the two layers
@@ -61,7 +61,7 @@ def test_groups_match_torch_pruning_lstm():
     for name in ("lstm-1layer", "lstm-2layer"):
         model, x = FAMILIES[name]()
         model = _nonzero_biases(model).eval()
-        g = to_graph(model, x)
+        g = to_graph(model, x, groups=True)
         for grp in g.groups:
             _check_group(model, x, g, grp, [0, len(grp) - 1])
 
@@ -70,7 +70,7 @@ def test_groups_match_torch_pruning_gat():
     for name in ("gat", "gat-2-out-heads"):
         model, x = FAMILIES[name]()
         model = _nonzero_biases(model).eval()
-        g = to_graph(model, x)
+        g = to_graph(model, x, groups=True)
         roots = {grp.root: grp for grp in g.groups}
         assert list(roots) == ["conv1"]  # conv2 is the classifier
         # a unit is one head dimension, removed from every head at once: channels c and C + c
@@ -80,7 +80,7 @@ def test_groups_match_torch_pruning_gat():
 def test_permuting_lstm_hidden_units_permutes_nodes():
     model, x = FAMILIES["lstm-1layer"]()
     model = _nonzero_biases(model).eval()
-    g1 = to_graph(model, x)
+    g1 = to_graph(model, x, groups=True)
     H = 6
     perm = torch.randperm(H, generator=GEN)
     rows = (torch.arange(4)[:, None] * H + perm[None, :]).flatten()
@@ -227,7 +227,7 @@ def test_meta_training_runs_on_an_lstm_zoo(tmp_path):
     """The whole meta-training loop (zoo -> graphs -> metanetwork -> group regulariser -> pruned validation)
     on a family the converter needs a rule for."""
     from metaprune.data import get_data
-    from metaprune.train.meta import meta_train
+    from metaprune.metatrain import meta_train
     from metaprune.zoo import build_zoo
 
     zoo_cfg = {"name": "lstm-tiny", "families": {"lstm": {"archs": [{"hidden_size": 8, "num_layers": 2}],

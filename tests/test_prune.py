@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 
 from metaprune.models import build
-from metaprune.prune import coupled_slices, find_output_layers, group_norms, importance, prune
-from metaprune.prune.depgraph import UnprunableOpError
+from metaprune.prune import find_output_layers, group_norms, groups, importance, prune
+from metaprune.depgraph import UnprunableOpError
 
 X32 = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
@@ -41,11 +41,11 @@ def test_group_slices_match_torch_pruning_group_l2_on_resnet20():
     model = _model("resnet20")
     for p in model.parameters():  # BN weights start at 1: randomise so the comparison is not trivial
         nn.init.normal_(p)
-    groups = coupled_slices(model, X32, ignored_layers=find_output_layers(model, X32))
-    assert [g.units for g in groups].count(16) >= 4 and len(groups) == 12
+    grps = groups(model, X32, ignored=find_output_layers(model, X32))
+    assert [g.units for g in grps].count(16) >= 4 and len(grps) == 12
     params = dict(model.named_parameters())
     ref = tp.importance.GroupMagnitudeImportance(p=2, group_reduction="sum", normalizer=None, bias=True)
-    for g in groups:
+    for g in grps:
         ours = group_norms(g, params).pow(2)
         manual = torch.zeros(g.units)
         for c in range(g.units):
@@ -60,16 +60,16 @@ def test_groups_of_a_frozen_model_under_no_grad():
     for p in model.parameters():
         p.requires_grad_(False)
     with torch.no_grad():
-        groups = coupled_slices(model, X32, ignored_layers=["fc"])
-    assert len(groups) == 12
+        grps = groups(model, X32, ignored=["fc"])
+    assert len(grps) == 12
     assert not any(p.requires_grad for p in model.parameters())
 
 
 def test_group_norms_are_differentiable():
     model = _model("resnet20")
-    groups = coupled_slices(model, X32, ignored_layers=["fc"])
+    grps = groups(model, X32, ignored=["fc"])
     params = dict(model.named_parameters())
-    loss = sum(group_norms(g, params).sum() for g in groups)
+    loss = sum(group_norms(g, params).sum() for g in grps)
     loss.backward()
     assert model.layer1[0].conv1.weight.grad.abs().sum() > 0
     assert model.fc.weight.grad.abs().sum() > 0  # fc's input columns belong to the last stage's group
@@ -147,7 +147,7 @@ def test_unprunable_op_is_named():
 
 def test_criteria_pick_the_channels_they_score_lowest():
     """Every criterion runs; magnitude criteria remove exactly their lowest-scoring units, unlike random."""
-    from metaprune.prune.depgraph import DepGraph
+    from metaprune.depgraph import DepGraph
 
     calib = (torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))
     removed = {}
@@ -248,7 +248,7 @@ def test_one_pass_apply_equals_group_by_group_pruning_through_concats():
     """Our single cut per layer gives the same network as torch-pruning's group-by-group pruning."""
     import copy
 
-    from metaprune.prune.depgraph import DepGraph
+    from metaprune.depgraph import DepGraph
 
     torch.manual_seed(0)
     a = _TinyDense().eval()

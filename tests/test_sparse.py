@@ -1,14 +1,14 @@
 import torch
 
 from metaprune import build
-from metaprune.prune import coupled_slices
+from metaprune.prune import groups
 from metaprune.prune.sparse import sparse_learning_hook
 from metaprune.train import fit
 
 
 def _group_norms(model, x):
     params = dict(model.named_parameters())
-    return torch.cat([g.norms(params) for g in coupled_slices(model, x)])
+    return torch.cat([g.norms(params) for g in groups(model, x)])
 
 
 def test_sparse_learning_drives_weak_groups_down(digits):

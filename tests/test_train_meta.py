@@ -10,7 +10,8 @@ import torch
 
 from metaprune.data import get_data
 from metaprune.metanet import load_metanet
-from metaprune.train.meta import MetaConfig, group_regulariser, meta_train
+from metaprune.metatrain import MetaConfig, meta_train
+from metaprune.train.objectives import group_regulariser
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_zoo import DATA, OPTIM, TINY, TINY_ROOT, tiny_zoo  # noqa: E402
@@ -33,12 +34,12 @@ def digits():
 def _resnet8_groups():
     """A seeded digits ResNet-8 and its DepGraph groups (classifier protected)."""
     from metaprune.models import build
-    from metaprune.prune import coupled_slices, find_output_layers
+    from metaprune.prune import find_output_layers, groups
 
     torch.manual_seed(0)
     model = build("resnet", depth=8, width=4, num_classes=10, in_channels=1).eval()
     ex = torch.randn(1, 1, 8, 8)
-    return model, coupled_slices(model, ex, ignored_layers=find_output_layers(model, ex))
+    return model, groups(model, ex, ignored=find_output_layers(model, ex))
 
 
 def test_group_regulariser_is_depgraphs_adaptive_group_l2():
@@ -87,7 +88,7 @@ def test_relative_regulariser_ignores_uniform_shrinking_and_rewards_concentratio
 
 
 def test_zero_weakest_removes_exactly_the_lowest_norm_units():
-    from metaprune.train.meta import zero_weakest
+    from metaprune.train.objectives import zero_weakest
 
     model, groups = _resnet8_groups()
     params = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()}
@@ -160,7 +161,7 @@ def _compose(overrides):
 def test_experiment_presets_compose_and_validate(experiment, data, hidden):
     from omegaconf import OmegaConf
 
-    from metaprune.train.meta import check_run_config
+    from metaprune.metatrain import check_run_config
 
     cfg = OmegaConf.to_container(_compose([f"experiment={experiment}", "logger=none"]), resolve=True)
     assert cfg["name"] == experiment and cfg["data"]["name"] == data and cfg["metanet"]["hidden"] == hidden

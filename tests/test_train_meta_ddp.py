@@ -19,12 +19,12 @@ SCRIPT = textwrap.dedent("""
     import torch, torch.distributed as dist
     from metaprune.data import get_data
     from metaprune.io import save_tensors
-    from metaprune.train.meta import meta_train, prepare, _dist_info
+    from metaprune.metatrain.loop import dist_info, meta_train, prepare
     from metaprune.zoo import load_zoo
 
     out = sys.argv[2]
     dist.init_process_group("gloo")
-    rank, world = _dist_info()
+    rank, world = dist_info()
     zoo, data = load_zoo(sys.argv[1]), get_data("digits")
     res = meta_train(zoo, data, {"hidden": 8, "layers": 1}, {"steps": 2, "nets_per_step": 1, "batch_size": 32,
                      "warmup_steps": 0, "val_every": 0, "lr": 1e-2}, out + "/m", device="cpu", progress=False)

@@ -499,7 +499,7 @@ class _Builder:
                 self.covered[id(b)] = n
 
     # --- assembly -------------------------------------------------------------------------------
-    def assemble(self) -> NetGraph:
+    def assemble(self, groups: bool = False) -> NetGraph:
         N = self.n
         node_type = torch.repeat_interleave(
             torch.tensor([t for _, t in self.node_chunks], dtype=torch.long),
@@ -550,7 +550,7 @@ class _Builder:
             edge_block_ptr=torch.tensor(bptr if btypes else [0], dtype=torch.long),
             edge_block_attr_ptr=torch.tensor(baptr if btypes else [0], dtype=torch.long),
             edge_block_width=torch.tensor(bwidth, dtype=torch.long),
-            groups=self.groups(),
+            groups=self.groups() if groups else None,
         )
         g._layout = self.entries
         return g
@@ -558,30 +558,30 @@ class _Builder:
     def groups(self) -> list:
         """Per DepGraph group: LongTensor [C_g, m_g] of the nodes that pruning channel c removes."""
         out = []
-        for grp in self.tr.groups:
+        for root, size, items in self.tr.groups:
             rows, cols = [], []
-            for it in grp.items:
-                made = self.created.get(it.op)
+            for op, idxs, root_idxs in items:
+                made = self.created.get(op)
                 if made is None:
                     continue
-                if it.idxs.numel() and int(it.idxs.max()) >= made.shape[0]:
+                if idxs.numel() and int(idxs.max()) >= made.shape[0]:
                     raise GraphConversionError(
-                        f"DepGraph group rooted at {grp.root!r} addresses channel {int(it.idxs.max())} of "
-                        f"{self.tr.ops[it.op].name!r}, which has {made.shape[0]}")
-                nodes = made[it.idxs]  # [k, m]
-                rows.append(it.root_idxs[:, None].expand_as(nodes).reshape(-1))
+                        f"DepGraph group rooted at {root!r} addresses channel {int(idxs.max())} of "
+                        f"{self.tr.ops[op].name!r}, which has {made.shape[0]}")
+                nodes = made[idxs]  # [k, m]
+                rows.append(root_idxs[:, None].expand_as(nodes).reshape(-1))
                 cols.append(nodes.reshape(-1))
             if not rows:
                 continue
             r, c = torch.cat(rows), torch.cat(cols)
             key = torch.unique(r * self.n + c)
             r, c = key // self.n, key % self.n
-            counts = torch.bincount(r, minlength=grp.size)
+            counts = torch.bincount(r, minlength=size)
             m = int(counts.max())
-            table = torch.full((grp.size, m), -1, dtype=torch.long)
+            table = torch.full((size, m), -1, dtype=torch.long)
             pos = torch.arange(r.numel()) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
             table[r, pos] = c
-            out.append(NodeGroup(grp.root, table))
+            out.append(NodeGroup(root, table))
         return out
 
 
@@ -662,14 +662,17 @@ class NodeGroup:
         return f"NodeGroup(root={self.root!r}, channels={self.nodes.shape[0]}, nodes_per_channel={self.nodes.shape[1]})"
 
 
-def to_graph(model: nn.Module, example_inputs) -> NetGraph:
+def to_graph(model: nn.Module, example_inputs, groups: bool = False) -> NetGraph:
     """Convert ``model`` (traced on ``example_inputs``) to a :class:`NetGraph`.
 
+    ``groups``: also list the DepGraph groups as :class:`NodeGroup` (``graph.groups``; without it the graph
+    has no ``groups``). They take a large share of the conversion time and only graph-space pruning reads them.
     Raises :class:`GraphConversionError` naming the module path and op for anything it cannot represent.
     """
     tr = trace(model, example_inputs)
     b = _Builder(model, tr)
     b.run()
-    compute_groups(tr)
+    if groups:
+        compute_groups(tr)
     release(tr)  # free autograd's graph before the big allocations
-    return b.assemble()
+    return b.assemble(groups)

@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 from torch_geometric.data import Data
 
+from .vocab import CONSTANT_EDGE_TYPES, edge_type_name
+
 
 @dataclass
 class Entry:
@@ -55,6 +57,12 @@ def _as_range(ids: torch.Tensor):
 
 class NetGraph(Data):
     """A neural network as a graph of neurons (a ``torch_geometric.data.Data``)."""
+
+    def __getattr__(self, key):
+        if key == "groups" and "_store" in self.__dict__ and "groups" not in self._store:
+            raise AttributeError("this NetGraph was converted without its groups: "
+                                 "to_graph(model, example_inputs, groups=True) lists them")
+        return super().__getattr__(key)
 
     # --- typed access to the flat edge features -------------------------------------------------
     def edge_type_ids(self) -> list[int]:
@@ -98,8 +106,6 @@ class NetGraph(Data):
     def num_parameter_elements(self) -> int:
         """Parameter elements held by the graph (x_mask slots + non-constant edge features)."""
         n = int(self.x_mask.sum())
-        from .vocab import CONSTANT_EDGE_TYPES, edge_type_name
-
         for b, t in enumerate(self.edge_type_ids()):
             if edge_type_name(t) not in CONSTANT_EDGE_TYPES:
                 n += int(self.edge_block_attr_ptr[b + 1] - self.edge_block_attr_ptr[b])

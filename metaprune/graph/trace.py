@@ -1,6 +1,6 @@
 """The graph converter's view of torch-pruning: trace a model into ops and DepGraph pruning groups.
 
-The dependency graph is built by ``metaprune.prune.depgraph.build_dependency_graph`` (the one place metaprune
+The dependency graph is built by ``metaprune.depgraph.build_dependency_graph`` (the one place metaprune
 builds one, with the registered custom pruners); the converter reads the neutral :class:`Trace` returned
 here, never torch-pruning itself. The trace is torch-pruning's ``DependencyGraph`` (module nodes
 plus functional ops such as add, cat, reshape), re-expressed as a topologically ordered list of
@@ -17,10 +17,8 @@ import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
-from torch_pruning import ops as tp_ops
-
+from ..depgraph import OPTYPE, build_dependency_graph, root_types
 from ..layers import graph_rule_for
-from ..prune.depgraph import build_dependency_graph, root_types
 
 
 class GraphConversionError(ValueError):
@@ -28,27 +26,27 @@ class GraphConversionError(ValueError):
 
 
 _KIND = {
-    tp_ops.OPTYPE.CONV: "conv",
-    tp_ops.OPTYPE.DEPTHWISE_CONV: "conv",
-    tp_ops.OPTYPE.LINEAR: "linear",
-    tp_ops.OPTYPE.BN: "norm",
-    tp_ops.OPTYPE.LN: "norm",
-    tp_ops.OPTYPE.GN: "norm",
-    tp_ops.OPTYPE.IN: "norm",
-    tp_ops.OPTYPE.EMBED: "embedding",
-    tp_ops.OPTYPE.MHA: "mha",
-    tp_ops.OPTYPE.PARAMETER: "parameter",
-    tp_ops.OPTYPE.CONCAT: "concat",
-    tp_ops.OPTYPE.SPLIT: "split",
-    tp_ops.OPTYPE.UNBIND: "split",
-    tp_ops.OPTYPE.SLICE: "slice",
-    tp_ops.OPTYPE.RESHAPE: "pass",
-    tp_ops.OPTYPE.EXPAND: "pass",
-    tp_ops.OPTYPE.ELEMENTWISE: "elementwise",
-    tp_ops.OPTYPE.OUTPUT: "output",
-    tp_ops.OPTYPE.PRELU: "unsupported",
-    tp_ops.OPTYPE.LSTM: "unsupported",  # registered graph rules (metaprune.graph.rules) make these "custom"
-    tp_ops.OPTYPE.CUSTOMIZED: "unsupported",
+    OPTYPE.CONV: "conv",
+    OPTYPE.DEPTHWISE_CONV: "conv",
+    OPTYPE.LINEAR: "linear",
+    OPTYPE.BN: "norm",
+    OPTYPE.LN: "norm",
+    OPTYPE.GN: "norm",
+    OPTYPE.IN: "norm",
+    OPTYPE.EMBED: "embedding",
+    OPTYPE.MHA: "mha",
+    OPTYPE.PARAMETER: "parameter",
+    OPTYPE.CONCAT: "concat",
+    OPTYPE.SPLIT: "split",
+    OPTYPE.UNBIND: "split",
+    OPTYPE.SLICE: "slice",
+    OPTYPE.RESHAPE: "pass",
+    OPTYPE.EXPAND: "pass",
+    OPTYPE.ELEMENTWISE: "elementwise",
+    OPTYPE.OUTPUT: "output",
+    OPTYPE.PRELU: "unsupported",
+    OPTYPE.LSTM: "unsupported",  # registered graph rules (metaprune.graph.rules) make these "custom"
+    OPTYPE.CUSTOMIZED: "unsupported",
 }
 
 
@@ -69,27 +67,14 @@ class Op:
 
 
 @dataclass
-class GroupItem:
-    op: int  # Op.id whose output channels are removed
-    idxs: torch.Tensor  # channel indices in that op's output
-    root_idxs: torch.Tensor  # the group channel each index belongs to
-
-
-@dataclass
-class Group:
-    root: str  # module path of the layer that roots the group
-    size: int  # number of prunable channels
-    items: list  # [GroupItem], output-channel removals only
-
-
-@dataclass
 class Trace:
     ops: list  # [Op] in topological order
     shapes: dict  # (grad_fn, output_nr) -> tuple shape of that tensor
-    groups: list  # [Group], filled by compute_groups
+    groups: list  # [(root, channels, [(op id, idxs, root_idxs)])], filled by compute_groups
     output_layers: list  # module paths of layers ignored for grouping (the network outputs)
     _dg: object = None
     _order: list = None
+    _names: dict = None  # module -> path
 
 
 class _ShapeRecorder(TorchFunctionMode):
@@ -256,18 +241,20 @@ def _from_dependency_graph(dg, module_names, param_names, shapes) -> Trace:
             if src not in seen:
                 op.inputs.append((op_of[src], 0))
 
-    tr = Trace(ops, shapes, [], _output_layers(dg, order))
-    tr._dg, tr._order = dg, order
+    tr = Trace(ops, shapes, [], _output_layers(order, module_names))
+    tr._dg, tr._order, tr._names = dg, order, module_names
     return tr
 
 
 def compute_groups(tr: Trace) -> list:
     """DepGraph's pruning groups (output layers ignored, as torch-pruning's pruners do), keeping only
-    the output-channel removals, at channel resolution. Separate from :func:`trace` so a model the
-    converter refuses fails before torch-pruning's (sometimes expensive) group expansion."""
+    the output-channel removals, at channel resolution: per group ``(root module path, channels, items)``
+    with items ``(op id whose output channels go, LongTensor idxs in that output, LongTensor group channel of
+    each idx)``. Separate from :func:`trace` so a model the converter refuses fails before torch-pruning's
+    (sometimes expensive) group expansion, and only run when graph groups are asked for."""
     dg, order = tr._dg, tr._order
     op_of = {n: k for k, n in enumerate(order)}
-    module_names = dg._module2name
+    module_names = tr._names
     ignored = [n.module for n in order
                if isinstance(n.module, nn.Module) and module_names.get(n.module) in tr.output_layers]
     groups = []
@@ -279,26 +266,26 @@ def compute_groups(tr: Trace) -> list:
             for it in g:
                 if not dg.is_out_channel_pruning_fn(it.dep.handler):
                     continue
-                items.append(GroupItem(op_of[it.dep.target], torch.as_tensor(it.idxs, dtype=torch.long),
-                                       torch.as_tensor(it.root_idxs, dtype=torch.long)))
-            groups.append(Group(module_names.get(root, "?"), len(g[0].idxs), items))
+                items.append((op_of[it.dep.target], torch.as_tensor(it.idxs, dtype=torch.long),
+                              torch.as_tensor(it.root_idxs, dtype=torch.long)))
+            groups.append((module_names.get(root, "?"), len(g[0].idxs), items))
     tr.groups = groups
     return groups
 
 
 def release(tr: Trace) -> None:
     """Drop the references to torch-pruning's graph and autograd's graph."""
-    tr._dg = tr._order = None
+    tr._dg = tr._order = tr._names = None
     tr.shapes = None
     for op in tr.ops:
         op.grad_fn = None
 
 
-def _output_layers(dg, order) -> list:
+def _output_layers(order, module_names) -> list:
     """Module paths of the conv / linear layers that produce the network outputs (never pruned):
     walk back from every node without consumers through parameter-free ops."""
-    layers = (tp_ops.OPTYPE.CONV, tp_ops.OPTYPE.LINEAR, tp_ops.OPTYPE.DEPTHWISE_CONV, tp_ops.OPTYPE.MHA,
-              tp_ops.OPTYPE.CUSTOMIZED)
+    layers = (OPTYPE.CONV, OPTYPE.LINEAR, OPTYPE.DEPTHWISE_CONV, OPTYPE.MHA,
+              OPTYPE.CUSTOMIZED)
     out = []
     stack, seen = [n for n in order if not n.outputs], set()
     while stack:
@@ -307,19 +294,7 @@ def _output_layers(dg, order) -> list:
             continue
         seen.add(m)
         if m.type in layers:
-            out.append(dg._module2name.get(m.module, "?"))
-        elif m.type != tp_ops.OPTYPE.PARAMETER:
+            out.append(module_names.get(m.module, "?"))
+        elif m.type != OPTYPE.PARAMETER:
             stack.extend(m.inputs)
     return out
-
-
-def prune_group(model: nn.Module, example_inputs, root: str, idxs) -> nn.Module:
-    """Prune channels ``idxs`` of the DepGraph group rooted at layer ``root`` of ``model`` in place
-    (torch-pruning's own pruning, used to check ``graph.groups``). Restores the train/eval mode."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        dg = build_dependency_graph(model, example_inputs)
-        layer = model.get_submodule(root)
-        pruner = dg.get_pruner_of_module(layer)
-        dg.get_pruning_group(layer, pruner.prune_out_channels, [int(i) for i in idxs]).prune()
-    return model

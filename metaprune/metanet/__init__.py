@@ -6,7 +6,7 @@ the zoo's layer kinds; ``metanet.transform(graph)`` returns the graph with new w
 ``save_metanet`` / ``load_metanet`` keep it as safetensors + config JSON + the zoo split it was trained on.
 """
 from .checkpoint import UnseenTypesError, apply_metanet, load_metanet, save_metanet
-from .layers import EdgeNodeConv
+from .conv import EdgeNodeConv
 from .model import Metanet, type_names
 
 __all__ = ["Metanet", "EdgeNodeConv", "type_names", "apply_metanet", "save_metanet", "load_metanet",

@@ -14,7 +14,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .layers import EdgeNodeConv, mlp
+from .. import graph as G
+from .conv import EdgeNodeConv, mlp
 
 _EPS = 1e-8
 CHUNK_EDGES = 1 << 21  # without autograd, graphs with more edges run chunk by chunk (Metanet._forward_chunked)
@@ -40,8 +41,6 @@ def type_names(graph):
     node = getattr(graph, "node_type_names", None)
     edge = getattr(graph, "edge_type_names", None)
     if node is None or edge is None:
-        from .. import graph as G
-
         node = node if node is not None else G.NODE_TYPES
         edge = edge if edge is not None else G.edge_type_name
     return _namer(node), _namer(edge)
@@ -50,9 +49,7 @@ def type_names(graph):
 def constant_edge_types(graph) -> frozenset:
     """Edge types that carry a constant (a residual identity), not a parameter: never rewritten."""
     const = getattr(graph, "constant_edge_types", None)
-    if const is None:
-        from ..graph import CONSTANT_EDGE_TYPES as const
-    return frozenset(const)
+    return frozenset(G.CONSTANT_EDGE_TYPES if const is None else const)
 
 
 def _edge_layout(graph) -> list[tuple[int, Tensor, slice, int]]:
@@ -134,7 +131,7 @@ class Metanet(nn.Module):
             const |= constant_edge_types(g) & set(edge_types)
         if frozen_features:
             if node_features is None:
-                from ..graph import NODE_FEATURES as node_features
+                node_features = G.NODE_FEATURES
             unknown = [f for f in frozen_features if f not in node_features]
             if unknown:
                 raise ValueError(f"metanet.frozen_features {unknown} are not node features {list(node_features)}")

@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch_pruning as tp
 
+from ..depgraph import BasePruningFunc
 from ..layers import register_layer
 from .registry import register
 from .sequence import _keep
@@ -40,7 +40,7 @@ def make_gatconv(in_channels: int, out_channels: int, heads: int, concat: bool =
     return conv
 
 
-class GATConvPruner(tp.pruner.function.BasePruningFunc):
+class GATConvPruner(BasePruningFunc):
     """Removes head dimensions (out channels) or input features (in channels) of a ``GATConv``."""
 
     @staticmethod
@@ -112,7 +112,7 @@ class GATConvPruner(tp.pruner.function.BasePruningFunc):
     def macs_terms(self, layer, inputs, output):
         """MACs outside ``lin`` (which the counter sees): the two attention scores of every node and head
         (``x . att``), one weighted message per edge (self loops included) and head, and the bias; as terms
-        ``(coef, [(param, dim)])`` meaning ``coef * prod(sizes)`` (see ``metaprune.prune.cost``)."""
+        ``(coef, [(param, dim)])`` meaning ``coef * prod(sizes)`` (see ``metaprune.cost``)."""
         x, edge_index = inputs[0], inputs[1]
         nodes = x.shape[layer.node_dim]
         edges = edge_index.shape[1] if isinstance(edge_index, torch.Tensor) else edge_index.nnz()

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp
 
+from ..depgraph import BasePruningFunc
 from ..layers import register_layer
 from .registry import register
 
@@ -27,7 +27,7 @@ def _keep(n: int, idxs) -> torch.Tensor:
     return mask.nonzero().flatten()
 
 
-class LSTMPruner(tp.pruner.function.BasePruningFunc):
+class LSTMPruner(BasePruningFunc):
     """Removes hidden units (out channels) or input features (in channels) of an ``nn.LSTM`` of any depth.
 
     ``param_slices(layer, out)`` lists ``(parameter name, dim, [index maps])``: the entries one channel owns,

@@ -14,9 +14,8 @@ layers, which torch-pruning's criteria skip.
 from __future__ import annotations
 
 import torch
-import torch_pruning as tp
 
-from .depgraph import Group, merge_pruners
+from ..depgraph import Group, GroupMagnitudeImportance, GroupTaylorImportance, TPImportance, merge_pruners
 
 
 def _lamp(scores: torch.Tensor) -> torch.Tensor:
@@ -62,7 +61,7 @@ class Magnitude(Importance):
     def __init__(self, p: int = 2, normalizer: str | None = "mean"):
         self.p, self.normalizer = p, normalizer
         self.name = f"l{p}"
-        self._tp = tp.importance.GroupMagnitudeImportance(p=p, group_reduction="mean", normalizer=None)
+        self._tp = GroupMagnitudeImportance(p=p, group_reduction="mean", normalizer=None)
 
     def raw(self, group: Group, params) -> torch.Tensor:
         imp = self._tp(group.tp_group) if group.tp_group is not None and not group.custom else None
@@ -97,7 +96,7 @@ class Taylor(Importance):
     needs_grad = True
 
     def __init__(self):
-        self._tp = tp.importance.GroupTaylorImportance(group_reduction="mean", normalizer=None)
+        self._tp = GroupTaylorImportance(group_reduction="mean", normalizer=None)
 
     def __call__(self, group, params):
         imp = None
@@ -125,12 +124,12 @@ class Random(Importance):
         return torch.rand(group.units, generator=self.generator)
 
 
-class _TPWithCustomLayers(tp.importance.Importance):
+class _TPWithCustomLayers(TPImportance):
     """A torch-pruning group criterion (summed over layers) plus, for every layer pruned by a custom pruner, the
     per-entry score ``entry(w)`` summed over what each channel owns (``param_slices``); mean-normalised, so
     the ranking equals torch-pruning's mean-reduced, mean-normalised default wherever it sees every layer."""
 
-    def __init__(self, base: tp.importance.Importance, entry, normalizer: str | None = "mean", pruners=None):
+    def __init__(self, base: TPImportance, entry, normalizer: str | None = "mean", pruners=None):
         self.base, self.entry, self.normalizer = base, entry, normalizer
         self.pruners = merge_pruners(pruners)
 
@@ -156,15 +155,15 @@ class _TPWithCustomLayers(tp.importance.Importance):
         return imp
 
 
-def tp_magnitude(p: int = 2, pruners=None) -> tp.importance.Importance:
+def tp_magnitude(p: int = 2, pruners=None) -> TPImportance:
     """torch-pruning's group Lp magnitude (``GroupMagnitudeImportance``) that also sees custom layers."""
-    base = tp.importance.GroupMagnitudeImportance(p=p, group_reduction="sum", normalizer=None)
+    base = GroupMagnitudeImportance(p=p, group_reduction="sum", normalizer=None)
     return _TPWithCustomLayers(base, lambda w: w.detach().abs().pow(p), pruners=pruners)
 
 
-def tp_taylor(pruners=None) -> tp.importance.Importance:
+def tp_taylor(pruners=None) -> TPImportance:
     """torch-pruning's group Taylor ``|w * dL/dw|`` (``GroupTaylorImportance``) that also sees custom layers."""
-    base = tp.importance.GroupTaylorImportance(group_reduction="sum", normalizer=None)
+    base = GroupTaylorImportance(group_reduction="sum", normalizer=None)
     entry = lambda w: (w.detach() * w.grad).abs() if w.grad is not None else torch.zeros_like(w)  # noqa: E731
     return _TPWithCustomLayers(base, entry, pruners=pruners)
 

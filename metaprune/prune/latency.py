@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..metrics import autocast_for, batch_of, sync
+from ..utils import preserve_mode
 from .pruner import PruneResult, prune
 
 
@@ -54,7 +55,6 @@ def prune_to_latency(model: nn.Module, example_inputs: torch.Tensor, target_late
     if not target_latency_speedup > 1:
         raise ValueError(f"target.latency_speedup={target_latency_speedup} must be > 1 (base / pruned latency)")
     t0 = time.perf_counter()
-    was_training = model.training
     base = copy.deepcopy(model).eval()
     timer = timer or paired_speedup
     trials = []
@@ -93,9 +93,10 @@ def prune_to_latency(model: nn.Module, example_inputs: torch.Tensor, target_late
             f"target.latency_speedup={target_latency_speedup} is not reachable on {device}: the best measured was "
             f"{best['latency_speedup']:.2f}x at {best['macs_speedup']:.2f}x fewer MACs (round_to={prune_kwargs.get('round_to')})" if best else
             f"target.latency_speedup={target_latency_speedup}: no prunable configuration found")
-    result = prune(model, example_inputs, target_speedup=hi, **prune_kwargs)
-    base_ms, final_ms, ratio = timer(base, model, example_inputs, batch_size, device, dtype, 2 * runs)
-    model.to("cpu").train(was_training)
+    with preserve_mode(model):  # only the final prune and timing touch the caller's model
+        result = prune(model, example_inputs, target_speedup=hi, **prune_kwargs)
+        base_ms, final_ms, ratio = timer(base, model, example_inputs, batch_size, device, dtype, 2 * runs)
+    model.to("cpu")
     search = {"base_latency_ms": base_ms, "pruned_latency_ms": final_ms, "latency_speedup": ratio,
               "macs_speedup": result.speedup, "batch_size": batch_size, "dtype": str(dtype).replace("torch.", ""),
               "device": str(device), "trials": trials, "seconds": time.perf_counter() - t0}

@@ -34,14 +34,14 @@ import math
 
 import torch
 import torch.nn as nn
-import torch_pruning as tp  # its MetaPruner loop and Importance base; grouping options come from depgraph
-from torch_pruning.pruner import function as F_tp
 
-from .cost import count_macs
-from .depgraph import custom_owner, merge_pruners, tp_pruner_kwargs
+from ..cost import macs_and_params
+from ..depgraph import (MetaPruner, TPImportance, custom_owner, merge_pruners, prune_conv_in_channels,
+                        prune_linear_in_channels, tp_pruner_kwargs)
+from ..utils import preserve_mode
 from .importance import tp_magnitude
 
-_CONSUMER_FNS = (F_tp.prune_conv_in_channels, F_tp.prune_linear_in_channels)
+_CONSUMER_FNS = (prune_conv_in_channels, prune_linear_in_channels)
 _BN = nn.modules.batchnorm._BatchNorm
 
 
@@ -104,15 +104,13 @@ def moments(model: nn.Module, example_inputs, num_samples: int = 256, seed: int 
             hooks.append(m.register_forward_hook(bn_out))
         elif _is_consumer(m):
             hooks.append(m.register_forward_pre_hook(record))
-    was_training = model.training
-    model.eval()
     try:
         x = example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs
-        model(torch.randn((num_samples, *x.shape[1:]), generator=g).to(x))
+        with preserve_mode(model):
+            model.eval()(torch.randn((num_samples, *x.shape[1:]), generator=g).to(x))
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     return stats
 
 
@@ -153,7 +151,7 @@ def _per_input(layer: nn.Module) -> torch.Tensor:
     return w.reshape(w.shape[0], w.shape[1], -1)
 
 
-class OBSImportance(tp.importance.Importance):
+class OBSImportance(TPImportance):
     """Group saliency: expected (BN-normalised) squared pre-activation error of every consumer after the
     optimal OBS compensation, under the data-free BN-Gaussian statistics. Lower = safer to prune.
 
@@ -237,10 +235,8 @@ def compensate_group(group, stats: dict, DG, restore_variance: bool = False) -> 
 
 def default_ignored_layers(model: nn.Module, example_inputs) -> list[nn.Module]:
     """The classifier: the last Linear (or Conv) whose width is the model's output width."""
-    with torch.no_grad():
-        was = model.training
+    with torch.no_grad(), preserve_mode(model):
         out = model.eval()(*(example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)))
-        model.train(was)
     width = out.shape[-1] if out.dim() == 2 else out.shape[1]
     last = [m for m in model.modules() if isinstance(m, nn.Linear) and m.out_features == width]
     last = last or [m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd) and m.out_channels == width]
@@ -250,7 +246,7 @@ def default_ignored_layers(model: nn.Module, example_inputs) -> list[nn.Module]:
 
 
 def _macs(model, example_inputs) -> float:
-    return float(count_macs(model, example_inputs)[0])
+    return float(macs_and_params(model, example_inputs)[0])
 
 
 def prune_to_speedup(model: nn.Module, example_inputs, target_speedup: float, importance=None, *,
@@ -267,28 +263,27 @@ def prune_to_speedup(model: nn.Module, example_inputs, target_speedup: float, im
         raise ValueError(f"target_speedup must be >= 1, got {target_speedup}")
     importance = importance if importance is not None else tp_magnitude(p=2)
     ignored = list(ignored_layers) if ignored_layers is not None else default_ignored_layers(model, example_inputs)
-    was_training = model.training
-    model.eval()
-    base = _macs(model, example_inputs)
-    pruner = tp.pruner.MetaPruner(model, example_inputs, importance=importance, pruning_ratio=max_ratio,
-                                  iterative_steps=steps, ignored_layers=ignored, global_pruning=global_pruning,
-                                  max_pruning_ratio=max_ratio, **tp_pruner_kwargs())
-    needs_stats = compensate or isinstance(importance, OBSImportance)
-    macs, n_steps, n_comp = base, 0, 0
-    while base / macs < target_speedup and n_steps < steps:
-        if before_step is not None:
-            before_step(model)
-        stats = moments(model, example_inputs, num_samples=num_samples, seed=seed + n_steps,
-                        mode=stats_mode) if needs_stats else {}
-        if isinstance(importance, OBSImportance):
-            importance.stats, importance.DG = stats, pruner.DG
-        for group in pruner.step(interactive=True):
-            if compensate:
-                n_comp += compensate_group(group, stats, pruner.DG, restore_variance)
-            group.prune()
-        n_steps += 1
-        macs = _macs(model, example_inputs)
-    model.train(was_training)
+    with preserve_mode(model):
+        model.eval()
+        base = _macs(model, example_inputs)
+        pruner = MetaPruner(model, example_inputs, importance=importance, pruning_ratio=max_ratio,
+                            iterative_steps=steps, ignored_layers=ignored, global_pruning=global_pruning,
+                            max_pruning_ratio=max_ratio, **tp_pruner_kwargs())
+        needs_stats = compensate or isinstance(importance, OBSImportance)
+        macs, n_steps, n_comp = base, 0, 0
+        while base / macs < target_speedup and n_steps < steps:
+            if before_step is not None:
+                before_step(model)
+            stats = moments(model, example_inputs, num_samples=num_samples, seed=seed + n_steps,
+                            mode=stats_mode) if needs_stats else {}
+            if isinstance(importance, OBSImportance):
+                importance.stats, importance.DG = stats, pruner.DG
+            for group in pruner.step(interactive=True):
+                if compensate:
+                    n_comp += compensate_group(group, stats, pruner.DG, restore_variance)
+                group.prune()
+            n_steps += 1
+            macs = _macs(model, example_inputs)
     return {"base_macs": base, "macs": macs, "speedup": base / macs, "steps": n_steps, "compensated_layers": n_comp}
 
 

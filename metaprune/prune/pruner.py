@@ -18,14 +18,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .cost import CostModel, count_macs, trace_modules
-from .depgraph import DepGraph, merge_pruners
+from ..cost import CostModel, macs_and_params, trace_modules
+from ..depgraph import DepGraph, merge_pruners
+from ..utils import preserve_mode
 from .importance import Importance, importance as make_importance
 
 
 @dataclass
 class PruneResult:
-    base_macs: int            # torch-pruning's counter plus custom layers (cost.count_macs)
+    base_macs: int            # torch-pruning's counter plus custom layers (cost.macs_and_params)
     pruned_macs: int
     base_params: int
     pruned_params: int
@@ -52,12 +53,9 @@ def batch_gradients(model: nn.Module, batch, train: bool = False) -> None:
     The model's train/eval mode is kept."""
     x, y = batch
     buffers = {k: v.clone() for k, v in model.named_buffers()} if train else {}
-    was_training = model.training
-    model.train(train)
-    model.zero_grad(set_to_none=True)
-    with torch.enable_grad():
+    with preserve_mode(model), torch.enable_grad():
+        model.train(train).zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
-    model.train(was_training)
     with torch.no_grad():
         for k, v in model.named_buffers():
             if k in buffers:
@@ -142,7 +140,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, target_speedup: float 
     groups = dg.groups
     if not groups:
         raise ValueError("nothing to prune: the model has no prunable channel groups outside the protected layers")
-    base_macs, base_params = count_macs(model, example_inputs, pruners)
+    base_macs, base_params = macs_and_params(model, example_inputs, pruners)
     cost = CostModel(model, records, groups)
 
     if crit.needs_grad:
@@ -191,7 +189,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, target_speedup: float 
     predicted = base_macs - (cost.macs(np.zeros(n_groups)) - cost.macs(removed_at(k)))
     dg.apply(removed)
     del dg
-    pruned_macs, pruned_params = count_macs(model, example_inputs, pruners)
+    pruned_macs, pruned_params = macs_and_params(model, example_inputs, pruners)
     total_units = sum(g.units for g in groups)
     return PruneResult(
         base_macs=base_macs, pruned_macs=pruned_macs, base_params=base_params, pruned_params=pruned_params,

@@ -8,9 +8,8 @@ epoch checkpoints; and an ``after_backward`` hook (e.g. DepGraph's sparse-learni
 from __future__ import annotations
 
 import math
-import os
 import random
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -19,6 +18,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from ..io import atomic_dir
+from ..utils import preserve_mode
 
 
 @dataclass
@@ -103,17 +105,15 @@ def _autocast(device: torch.device, amp: bool):
 def evaluate(model: nn.Module, loader, device="auto", amp: bool = True) -> dict:
     """Top-1 accuracy and mean cross-entropy of ``model`` over ``loader``."""
     device = pick_device(device) if isinstance(device, str) else device
-    was_training = model.training
-    model.eval().to(device)
     correct, total, loss = 0, 0, 0.0
-    with _autocast(device, amp):
+    with preserve_mode(model), _autocast(device, amp):
+        model.eval().to(device)
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             out = model(x).float()
             loss += F.cross_entropy(out, y, reduction="sum").item()
             correct += (out.argmax(1) == y).sum().item()
             total += len(y)
-    model.train(was_training)
     return {"acc": correct / max(total, 1), "loss": loss / max(total, 1)}
 
 
@@ -128,24 +128,32 @@ def _optimizer(model: nn.Module, cfg: TrainConfig):
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def _lr_factor(cfg: TrainConfig, step: int, total: int, steps_per_epoch: int) -> float:
-    warm = int(cfg.warmup_epochs * steps_per_epoch)
-    if step < warm:
-        return (step + 1) / warm
-    frac = (step - warm) / max(1, total - warm)
-    if cfg.schedule == "cosine":
+def lr_factor(step: int, total: int, warmup: int = 0, schedule: str = "cosine", milestones=(),
+              gamma: float = 0.1) -> float:
+    """Learning-rate multiplier at ``step`` of ``total`` (both training loops): linear warm-up over ``warmup``
+    steps, then ``cosine`` decay to 0, ``multistep`` (times ``gamma`` at each fraction in ``milestones``) or
+    ``constant``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    frac = (step - warmup) / max(1, total - warmup)
+    if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * frac))
-    if cfg.schedule == "multistep":
-        return cfg.gamma ** sum(frac >= m for m in cfg.milestones)
+    if schedule == "multistep":
+        return gamma ** sum(frac >= m for m in milestones)
     return 1.0
 
 
-def _save_resume(path: Path, model, opt, epoch: int, history: list, best) -> None:
-    from ..io import atomic_dir
+def save_resume(path, **state) -> None:
+    """Write a resume state (state dicts, counters, histories) to ``path/state.pt`` atomically."""
+    with atomic_dir(Path(path)) as tmp:
+        torch.save(state, tmp / "state.pt")
 
-    with atomic_dir(path) as tmp:
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch,
-                    "history": history, "best": best, "rng": torch.get_rng_state()}, tmp / "state.pt")
+
+def load_resume(path, device) -> dict | None:
+    """The state :func:`save_resume` wrote to ``path``, or None if there is none (tensors only: never unpickles
+    code)."""
+    f = Path(path) / "state.pt"
+    return torch.load(f, map_location=device, weights_only=True) if f.is_file() else None
 
 
 def fit(model: nn.Module, data, cfg: TrainConfig | dict | None = None, *, resume_dir=None,
@@ -166,9 +174,8 @@ def fit(model: nn.Module, data, cfg: TrainConfig | dict | None = None, *, resume
     opt = _optimizer(model, cfg)
     base_lrs = [g["lr"] for g in opt.param_groups]  # before a resumed state overwrites them with decayed ones
     history, start, best = [], 0, None
-    resume_file = Path(resume_dir) / "state.pt" if resume_dir else None
-    if resume_file and resume_file.exists():
-        state = torch.load(resume_file, map_location=device, weights_only=True)
+    state = load_resume(resume_dir, device) if resume_dir else None
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         start, history, best = state["epoch"], state["history"], state["best"]
@@ -184,7 +191,8 @@ def fit(model: nn.Module, data, cfg: TrainConfig | dict | None = None, *, resume
         seen, correct, loss_sum = 0, 0, 0.0
         for i, (x, y) in enumerate(bar):
             step = epoch * steps_per_epoch + i
-            factor = _lr_factor(cfg, step, total, steps_per_epoch)
+            factor = lr_factor(step, total, int(cfg.warmup_epochs * steps_per_epoch), cfg.schedule, cfg.milestones,
+                               cfg.gamma)
             for g, lr in zip(opt.param_groups, base_lrs):
                 g["lr"] = lr * factor
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -214,8 +222,9 @@ def fit(model: nn.Module, data, cfg: TrainConfig | dict | None = None, *, resume
         if cfg.select == "best_val" and (best is None or val["acc"] > best["acc"]):
             best = {"acc": val["acc"], "epoch": epoch + 1,
                     "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-        if resume_file:
-            _save_resume(resume_file.parent, model, opt, epoch + 1, history, best)
+        if resume_dir:
+            save_resume(resume_dir, model=model.state_dict(), opt=opt.state_dict(), epoch=epoch + 1, history=history,
+                        best=best, rng=torch.get_rng_state())
     if cfg.select == "best_val" and best is not None:
         model.load_state_dict(best["state"])
     return history

@@ -9,7 +9,9 @@ from pathlib import Path
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from ..data import get_data
 from ..io import MAX_JSON_BYTES, CheckpointError, atomic_write_json, load_model, read_json, read_spec, save_model
+from ..train.network import split_data_cfg, train_network
 
 SPLITS = ("train", "val", "heldout")
 INDEX = "index.json"
@@ -175,9 +177,6 @@ def build_zoo(zoo_cfg: dict, data_cfg: dict, optim: dict | None = None, root: st
     writes ``index.json`` only once every member is on disk, and returns None before that. An unsharded call
     afterwards reuses everything and writes the index.
     """
-    from ..data import get_data
-    from ..train.network import split_data_cfg, train_network
-
     root = Path(root or Path(zoo_cfg.get("root", "checkpoints/zoo")) / zoo_cfg.get("name", data_cfg["name"]))
     if zoo_cfg.get("data"):  # the zoo's own data settings (e.g. a train_subset) are part of its recipe
         if any(data_cfg.get(k) != v for k, v in zoo_cfg["data"].items()):

@@ -14,9 +14,10 @@ so the group-L2 norm of unit ``c`` is
 per unit (a Linear after ``flatten``, q/k/v rows of one attention head dimension) appears in several
 slices with the same name and dim.
 
-Nothing else in ``metaprune.prune`` reaches into torch-pruning: importance criteria receive the
-``Group`` (its ``tp_group`` is the torch-pruning group for criteria that torch-pruning implements),
-and pruning goes through ``DepGraph.apply``.
+Nothing else in metaprune imports torch-pruning: the names the rest builds on (custom pruner base, op
+kinds, its importance and pruner classes, its op counter) are re-exported here. Importance criteria receive
+the ``Group`` (its ``tp_group`` is the torch-pruning group for criteria that torch-pruning implements), and
+pruning goes through ``DepGraph.apply``.
 
 Layer types torch-pruning has no rule for are pruned by the custom pruners registered with
 ``metaprune.layers.register_layer`` (plus any passed as ``customized_pruners``): they become group roots, their
@@ -32,7 +33,19 @@ import torch.nn as nn
 import torch_pruning as tp
 from torch_pruning.pruner import function as tpf
 
-from ..layers import check_pruner, custom_pruners
+from .layers import check_pruner, custom_pruners
+from .utils import preserve_mode
+
+# torch-pruning's public names the rest of metaprune builds on (nothing else imports torch_pruning)
+OPTYPE = tp.ops.OPTYPE  # op kinds of a traced node (the graph converter reads them)
+BasePruningFunc = tpf.BasePruningFunc  # base class of custom pruners (LSTM, GATConv, user layers)
+prune_conv_in_channels, prune_linear_in_channels = tpf.prune_conv_in_channels, tpf.prune_linear_in_channels
+TPImportance = tp.importance.Importance  # base class of criteria torch-pruning's own pruners accept
+GroupMagnitudeImportance = tp.importance.GroupMagnitudeImportance
+GroupTaylorImportance = tp.importance.GroupTaylorImportance
+MetaPruner, GroupNormPruner = tp.pruner.MetaPruner, tp.pruner.GroupNormPruner
+MODULES_MAPPING = tp.utils.op_counter.MODULES_MAPPING  # layer types its op counter counts
+count_ops_and_params = tp.utils.count_ops_and_params
 
 ROOT_TYPES = (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)
 
@@ -92,13 +105,6 @@ def _is_attention(m: nn.Module) -> bool:
     return (isinstance(getattr(m, "qkv", None), nn.Linear) and isinstance(getattr(m, "proj", None), nn.Linear)
             and isinstance(getattr(m, "num_heads", None), int)
             and m.qkv.out_features == 3 * m.proj.in_features)
-
-
-def find_output_layers(model: nn.Module, example_inputs, customized_pruners=None) -> list[str]:
-    """Names of the Conv/Linear (or custom) layers whose output is the model output (the classifier to protect)."""
-    from .cost import trace_modules
-
-    return trace_modules(model, example_inputs, merge_pruners(customized_pruners))[1]
 
 
 class DepGraph:
@@ -399,20 +405,18 @@ def build_dependency_graph(model: nn.Module, example_inputs, pruners: dict | Non
     The tracer follows autograd, so it runs with grad enabled and frozen weights made trainable for the trace
     (a ``no_grad`` caller or frozen layers would hide every layer); each module's train/eval mode and every
     ``requires_grad`` flag are restored afterwards, also when tracing fails."""
-    modes = {m: m.training for m in model.modules()}
     frozen = [p for p in model.parameters() if not p.requires_grad]
     try:
         for p in frozen:
             p.requires_grad_(True)
-        with warnings.catch_warnings(), torch.enable_grad():
+        # the tracer leaves the model in eval mode
+        with preserve_mode(model), warnings.catch_warnings(), torch.enable_grad():
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
             warnings.filterwarnings("ignore", category=UserWarning, module="torch_pruning")
             return tp.DependencyGraph().build_dependency(
                 model, example_inputs=example_inputs, forward_fn=forward_fn, verbose=False,
                 customized_pruners=custom_pruners() if pruners is None else pruners)
     finally:
-        for m, t in modes.items():
-            m.train(t)  # the tracer leaves the model in eval mode
         for p in frozen:
             p.requires_grad_(False)
 
@@ -448,12 +452,13 @@ def tp_pruner_kwargs(customized_pruners=None) -> dict:
             "root_module_types": [tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR, tp.ops.TORCH_LSTM, *pruners]}
 
 
-def coupled_slices(model: nn.Module, example_inputs, ignored_layers=(), customized_pruners=None) -> list[Group]:
-    """The channel groups of ``model`` with every coupled parameter slice (see the module docstring).
+def groups(model: nn.Module, example_inputs, ignored=(), customized_pruners=None) -> list[Group]:
+    """The channel groups of ``model``: one :class:`Group` per DepGraph group, with every coupled parameter
+    slice (see the module docstring). The graph converter's node view of them is ``to_graph(..., groups=True)``.
 
-    ``ignored_layers``: module names whose output channels are left alone (pass the classifier's name;
-    ``find_output_layers(model, example_inputs)`` finds it). ``customized_pruners``: ``{layer type: pruner}`` on
+    ``ignored``: module names whose output channels are left alone (pass the classifier's name;
+    ``metaprune.cost.find_output_layers(model, example_inputs)`` finds it). ``customized_pruners``: ``{layer type: pruner}`` on
     top of the registered ones. The indices refer to the model as it is now; recompute after the model's
     shapes change.
     """
-    return DepGraph(model, example_inputs, ignored_layers, customized_pruners).groups
+    return DepGraph(model, example_inputs, ignored, customized_pruners).groups

@@ -4,14 +4,14 @@ One forward pass records every counted layer's input/output shapes. A layer's co
 terms ``coef * x_a * x_b`` where ``x`` are the *kept sizes* of parameter dimensions (conv MACs =
 k*H*W*out*in/groups = k*H*W * weight.shape[0] * weight.shape[1]). A plan removes ``r_g`` units from group ``g``;
 every dimension's kept size is ``size - sum_g r_g * (slices of that dim in g)``. The formulas mirror
-torch-pruning's op counter as ``count_macs`` corrects it (``metaprune.metrics.macs_and_params`` calls it); the
+torch-pruning's op counter as ``macs_and_params`` corrects it (also ``metaprune.metrics.macs_and_params``); the
 counter counts modules by exact type (a subclass such as torchvision's ``LayerNorm2d`` counts nothing).
 Evaluating thousands of plans so costs microseconds each instead of a pruned copy and a forward pass. Layers
 with no parameters (ReLU, pooling) scale with the layer that produced their input; counted layers without a
 formula here are constant.
 
 Custom layers (a registered pruner, a type the counter does not know) are counted by both this model and
-``count_macs``: their pruner's optional ``macs_terms(layer, inputs, output)`` returns ``[(coef, [(param name,
+``macs_and_params``: their pruner's optional ``macs_terms(layer, inputs, output)`` returns ``[(coef, [(param name,
 dim), ...]), ...]`` (``coef`` times the product of those dimensions' sizes, per forward of the layer); without
 it a custom layer costs its own parameter count once per sample (exact for linear-like layers; a layer that
 reuses its weights per position or edge should define ``macs_terms``). Parameters of submodules the counter
@@ -22,9 +22,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn as nn
-from torch_pruning.utils.op_counter import MODULES_MAPPING
-
-from .depgraph import Group, custom_owner, merge_pruners
+from .depgraph import MODULES_MAPPING, Group, count_ops_and_params, custom_owner, merge_pruners
+from .utils import preserve_mode
 
 _ACT = (nn.ReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.LeakyReLU, nn.GELU)
 _POOL = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
@@ -100,12 +99,10 @@ def trace_modules(model: nn.Module, example_inputs, pruners: dict | None = None)
 
     handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
                if n and (_counted(m) or type(m) in pruners)]
-    was_training = model.training
     try:
-        with torch.no_grad():
+        with torch.no_grad(), preserve_mode(model):
             out = model.eval()(example_inputs)
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     outs = out if isinstance(out, (tuple, list)) else list(out.values()) if isinstance(out, dict) else [out]
@@ -125,24 +122,24 @@ def trace_modules(model: nn.Module, example_inputs, pruners: dict | None = None)
     return records, sorted(custom_owner(model, heads, pruners))
 
 
+def find_output_layers(model: nn.Module, example_inputs, customized_pruners=None) -> list[str]:
+    """Names of the Conv/Linear (or custom) layers whose output is the model output (the classifier to protect)."""
+    return trace_modules(model, example_inputs, merge_pruners(customized_pruners))[1]
+
+
 def _own_count(m: nn.Module, pruners: dict) -> bool:
     """Layers whose MACs metaprune counts itself: custom layers the counter does not know, and ``nn.LSTM``."""
     return type(m) is nn.LSTM or (type(m) in pruners and not _counted(m))
 
 
-def count_macs(model: nn.Module, example_inputs, pruners: dict | None = None) -> tuple[int, int]:
-    """MACs per sample and parameters (``metaprune.metrics.macs_and_params``): torch-pruning's op counter
-    with two changes. Custom layers it does not count are added (see the module docstring), and ``nn.LSTM`` is
+def macs_and_params(model: nn.Module, example_inputs, pruners: dict | None = None) -> tuple[int, int]:
+    """MACs per sample of one forward pass on ``example_inputs`` and the parameter count (the one MACs count
+    metaprune reports; also ``metaprune.metrics.macs_and_params``): torch-pruning's op counter with two changes. Custom layers it does not count are added (see the module docstring), and ``nn.LSTM`` is
     counted once per time step of a sample: the counter multiplies its per-step count by
     ``input[0].shape[0] * input[0].shape[1]`` (steps x features for a batch-first input), then divides by the batch."""
-    import torch_pruning as tp
-
     pruners = merge_pruners() if pruners is None else pruners
-    was_training = model.training
-    try:
-        macs, params, per_layer, _ = tp.utils.count_ops_and_params(model, example_inputs, layer_wise=True)
-    finally:
-        model.train(was_training)  # the counter leaves the model in eval mode
+    with preserve_mode(model):  # the counter leaves the model in eval mode
+        macs, params, per_layer, _ = count_ops_and_params(model, example_inputs, layer_wise=True)
     if not any(_own_count(m, pruners) for m in model.modules()):
         return int(macs), int(params)
     records, _ = trace_modules(model, example_inputs, pruners)
@@ -260,7 +257,7 @@ class CostModel:
     def _lstm_terms(self, r):
         """torch-pruning's per-step count of an ``nn.LSTM``, per layer ``|W_ih| + |W_hh| + 10 H + |b_ih| + |b_hh|``
         (gate products, the element-wise gate arithmetic and the biases), once per time step of every sample
-        (see ``count_macs``), twice if bidirectional."""
+        (see ``macs_and_params``), twice if bidirectional."""
         m, name = r["module"], r["name"]
         factor = float(np.prod(r["in"][:-1])) * (2 if m.bidirectional else 1)  # batch x steps
         hidden = self._v(name, "weight_hh_l0", 1)

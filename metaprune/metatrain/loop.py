@@ -26,8 +26,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,10 +33,15 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .loop import check_options, evaluate, pick_device, refuse_unknown, seed_everything
+from ..graph import from_graph, to_graph
+from ..io import atomic_write_json
+from ..metanet import Metanet, save_metanet
+from ..prune import find_output_layers, groups, prune
+from ..train.loop import (check_options, evaluate, load_resume, lr_factor, pick_device, refuse_unknown, save_resume,
+                          seed_everything)
+from ..train.objectives import meta_loss
 
 
 @dataclass
@@ -99,9 +102,6 @@ class NetCase:
 def prepare(zoo, names, example_inputs, device="cpu", speedup: float | None = None) -> list[NetCase]:
     """Load zoo members and precompute their graphs and DepGraph groups (classifier protected); with
     ``speedup``, also how many units of each group pruning to that speedup removes."""
-    from ..graph import to_graph
-    from ..prune import coupled_slices, find_output_layers, prune
-
     cases = []
     for name in names:
         model = zoo.load(name).to(device).eval()
@@ -111,89 +111,17 @@ def prepare(zoo, names, example_inputs, device="cpu", speedup: float | None = No
             channels = prune(copy.deepcopy(model), ex, target_speedup=speedup).channels
         for p in model.parameters():
             p.requires_grad_(False)
-        groups = coupled_slices(model, ex, ignored_layers=find_output_layers(model, ex))
+        case_groups = groups(model, ex, ignored=find_output_layers(model, ex))
         if speedup is not None:
-            removed = [channels[g.root][0] - channels[g.root][1] if g.root in channels else 0 for g in groups]
-        cases.append(NetCase(name, model, to_graph(model, ex).to(device), groups,
+            removed = [channels[g.root][0] - channels[g.root][1] if g.root in channels else 0 for g in case_groups]
+        cases.append(NetCase(name, model, to_graph(model, ex).to(device), case_groups,
                              frozenset(n for n, _ in model.named_buffers()), removed))
     return cases
 
 
-def zero_weakest(params: dict, groups, removed) -> dict:
-    """``params`` with the ``removed[i]`` lowest-norm units of group ``i`` zeroed in every coupled parameter:
-    the network l2 pruning would leave (zeroing a unit's outputs and the next layer's inputs removes it), kept
-    differentiable in the surviving weights."""
-    out = dict(params)
-    for g, k in zip(groups, removed):
-        if k <= 0:
-            continue
-        weak = g.norms(out).detach().argsort()[:k]
-        for s in g.slices:
-            w = out[s.param]
-            keep = torch.ones(w.shape[s.dim], dtype=w.dtype, device=w.device)
-            keep = keep.index_fill(0, s.idxs.to(w.device)[weak], 0.0)
-            shape = [1] * w.dim()
-            shape[s.dim] = -1
-            out[s.param] = w * keep.view(shape)
-    return out
-
-
-def group_regulariser(params: dict, groups, alpha: float, kind: str = "l2") -> tuple[torch.Tensor, dict]:
-    """``sum_g sum_u gamma_u ||w_u||_2`` over the channel units ``u`` of every group ``g`` (differentiable in
-    ``params``), with DepGraph's adaptive ``gamma_u = alpha ** ((max - imp_u) / (max - min))`` per group.
-
-    ``kind="relative"`` divides each group's term by ``sum_u ||w_u||_2`` (not detached): the penalty no longer
-    falls when all weights shrink together, only when the group's norm concentrates in its strongest units.
-    """
-    from ..prune import group_norms
-
-    total = next(iter(params.values())).new_zeros(())
-    small, units, gammas = 0, 0, 0.0
-    for g in groups:
-        norm = (group_norms(g, params, 2).pow(2) + 1e-12).sqrt()
-        imp = norm.detach()
-        span = (imp.max() - imp.min()).clamp_min(1e-12)
-        gamma = alpha ** ((imp.max() - imp) / span)
-        term = (gamma * norm).sum()
-        total = total + (term / norm.sum() if kind == "relative" else term)
-        small += int((imp < 0.05 * imp.max()).sum())
-        units += imp.numel()
-        gammas += float(gamma.sum())
-    stats = {"small_units": small / max(units, 1), "gamma_mean": gammas / max(units, 1), "units": units}
-    return total, stats
-
-
-def meta_loss(metanet, case: NetCase, x, y, lam: float, alpha: float, reg_kind: str = "l2",
-              prune_loss: float = 0.0) -> tuple[torch.Tensor, dict]:
-    """Task loss of the rewritten network on ``(x, y)`` plus ``lam`` times the group regulariser (plus
-    ``prune_loss`` times the task loss of the rewritten network with its weakest units zeroed)."""
-    from ..graph import graph_params
-
-    new_x, new_attr = metanet(case.graph)
-    params = graph_params(case.graph.with_features(x=new_x, edge_attr=new_attr))
-    params = {k: (v.detach() if k in case.buffers else v) for k, v in params.items()}
-    out = torch.func.functional_call(case.model, params, (x,))
-    task = F.cross_entropy(out, y)
-    reg, stats = group_regulariser(params, case.groups, alpha, reg_kind)
-    change = (new_attr - case.graph.edge_attr).norm() / case.graph.edge_attr.norm().clamp_min(1e-12)
-    stats.update(task=task.item(), reg=reg.item(), acc=(out.argmax(1) == y).float().mean().item(),
-                 rel_change=change.item())
-    loss = task + lam * reg
-    if prune_loss > 0 and case.removed is not None:
-        out_p = torch.func.functional_call(case.model, zero_weakest(params, case.groups, case.removed), (x,))
-        task_p = F.cross_entropy(out_p, y)
-        loss = loss + prune_loss * task_p
-        stats.update(pruned_task=task_p.item(), pruned_acc=(out_p.argmax(1) == y).float().mean().item())
-    return loss, stats
-
-
-# --- validation: prune meta-val networks with and without the metanetwork -----------------------------------
-
 def pruned_accuracy(model: nn.Module, example_inputs, loader, speedup: float, importance: str = "l2",
                     device="cpu") -> dict:
     """Accuracy of ``model`` before and after pruning a copy to ``speedup`` (no finetuning) on ``loader``."""
-    from ..prune import prune
-
     model = copy.deepcopy(model).eval()
     for p in model.parameters():  # torch-pruning traces through autograd
         p.requires_grad_(True)
@@ -205,8 +133,6 @@ def pruned_accuracy(model: nn.Module, example_inputs, loader, speedup: float, im
 
 def rewrite(metanet, case: NetCase) -> nn.Module:
     """A copy of the case's network with the weights the metanetwork writes."""
-    from ..graph import from_graph
-
     with torch.no_grad():
         return from_graph(getattr(metanet, "module", metanet).eval().transform(case.graph), case.model).eval()
 
@@ -229,15 +155,6 @@ def validate(metanet, cases, example_inputs, loader, cfg: MetaConfig, device="cp
 
 # --- the loop ---------------------------------------------------------------------------------------------
 
-def _lr_factor(cfg: MetaConfig, step: int) -> float:
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "constant":
-        return 1.0
-    frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return 0.5 * (1 + math.cos(math.pi * frac))
-
-
 def _batch(dataset, idx: torch.Tensor):
     if hasattr(dataset, "x") and hasattr(dataset, "y"):  # in-memory TensorPairs
         return dataset.x[idx], dataset.y[idx]
@@ -253,7 +170,8 @@ def _sample(step: int, seed: int, rank: int, n_nets: int, k: int, n_data: int, b
     return nets.tolist(), idx
 
 
-def _dist_info() -> tuple[int, int]:
+def dist_info() -> tuple[int, int]:
+    """``(rank, world size)`` of the torchrun process group, ``(0, 1)`` outside one."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -261,14 +179,6 @@ def _dist_info() -> tuple[int, int]:
 
 def _resume_dir(out_dir: Path) -> Path:
     return out_dir.parent / f".{out_dir.name}.resume"
-
-
-def _save_resume(path: Path, metanet, opt, step: int, best: dict, history: list) -> None:
-    from ..io import atomic_dir
-
-    with atomic_dir(path) as tmp:
-        torch.save({"metanet": getattr(metanet, "module", metanet).state_dict(), "opt": opt.state_dict(),
-                    "step": step, "best": best, "history": history}, tmp / "state.pt")
 
 
 def meta_train(zoo, data, metanet_cfg: dict, cfg: MetaConfig | dict, out_dir, *, seed: int = 0, device="auto",
@@ -280,10 +190,8 @@ def meta_train(zoo, data, metanet_cfg: dict, cfg: MetaConfig | dict, out_dir, *,
     ``metanet_cfg``: Metanet keywords (hidden, layers, aggr, scale, frozen_features, unseen).
     ``stop_after``: stop (as if interrupted) after this many steps; a later ``resume=True`` call continues.
     """
-    from ..metanet import Metanet, save_metanet
-
     cfg = cfg if isinstance(cfg, MetaConfig) else MetaConfig.from_dict(cfg)
-    rank, world = _dist_info()
+    rank, world = dist_info()
     device = pick_device(device) if isinstance(device, str) else device
     out_dir = Path(out_dir)
     seed_everything(seed)
@@ -309,8 +217,8 @@ def meta_train(zoo, data, metanet_cfg: dict, cfg: MetaConfig | dict, out_dir, *,
     val_loader = data.loader("val", 512, shuffle=False, limit=cfg.val_limit, seed=seed)
     start, best, history = 0, None, []
     rdir = _resume_dir(out_dir)
-    if resume and (rdir / "state.pt").is_file():
-        state = torch.load(rdir / "state.pt", map_location=device, weights_only=True)
+    state = load_resume(rdir, device) if resume else None
+    if state is not None:
         metanet.load_state_dict(state["metanet"])
         opt.load_state_dict(state["opt"])
         start, best, history = state["step"], state["best"], state["history"]
@@ -341,7 +249,7 @@ def meta_train(zoo, data, metanet_cfg: dict, cfg: MetaConfig | dict, out_dir, *,
     for step in bar:
         model.train()
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * _lr_factor(cfg, step)
+            g["lr"] = cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.schedule)
         nets, idxs = _sample(step, seed, rank, len(mine), cfg.nets_per_step, len(data.train), cfg.batch_size)
         opt.zero_grad(set_to_none=True)
         agg = {}
@@ -365,13 +273,12 @@ def meta_train(zoo, data, metanet_cfg: dict, cfg: MetaConfig | dict, out_dir, *,
         if cfg.val_every and (done % cfg.val_every == 0 or done == cfg.steps):
             validate_and_keep(done)
         if rank == 0 and (done % cfg.save_every == 0 or done == end):
-            _save_resume(rdir, metanet, opt, done, best, history)
+            save_resume(rdir, metanet=metanet.state_dict(), opt=opt.state_dict(), step=done, best=best,
+                        history=history)
     finished = (stop_after is None or start + stop_after >= cfg.steps)
     if rank == 0 and finished and (not cfg.val_every or not val_cases):  # nothing to select on: keep the last
         save_metanet(metanet, out_dir, extra={**extra, "best": None, "history": history}, split=split)
     elif rank == 0 and finished and (out_dir / "config.json").is_file():  # the whole val curve beside the best
-        from ..io import atomic_write_json
-
         saved = json.loads((out_dir / "config.json").read_text())
         atomic_write_json(out_dir / "config.json", {**saved, "history": history})
     if world > 1:
@@ -383,66 +290,3 @@ def meta_train(zoo, data, metanet_cfg: dict, cfg: MetaConfig | dict, out_dir, *,
             "metanet": metanet}
 
 
-# --- the whole run (what train_meta.py calls) -------------------------------------------------------------
-
-METANET_KEYS = {"hidden", "layers", "aggr", "scale", "frozen_features", "unseen"}
-
-
-def check_run_config(c: dict) -> MetaConfig:
-    """Fail before any work on a bad value, naming the key."""
-    from ..zoo import plan_members, split_members
-
-    unknown = sorted(set(c["metanet"]) - METANET_KEYS)
-    if unknown:
-        raise ValueError(f"unknown metanet option(s) {unknown}; known: {sorted(METANET_KEYS)}")
-    from ..metanet import Metanet
-
-    Metanet(["conv"], {"linear": 1}, 5, **{k: v for k, v in c["metanet"].items() if k != "frozen_features"})
-    split_members(plan_members(c["zoo"], c["optim"]), c["zoo"].get("split") or {})
-    return MetaConfig.from_dict(c["meta_optim"])
-
-
-def _init_distributed(device: str):
-    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK: join the process group (gloo on CPU, nccl on GPUs)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return pick_device(device)
-    dev = pick_device(device)
-    if dev.type == "cuda":
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(dev)
-    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return dev
-
-
-def run_meta(c: dict, logger=None) -> dict:
-    """Build (or reuse) the zoo, then meta-train; ``c`` is the composed ``train_meta`` config as a dict."""
-    from ..data import get_data
-    from ..train.network import split_data_cfg
-    from ..zoo import build_zoo, load_zoo
-
-    cfg = check_run_config(c)
-    device = _init_distributed(c["device"])
-    rank, world = _dist_info()
-    data_kwargs, _ = split_data_cfg(c["data"])
-    data = get_data(**data_kwargs)
-    zoo_root = Path(c["zoo"].get("root", "checkpoints/zoo")) / c["zoo"].get("name", c["data"]["name"])
-    if rank == 0:
-        zoo = build_zoo(c["zoo"], c["data"], c["optim"], root=zoo_root, device=str(device), data=data,
-                        progress=c.get("progress", True))
-    if world > 1:
-        dist.barrier()
-    if rank != 0:
-        zoo = load_zoo(zoo_root)
-    if c.get("zoo_only"):
-        return {"zoo": str(zoo_root), "split": zoo.split if zoo is not None else None}
-    if zoo is None:
-        raise ValueError(f"zoo {zoo_root} is incomplete: zoo.num_shards={c['zoo']['num_shards']} shards are still "
-                         "building; run train_meta.py zoo_only=true without zoo.shard once they finish")
-    out_dir = Path(c["out_root"]) / c["name"]
-    try:
-        return meta_train(zoo, data, c["metanet"], cfg, out_dir, seed=c["seed"], device=device, resume=c["resume"],
-                          logger=logger, progress=c.get("progress", True), run_config=c,
-                          stop_after=c.get("stop_after"))
-    finally:
-        if world > 1 and dist.is_initialized():
-            dist.destroy_process_group()

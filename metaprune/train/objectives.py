@@ -1,0 +1,85 @@
+"""Training objectives on the transformed weights of a network: DepGraph's group regulariser and the
+meta-training loss (task loss of the rewritten network + group regulariser, optionally + the task loss of
+the network l2 pruning would leave).
+
+    reg     = sum_groups sum_units gamma_u * ||w_u||_2       # DepGraph group L2 on the transformed weights
+    gamma_u = alpha ** ((max - imp_u) / (max - min))       # per group; imp = detached unit norms
+
+``kind="relative"`` divides each group's term by its total norm, so shrinking every weight no longer pays.
+torch-pruning's own sparse-learning regulariser (on a network's weights during training) is
+``metaprune.prune.sparse``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..depgraph import group_norms
+from ..graph import graph_params
+
+
+def zero_weakest(params: dict, groups, removed) -> dict:
+    """``params`` with the ``removed[i]`` lowest-norm units of group ``i`` zeroed in every coupled parameter:
+    the network l2 pruning would leave (zeroing a unit's outputs and the next layer's inputs removes it), kept
+    differentiable in the surviving weights."""
+    out = dict(params)
+    for g, k in zip(groups, removed):
+        if k <= 0:
+            continue
+        weak = g.norms(out).detach().argsort()[:k]
+        for s in g.slices:
+            w = out[s.param]
+            keep = torch.ones(w.shape[s.dim], dtype=w.dtype, device=w.device)
+            keep = keep.index_fill(0, s.idxs.to(w.device)[weak], 0.0)
+            shape = [1] * w.dim()
+            shape[s.dim] = -1
+            out[s.param] = w * keep.view(shape)
+    return out
+
+
+def group_regulariser(params: dict, groups, alpha: float, kind: str = "l2") -> tuple[torch.Tensor, dict]:
+    """``sum_g sum_u gamma_u ||w_u||_2`` over the channel units ``u`` of every group ``g`` (differentiable in
+    ``params``), with DepGraph's adaptive ``gamma_u = alpha ** ((max - imp_u) / (max - min))`` per group.
+
+    ``kind="relative"`` divides each group's term by ``sum_u ||w_u||_2`` (not detached): the penalty no longer
+    falls when all weights shrink together, only when the group's norm concentrates in its strongest units.
+    """
+    total = next(iter(params.values())).new_zeros(())
+    small, units, gammas = 0, 0, 0.0
+    for g in groups:
+        norm = (group_norms(g, params, 2).pow(2) + 1e-12).sqrt()
+        imp = norm.detach()
+        span = (imp.max() - imp.min()).clamp_min(1e-12)
+        gamma = alpha ** ((imp.max() - imp) / span)
+        term = (gamma * norm).sum()
+        total = total + (term / norm.sum() if kind == "relative" else term)
+        small += int((imp < 0.05 * imp.max()).sum())
+        units += imp.numel()
+        gammas += float(gamma.sum())
+    stats = {"small_units": small / max(units, 1), "gamma_mean": gammas / max(units, 1), "units": units}
+    return total, stats
+
+
+def meta_loss(metanet, case, x, y, lam: float, alpha: float, reg_kind: str = "l2",
+              prune_loss: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """Task loss of the rewritten network on ``(x, y)`` plus ``lam`` times the group regulariser (plus
+    ``prune_loss`` times the task loss of the rewritten network with its weakest units zeroed).
+
+    ``case``: a ``metaprune.metatrain.NetCase`` (the network, its graph, groups, buffer names and, for
+    ``prune_loss``, the units pruning removes per group)."""
+    new_x, new_attr = metanet(case.graph)
+    params = graph_params(case.graph.with_features(x=new_x, edge_attr=new_attr))
+    params = {k: (v.detach() if k in case.buffers else v) for k, v in params.items()}
+    out = torch.func.functional_call(case.model, params, (x,))
+    task = F.cross_entropy(out, y)
+    reg, stats = group_regulariser(params, case.groups, alpha, reg_kind)
+    change = (new_attr - case.graph.edge_attr).norm() / case.graph.edge_attr.norm().clamp_min(1e-12)
+    stats.update(task=task.item(), reg=reg.item(), acc=(out.argmax(1) == y).float().mean().item(),
+                 rel_change=change.item())
+    loss = task + lam * reg
+    if prune_loss > 0 and case.removed is not None:
+        out_p = torch.func.functional_call(case.model, zero_weakest(params, case.groups, case.removed), (x,))
+        task_p = F.cross_entropy(out_p, y)
+        loss = loss + prune_loss * task_p
+        stats.update(pruned_task=task_p.item(), pruned_acc=(out_p.argmax(1) == y).float().mean().item())
+    return loss, stats
