@@ -22,7 +22,8 @@ LAYERS = [
     ["metaprune.train"],
     ["metaprune.zoo"],
     ["metaprune.metatrain"],
-    ["metaprune.prune.pipeline", "metaprune"],  # the pruning pipeline and the package's public facade
+    # the prune.py run (its config, load stage and flow) and the package's public facade
+    ["metaprune.prune.pipeline", "metaprune.prune.config", "metaprune.prune.load", "metaprune"],
 ]
 
 
