@@ -1,7 +1,10 @@
 """Publish a built zoo's index: every member's split, accuracy, MACs, params and training time, per-family summary.
 
     python benchmarks/zoo_report.py checkpoints/zoo/fashion_mnist
+    python benchmarks/zoo_report.py checkpoints/zoo/fashion_mnist --config configs/zoo/fashion_mnist.yaml  # unfinished
 
+A zoo still being built has no ``index.json``: with ``--config`` the report plans the members and the split from
+the zoo config and covers the members finished so far (``complete: false`` and the missing ones listed).
 Writes ``benchmarks/results/zoo-<name>.json`` and ``.png`` (test accuracy against MACs, one colour per family,
 one marker per split) and prints a markdown table per family.
 """
@@ -16,8 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from metaprune.io import atomic_write_json  # noqa: E402
-from metaprune.zoo import SPLITS, load_zoo  # noqa: E402
+from metaprune.io import atomic_write_json, read_spec  # noqa: E402
+from metaprune.zoo import SPLITS, load_zoo, plan_members, split_members  # noqa: E402
+from metaprune.zoo.core import INDEX  # noqa: E402
 
 
 def summarise(members: dict) -> dict:
@@ -36,7 +40,7 @@ def summarise(members: dict) -> dict:
 
 
 def markdown(families: dict) -> str:
-    rows = ["| family | members (train/val/held-out) | test acc (mean ± std, min–max) | MACs | params | train CPU-min |",
+    rows = ["| family | members (train/val/held-out) | test acc (mean ± std, min–max) | MACs | params | train min (wall) |",
             "|---|---|---|---|---|---|"]
     for fam, f in families.items():
         s = f["splits"]
@@ -70,23 +74,51 @@ def plot(members: dict, path: Path, title: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def unfinished(root: Path, config_file: str) -> dict:
+    """An index-shaped dict of the members finished so far, the split planned from the zoo config."""
+    import yaml
+
+    cfg = yaml.safe_load(Path(config_file).read_text())
+    planned = plan_members(cfg, {})
+    split = split_members(planned, cfg.get("split") or {})
+    members = {}
+    for m in planned:
+        if (root / m["name"] / "model.safetensors").is_file():
+            rec = read_spec(root / m["name"]).get("extra", {})
+            members[m["name"]] = {"family": m["family"], "model": m["model"], "args": m["args"], "seed": m["seed"],
+                                  "split": next(s for s in SPLITS if m["name"] in split[s]),
+                                  **{k: rec[k] for k in ("val_acc", "test_acc", "macs", "params", "train_seconds")
+                                     if k in rec}}
+    return {"config": cfg, "data": cfg.get("data"), "split": split, "members": members,
+            "missing": sorted(m["name"] for m in planned if m["name"] not in members)}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("zoo", help="a built zoo's folder (holding index.json)")
+    ap.add_argument("zoo", help="a zoo's folder (holding index.json once complete)")
+    ap.add_argument("--config", help="the zoo config, to report an unfinished zoo (no index.json yet)")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     a = ap.parse_args(argv)
-    zoo = load_zoo(a.zoo)
-    name = zoo.index["config"].get("name", Path(a.zoo).name)
-    families = summarise(zoo.members)
-    result = {"benchmark": "zoo", "zoo": name, "data": zoo.index["data"], "config": zoo.index["config"],
-              "split": zoo.split, "families": families, "members": zoo.members,
-              "train_cpu_hours": sum(m.get("train_seconds", 0.0) for m in zoo.members.values()) / 3600,
+    root = Path(a.zoo)
+    if (root / INDEX).is_file() or not a.config:
+        index = {**load_zoo(root).index, "missing": []}
+    else:
+        index = unfinished(root, a.config)
+    members = index["members"]
+    if not members:
+        raise SystemExit(f"error: {root} holds no finished zoo member yet")
+    name = index["config"].get("name", root.name)
+    families = summarise(members)
+    result = {"benchmark": "zoo", "zoo": name, "complete": not index["missing"], "missing": index["missing"],
+              "data": index["data"], "config": index["config"], "split": index["split"], "families": families,
+              "members": members, "train_hours": sum(m.get("train_seconds", 0.0) for m in members.values()) / 3600,
               "hardware": {"machine": platform.machine(), "processor": platform.processor()}}
     out = Path(a.out_dir)
     atomic_write_json(out / f"zoo-{name}.json", result)
-    plot(zoo.members, out / f"zoo-{name}.png", f"zoo {name}: {len(zoo)} networks")
+    done = f"{len(members)} networks" + (f" of {len(members) + len(index['missing'])}" if index["missing"] else "")
+    plot(members, out / f"zoo-{name}.png", f"zoo {name}: {done}")
     print(markdown(families))
-    print(f"\n{len(zoo)} networks, {result['train_cpu_hours']:.2f} h of training (wall, 1 thread each)")
+    print(f"\n{done}, {result['train_hours']:.2f} h of training (wall time, 1 thread each)")
     return result
 
 

@@ -122,7 +122,19 @@ def test_zoo_report_publishes_index_and_family_summary(zoo, tmp_path):
     assert written["families"]["resnet"]["members"] == 3 and written["families"]["vgg"]["splits"]["heldout"] == 1
     accs = [m["test_acc"] for m in zoo.members.values() if m["family"] == "resnet"]
     assert r["families"]["resnet"]["test_acc_max"] == max(accs)
-    assert (tmp_path / "zoo-tiny.png").stat().st_size > 1000
+    assert (tmp_path / "zoo-tiny.png").stat().st_size > 1000 and r["complete"]
+
+    # an unfinished zoo (no index yet): planned from its config, finished members reported, missing ones named
+    import yaml
+
+    part = tmp_path / "part"
+    for n in ("resnet-d8-w4-s0", "vgg-d11-w4-s0"):
+        shutil.copytree(zoo.root / n, part / n)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    r = zoo_report.main([str(part), "--config", str(tmp_path / "tiny.yaml"), "--out-dir", str(tmp_path / "o")])
+    assert not r["complete"] and len(r["missing"]) == 4 and sorted(r["members"]) == ["resnet-d8-w4-s0", "vgg-d11-w4-s0"]
+    assert r["members"]["vgg-d11-w4-s0"]["split"] == "heldout"
+    assert r["members"]["resnet-d8-w4-s0"]["test_acc"] == zoo.members["resnet-d8-w4-s0"]["test_acc"]
 
 
 def test_a_member_trains_bit_identically_from_its_seed():
