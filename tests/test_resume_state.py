@@ -53,6 +53,11 @@ def _reshape(s):
     s["metanet"][_first(s, 2)] = torch.zeros(3, 3)
 
 
+def _to_int(s):
+    k = _first(s, 2)
+    s["metanet"][k] = s["metanet"][k].to(torch.int64)
+
+
 def _opt_moment(s):
     s["opt"]["state"][0]["exp_avg"] = torch.zeros(2)
 
@@ -75,6 +80,7 @@ CASES = [
     ("hidden", None, {"net": {"hidden": 16}}, ["metanet.hidden changed: state 8, this run 16",
                                               "metanet shapes differ: state has", "the run builds [16,"]),
     ("shapes", _reshape, {}, ["metanet shapes differ: state has", "[3, 3], the run builds ["]),
+    ("int_weights", _to_int, {}, ["metanet dtypes differ (state vs run): ", "torch.int64 vs torch.float32"]),
     ("no_optimizer", lambda s: s.pop("opt"), {}, ["missing opt"]),
     ("opt_moment", _opt_moment, {}, ["opt state does not fit 1 parameter(s): parameter 0: exp_avg [2] vs ["]),
     ("step_1e9", _set("step", 10 ** 9), {}, ["step=1000000000 is outside [0, 3]"]),

@@ -227,7 +227,10 @@ def weights_diff(saved: dict, own: dict, what: str) -> list[str]:
     unexpected = [k for k in saved if k not in own]
     shape = [f"{k} {list(saved[k].shape)}, the run builds {list(own[k].shape)}" for k in own
              if k in saved and saved[k].shape != own[k].shape]
+    dtype = [f"{k} {saved[k].dtype} vs {own[k].dtype}" for k in own if k in saved and saved[k].dtype != own[k].dtype]
     out = []
+    if dtype:  # load_state_dict would cast silently
+        out.append(f"{what} dtypes differ (state vs run): {'; '.join(dtype[:3])}{' ...' if len(dtype) > 3 else ''}")
     if shape:
         out.append(f"{what} shapes differ: state has {'; '.join(shape[:3])}{' ...' if len(shape) > 3 else ''}")
     if missing:
