@@ -199,3 +199,55 @@ def test_fit_refuses_a_state_of_another_run(digits, fitted, tmp_path, case, chan
 def test_fit_without_a_state_starts_afresh(digits, tmp_path):
     history = fit(_net(), digits, FIT, resume_dir=tmp_path / "new")
     assert [h["epoch"] for h in history] == [1] and (tmp_path / "new" / STATE).is_file()
+
+
+def test_a_state_left_between_atomic_renames_still_resumes(zoo, digits, interrupted, tmp_path):
+    """A kill between atomic_dir's two renames leaves only ``.<name>.old``: complete, and resumed from."""
+    shutil.copytree(interrupted, tmp_path / "..run.resume.old")
+    out = meta_train(zoo, digits, SMALL_NET, CFG, tmp_path / "run", device="cpu", progress=False, resume=True)
+    assert out["finished"] and out["steps"] == 3
+
+
+KILLABLE = """
+import sys
+sys.path.insert(0, "tests")
+from test_zoo import tiny_zoo
+from metaprune.data import get_data
+from metaprune.metatrain import meta_train
+meta_train(tiny_zoo(), get_data("digits"), {sm}, {cfg}, {out!r}, device="cpu", progress=False, resume={resume})
+"""
+
+
+@pytest.mark.slow
+def test_meta_training_resumes_byte_exactly_after_repeated_sigkill(zoo, digits, tmp_path):
+    import signal
+    import time
+
+    cfg = {**CFG, "steps": 40}
+    out, state = tmp_path / "run", tmp_path / ".run.resume" / STATE
+    steps = []
+    for resume in (False, True, True):
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+        code = KILLABLE.format(sm=SMALL_NET, cfg=cfg, out=str(out), resume=resume)
+        p = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+        t0, seen, step = time.time(), steps[-1] if steps else 0, 0
+        while p.poll() is None and time.time() - t0 < 300:  # kill once the run has saved past the last kill
+            try:
+                step = torch.load(state, weights_only=True)["step"] if state.is_file() else 0
+            except Exception:  # caught mid-rename: read again
+                step = 0
+            if step > seen:
+                os.kill(p.pid, signal.SIGKILL)
+                break
+            time.sleep(0.02)
+        rc = p.wait()
+        assert rc == -signal.SIGKILL, p.stderr.read().decode()[-2000:]
+        steps.append(step)
+    assert 0 < steps[0] < steps[1] < steps[2] < 40  # each run resumed from the last kill and got further
+    rest = meta_train(zoo, digits, SMALL_NET, cfg, out, device="cpu", progress=False, resume=True)
+    full = meta_train(zoo, digits, SMALL_NET, cfg, tmp_path / "full", device="cpu", progress=False)
+    assert rest["finished"] and rest["steps"] == 40
+    a, b = full["metanet"].state_dict(), rest["metanet"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (out / "metanet.safetensors").read_bytes() == (tmp_path / "full" / "metanet.safetensors").read_bytes()

@@ -171,6 +171,9 @@ def load_resume(path, device, *, model: nn.Module, opt: torch.optim.Optimizer, w
     Anything else is a :class:`ResumeError` naming the file and what differs; the file is never modified.
     """
     f = Path(path) / STATE
+    old = Path(path).with_name(f".{Path(path).name}.old") / STATE
+    if not os.path.lexists(f) and os.path.lexists(old):  # killed between atomic_dir's two renames: the old one
+        f = old                                           # is complete
     if not os.path.lexists(f):
         if required:
             raise ResumeError(f"{f}: no resume state to continue from; drop resume=true to start the run afresh")
