@@ -165,7 +165,7 @@ def load_resume(path, device, *, model: nn.Module, opt: torch.optim.Optimizer, w
     is none and the run did not ask for it (``required``).
 
     Trusted only after every check: a bounded regular file read with ``weights_only`` (never unpickles code);
-    the ``entries`` (name -> type) present; every tensor finite; ``state[weights]`` with the keys and shapes of
+    the ``entries`` (name -> type) present; every tensor finite; ``state[weights]`` with the keys, shapes and dtypes of
     ``model``; ``state["opt"]`` matching ``opt``'s parameter groups; ``state[counter]`` an integer in
     ``[0, total]``; and the stored ``recipe`` (the settings that shape the trajectory) equal to this run's.
     Anything else is a :class:`ResumeError` naming the file and what differs; the file is never modified.
@@ -223,7 +223,7 @@ _ABSENT = object()
 
 
 def weights_diff(saved: dict, own: dict, what: str) -> list[str]:
-    """How the state dict ``saved`` differs from ``own`` in keys and shapes (empty when it fits)."""
+    """How the state dict ``saved`` differs from ``own`` in keys, shapes and dtypes (empty when it fits)."""
     if not all(isinstance(v, torch.Tensor) for v in saved.values()):
         return [f"{what} holds values that are not tensors"]
     missing = [k for k in own if k not in saved]
