@@ -243,26 +243,36 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = check_file(path, MAX_WEIGHTS_BYTES, "checkpoint file")
     if path.suffix == ".safetensors":
         return read_safetensors(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        if _pickles_code(path):
-            raise CheckpointError(
-                f"{path}: refused: the file holds pickled objects other than tensors, and loading it "
-                "could run code. Re-save it as a plain state dict or as safetensors."
-            ) from None
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint (unreadable pickle data)") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        why = str(e).splitlines()[0] if str(e).strip() else type(e).__name__  # an empty file: empty message
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({why})") from None
-    except Exception as e:  # the weights-only unpickler fails in many ways on arbitrary bytes
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(e).__name__})") from None
+    state = read_torch(path)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: not a state dict (expected a mapping of names to tensors)")
     check_finite(state, path)
     return state
+
+
+def read_torch(path: str | os.PathLike, map_location="cpu", limit: int = MAX_WEIGHTS_BYTES,
+               what: str = "PyTorch checkpoint"):
+    """``torch.load(path, weights_only=True)`` of a bounded regular file (see ``check_file``): tensors and plain
+    containers only, never code; a truncated, empty or hostile file is a ``CheckpointError`` naming it."""
+    path = check_file(path, limit, what)
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: not a {what} (the file is empty)")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        if _pickles_code(path):
+            raise CheckpointError(
+                f"{path}: refused: the file holds pickled objects other than tensors, and loading it "
+                "could run code. Re-save it as a plain state dict or as safetensors."
+            ) from None
+        raise CheckpointError(f"{path}: not a {what} (unreadable pickle data)") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        why = str(e).splitlines()[0].split(". ")[0] if str(e).strip() else type(e).__name__  # the first sentence
+        raise CheckpointError(f"{path}: not a {what} (truncated or corrupt: {why})") from None
+    except Exception as e:  # the weights-only unpickler fails in many ways on arbitrary bytes
+        raise CheckpointError(f"{path}: not a {what} ({type(e).__name__})") from None
 
 
 def _pickles_code(path: Path) -> bool:

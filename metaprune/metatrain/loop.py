@@ -181,6 +181,10 @@ def _resume_dir(out_dir: Path) -> Path:
     return out_dir.parent / f".{out_dir.name}.resume"
 
 
+_RESUME_ENTRIES = {"metanet": dict, "opt": dict, "step": int, "best": (dict, type(None)), "history": list,
+                   "recipe": dict}
+
+
 def meta_train(zoo, data, metanet_cfg: dict, cfg: MetaConfig | dict, out_dir, *, seed: int = 0, device="auto",
                resume: bool = False, logger=None, progress: bool = True, run_config: dict | None = None,
                stop_after: int | None = None) -> dict:
@@ -189,6 +193,8 @@ def meta_train(zoo, data, metanet_cfg: dict, cfg: MetaConfig | dict, out_dir, *,
 
     ``metanet_cfg``: Metanet keywords (hidden, layers, aggr, scale, frozen_features, unseen).
     ``stop_after``: stop (as if interrupted) after this many steps; a later ``resume=True`` call continues.
+    ``resume``: continue from the last resume state, which must exist and match this run's metanetwork, optimizer
+    and settings (see ``load_resume``); otherwise a ``ResumeError`` before anything is written.
     """
     cfg = cfg if isinstance(cfg, MetaConfig) else MetaConfig.from_dict(cfg)
     rank, world = dist_info()
@@ -217,7 +223,12 @@ def meta_train(zoo, data, metanet_cfg: dict, cfg: MetaConfig | dict, out_dir, *,
     val_loader = data.loader("val", 512, shuffle=False, limit=cfg.val_limit, seed=seed)
     start, best, history = 0, None, []
     rdir = _resume_dir(out_dir)
-    state = load_resume(rdir, device) if resume else None
+    # the settings that shape the trajectory: a resumed run must use the ones the state was written with
+    recipe = {"meta_optim": {k: v for k, v in asdict(cfg).items() if k not in ("save_every", "log_every")},
+              "metanet": dict(metanet_cfg), "seed": seed, "world_size": world, "data": data.name,
+              "train_networks": train_names}
+    state = load_resume(rdir, device, model=metanet, opt=opt, weights="metanet", counter="step", total=cfg.steps,
+                        recipe=recipe, entries=_RESUME_ENTRIES, required=True) if resume else None
     if state is not None:
         metanet.load_state_dict(state["metanet"])
         opt.load_state_dict(state["opt"])
@@ -274,7 +285,7 @@ def meta_train(zoo, data, metanet_cfg: dict, cfg: MetaConfig | dict, out_dir, *,
             validate_and_keep(done)
         if rank == 0 and (done % cfg.save_every == 0 or done == end):
             save_resume(rdir, metanet=metanet.state_dict(), opt=opt.state_dict(), step=done, best=best,
-                        history=history)
+                        history=history, recipe=recipe)
     finished = (stop_after is None or start + stop_after >= cfg.steps)
     if rank == 0 and finished and (not cfg.val_every or not val_cases):  # nothing to select on: keep the last
         save_metanet(metanet, out_dir, extra={**extra, "best": None, "history": history}, split=split)

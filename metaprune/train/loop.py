@@ -8,6 +8,7 @@ epoch checkpoints; and an ``after_backward`` hook (e.g. DepGraph's sparse-learni
 from __future__ import annotations
 
 import math
+import os
 import random
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -19,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..io import atomic_dir
+from ..io import MAX_WEIGHTS_BYTES, CheckpointError, atomic_dir, read_torch
 from ..utils import preserve_mode
 
 
@@ -143,17 +144,167 @@ def lr_factor(step: int, total: int, warmup: int = 0, schedule: str = "cosine", 
     return 1.0
 
 
+STATE = "state.pt"
+MAX_STATE_BYTES = MAX_WEIGHTS_BYTES  # weights plus optimizer moments: bounded like a weights file
+
+
+class ResumeError(CheckpointError):
+    """Resume state that cannot be read, or that does not belong to the run asked to continue from it."""
+
+
 def save_resume(path, **state) -> None:
-    """Write a resume state (state dicts, counters, histories) to ``path/state.pt`` atomically."""
+    """Write a resume state (state dicts, counters, histories, the run's ``recipe``) to ``path/state.pt``
+    atomically."""
     with atomic_dir(Path(path)) as tmp:
-        torch.save(state, tmp / "state.pt")
+        torch.save(state, tmp / STATE)
 
 
-def load_resume(path, device) -> dict | None:
-    """The state :func:`save_resume` wrote to ``path``, or None if there is none (tensors only: never unpickles
-    code)."""
-    f = Path(path) / "state.pt"
-    return torch.load(f, map_location=device, weights_only=True) if f.is_file() else None
+def load_resume(path, device, *, model: nn.Module, opt: torch.optim.Optimizer, weights: str, counter: str,
+                total: int, recipe: dict, entries: dict, required: bool = False) -> dict | None:
+    """The state :func:`save_resume` wrote to ``path``, checked against the run about to use it; None when there
+    is none and the run did not ask for it (``required``).
+
+    Trusted only after every check: a bounded regular file read with ``weights_only`` (never unpickles code);
+    the ``entries`` (name -> type) present; every tensor finite; ``state[weights]`` with the keys, shapes and dtypes of
+    ``model``; ``state["opt"]`` matching ``opt``'s parameter groups; ``state[counter]`` an integer in
+    ``[0, total]``; and the stored ``recipe`` (the settings that shape the trajectory) equal to this run's.
+    Anything else is a :class:`ResumeError` naming the file and what differs; the file is never modified.
+    """
+    f = Path(path) / STATE
+    old = Path(path).with_name(f".{Path(path).name}.old") / STATE
+    if not os.path.lexists(f) and os.path.lexists(old):  # killed between atomic_dir's two renames: the old one
+        f = old                                           # is complete
+    if not os.path.lexists(f):
+        if required:
+            raise ResumeError(f"{f}: no resume state to continue from; drop resume=true to start the run afresh")
+        return None
+    try:
+        state = read_torch(f, device, MAX_STATE_BYTES, "resume state")
+    except CheckpointError as e:
+        raise ResumeError(str(e)) from None
+    check_resume(state, f, model=model, opt=opt, weights=weights, counter=counter, total=total, recipe=recipe,
+                 entries=entries)
+    return state
+
+
+def check_resume(state, source, *, model, opt, weights, counter, total, recipe, entries) -> None:
+    """The checks of :func:`load_resume` on a loaded ``state``; one :class:`ResumeError` listing every problem."""
+    def refuse(problems):
+        raise ResumeError(f"{source}: resume state refused: {'; '.join(problems)}. Start a new run instead "
+                          "(another name, or without resume)")
+
+    if not isinstance(state, dict):
+        refuse([f"expected a mapping of entries, found {type(state).__name__}"])
+    missing = [k for k in entries if k not in state]
+    wrong = [f"{k} is {type(state[k]).__name__}, expected {_type_names(t)}" for k, t in entries.items()
+             if k in state and (not isinstance(state[k], t) or isinstance(state[k], bool) and t is int)]
+    if missing or wrong:
+        refuse(([f"missing {', '.join(missing)}"] if missing else []) + wrong)
+    bad = [k for k, v in _tensors(state) if v.is_floating_point() and not torch.isfinite(v).all()]
+    problems = [f"NaN or Inf values in {len(bad)} tensor(s): {', '.join(bad[:5])}"] if bad else []
+    saved, current = _flatten(state["recipe"]), _flatten(recipe)
+    show = lambda d, k: repr(d[k]) if k in d else "absent"  # noqa: E731
+    problems += [f"{k} changed: state {show(saved, k)}, this run {show(current, k)}"
+                 for k in sorted(set(saved) | set(current)) if saved.get(k, _ABSENT) != current.get(k, _ABSENT)]
+    own = model.state_dict()
+    problems += weights_diff(state[weights], own, weights)
+    best = state.get("best")
+    if isinstance(best, dict) and isinstance(best.get("state"), dict):  # fit(select="best_val") keeps a copy
+        problems += weights_diff(best["state"], own, "best.state")
+    problems += _optimizer_diff(state["opt"], opt)
+    step = state[counter]
+    if not 0 <= step <= total:
+        problems.append(f"{counter}={step} is outside [0, {total}]")
+    if problems:
+        refuse(problems)
+
+
+_ABSENT = object()
+
+
+def weights_diff(saved: dict, own: dict, what: str) -> list[str]:
+    """How the state dict ``saved`` differs from ``own`` in keys, shapes and dtypes (empty when it fits)."""
+    if not all(isinstance(v, torch.Tensor) for v in saved.values()):
+        return [f"{what} holds values that are not tensors"]
+    missing = [k for k in own if k not in saved]
+    unexpected = [k for k in saved if k not in own]
+    shape = [f"{k} {list(saved[k].shape)}, the run builds {list(own[k].shape)}" for k in own
+             if k in saved and saved[k].shape != own[k].shape]
+    dtype = [f"{k} {saved[k].dtype} vs {own[k].dtype}" for k in own if k in saved and saved[k].dtype != own[k].dtype]
+    out = []
+    if dtype:  # load_state_dict would cast silently
+        out.append(f"{what} dtypes differ (state vs run): {'; '.join(dtype[:3])}{' ...' if len(dtype) > 3 else ''}")
+    if shape:
+        out.append(f"{what} shapes differ: state has {'; '.join(shape[:3])}{' ...' if len(shape) > 3 else ''}")
+    if missing:
+        out.append(f"{what} lacks {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if unexpected:
+        out.append(f"{what} has unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+    return out
+
+
+def _optimizer_diff(saved: dict, opt: torch.optim.Optimizer) -> list[str]:
+    """How an optimizer state dict differs from what ``opt`` would load: groups, options, per-parameter shapes."""
+    own = opt.state_dict()
+    if not isinstance(saved.get("state"), dict) or not isinstance(saved.get("param_groups"), list):
+        return ["opt is not an optimizer state (no 'state' and 'param_groups')"]
+    groups = saved["param_groups"]
+    if len(groups) != len(own["param_groups"]) or any(
+            not isinstance(g, dict) or len(g.get("params", ())) != len(o["params"])
+            for g, o in zip(groups, own["param_groups"])):
+        return [f"opt has {[len(g.get('params', ())) if isinstance(g, dict) else '?' for g in groups]} parameters "
+                f"per group, the run's optimizer {[len(o['params']) for o in own['param_groups']]}"]
+    out = [f"opt group {i} options {sorted(set(g) ^ set(o))} differ (another optimizer?)"
+           for i, (g, o) in enumerate(zip(groups, own["param_groups"])) if set(g) != set(o)]
+    params = {i: p for g, o in zip(opt.param_groups, own["param_groups"]) for i, p in zip(o["params"], g["params"])}
+    index = {i for g in groups for i in g["params"]}
+    if index != set(params) or not set(saved["state"]) <= index:
+        return out + ["opt parameter indices do not match the run's optimizer"]
+    bad = []
+    for i, st in saved["state"].items():
+        moments = {k: v for k, v in (st.items() if isinstance(st, dict) else ())
+                   if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape != params[i].shape}
+        if not isinstance(st, dict) or moments:
+            shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in moments.items()) or "malformed"
+            bad.append(f"parameter {i}: {shapes} vs {list(params[i].shape)}")
+    if bad:
+        more = " ..." if len(bad) > 3 else ""
+        out.append(f"opt state does not fit {len(bad)} parameter(s): {'; '.join(bad[:3])}{more}")
+    return out
+
+
+def _tensors(obj, prefix: str = ""):
+    """``(dotted path, tensor)`` for every tensor inside nested dicts, lists and tuples."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _tensors(v, f"{prefix}.{i}" if prefix else str(i))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    """Nested settings as ``{"a.b": value}``, tuples as lists (so a stored recipe compares equal)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def _type_names(t) -> str:
+    return " or ".join(x.__name__ for x in (t if isinstance(t, tuple) else (t,)))
+
+
+# What a fit resume state holds, and the TrainConfig fields that may change between the runs (they do not change
+# the weights a run reaches); every other field is part of the recipe and must match.
+_FIT_ENTRIES = {"model": dict, "opt": dict, "epoch": int, "history": list, "best": (dict, type(None)),
+                "rng": torch.Tensor, "recipe": dict}
+_NOT_RECIPE = ("progress", "device", "num_workers")
 
 
 def fit(model: nn.Module, data, cfg: TrainConfig | dict | None = None, *, resume_dir=None,
@@ -161,7 +312,9 @@ def fit(model: nn.Module, data, cfg: TrainConfig | dict | None = None, *, resume
     """Train ``model`` on ``data.train`` (a DataBundle), validating on ``data.val`` after each epoch.
 
     ``resume_dir``: a directory for an epoch checkpoint; a later call with the same directory continues
-    where the last one stopped. Returns the per-epoch history (train loss/acc, val loss/acc, lr).
+    where the last one stopped, after :func:`load_resume` checked the state belongs to this run (same
+    architecture and settings) and refused it otherwise. Returns the per-epoch history (train loss/acc,
+    val loss/acc, lr).
     """
     cfg = cfg if isinstance(cfg, TrainConfig) else TrainConfig.from_dict(cfg)
     device = pick_device(cfg.device)
@@ -174,14 +327,16 @@ def fit(model: nn.Module, data, cfg: TrainConfig | dict | None = None, *, resume
     opt = _optimizer(model, cfg)
     base_lrs = [g["lr"] for g in opt.param_groups]  # before a resumed state overwrites them with decayed ones
     history, start, best = [], 0, None
-    state = load_resume(resume_dir, device) if resume_dir else None
+    steps_per_epoch = max(1, len(train_loader))
+    total = cfg.epochs * steps_per_epoch
+    recipe = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in _NOT_RECIPE}
+    state = load_resume(resume_dir, device, model=model, opt=opt, weights="model", counter="epoch", total=cfg.epochs,
+                        recipe=recipe, entries=_FIT_ENTRIES) if resume_dir else None
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         start, history, best = state["epoch"], state["history"], state["best"]
         torch.set_rng_state(state["rng"])
-    steps_per_epoch = max(1, len(train_loader))
-    total = cfg.epochs * steps_per_epoch
     for epoch in range(start, cfg.epochs):
         model.train()
         if hasattr(train_loader, "generator"):
@@ -224,7 +379,7 @@ def fit(model: nn.Module, data, cfg: TrainConfig | dict | None = None, *, resume
                     "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
         if resume_dir:
             save_resume(resume_dir, model=model.state_dict(), opt=opt.state_dict(), epoch=epoch + 1, history=history,
-                        best=best, rng=torch.get_rng_state())
+                        best=best, rng=torch.get_rng_state(), recipe=recipe)
     if cfg.select == "best_val" and best is not None:
         model.load_state_dict(best["state"])
     return history
