@@ -8,16 +8,12 @@ from metaprune.cli import friendly_errors, to_dict
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 @friendly_errors
 def main(cfg: DictConfig) -> None:
-    from pathlib import Path
-
-    from metaprune.cli import UsageError
+    from metaprune.io import check_output_dir
     from metaprune.logging import make_logger
     from metaprune.train import train_network
 
     c = to_dict(cfg)
-    out = Path(c["output_dir"])
-    if out.exists() and any(out.iterdir()) and not c["overwrite"]:
-        raise UsageError(f"output_dir {out} already holds a model; pass overwrite=true to replace it")
+    out = check_output_dir(c["output_dir"], c["overwrite"], inputs=[c["data"].get("root")], kind="train")
     logger = make_logger(c["logger"], config=c, name=f"train-{c['model']['name']}")
     try:
         _, rec = train_network(c["model"]["name"], c["model"].get("args"), c["data"], c["optim"],
