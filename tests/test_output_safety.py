@@ -215,3 +215,18 @@ def test_empty_or_absent_output_dir_is_accepted(tmp_path):
     assert check_output_dir(tmp_path / "new" / "deeper", overwrite=False) == tmp_path / "new" / "deeper"
     with pytest.raises(UsageError, match="overwrite='yes' must be true or false"):
         check_output_dir(tmp_path / "new", overwrite="yes")
+
+
+def test_files_that_appear_in_output_dir_during_the_run_are_not_replaced(tmp_path, work, digits):
+    out = tmp_path / "out"
+
+    def transform(model, data):  # runs after the start's check: a user (or another run) writes into output_dir
+        out.mkdir()
+        (out / "notes.txt").write_text("written while the run worked\n")
+        return model
+
+    with pytest.raises(UsageError, match=r"not a metaprune result \(notes\.txt\)"):
+        run_prune(_cfg(out, work / "resnet8"), transform=transform, data=digits, progress=False)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert (out / "notes.txt").read_text() == "written while the run worked\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models", "out"]  # no hidden temporary left

@@ -172,6 +172,7 @@ def apply_metanet_stage(model, data, cfg: PruneConfig, transform, device, stages
 def save(model, data, cfg: PruneConfig, out: Path, report: dict, stages: Stages) -> None:
     """Write ``pruned/`` (+ the verified exports) and ``report.json`` atomically; hand the summary to the logger."""
     t_save = time.perf_counter()  # timed by hand: its time goes into the report written in the same directory
+    check_output_dir(cfg)  # again: files may have appeared in output_dir while the run worked
     with atomic_dir(out) as tmp:
         extra = {"base_checkpoint": report["checkpoint"], **{k: report[k] for k in ("final_acc", "speedup", "data")}}
         save_model(model, tmp / "pruned", extra=extra)
