@@ -13,13 +13,12 @@ from metaprune.cli import friendly_errors, to_dict
 @friendly_errors
 def main(cfg: DictConfig) -> None:
     from metaprune.logging import make_logger
-    from metaprune.prune.pipeline import check_output_dir, run_prune
+    from metaprune.prune.pipeline import run_prune
     from metaprune.prune.report import format_report
 
     c = to_dict(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        check_output_dir(c["output_dir"], c["overwrite"])  # refuse before any work
         report = run_prune(c, logger=lambda: make_logger(c["logger"], config=c, name=f"prune-{c['data']['name']}",
                                                          dir=run_dir))
     except BaseException:

@@ -2,22 +2,23 @@
 import hydra
 from omegaconf import DictConfig
 
-from metaprune.cli import friendly_errors, to_dict
+from metaprune.cli import check_device, check_int, check_logger, check_types, friendly_errors, to_dict
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 @friendly_errors
 def main(cfg: DictConfig) -> None:
-    from pathlib import Path
-
-    from metaprune.cli import UsageError
+    from metaprune.io import check_output_dir
     from metaprune.logging import make_logger
-    from metaprune.train import train_network
+    from metaprune.train import TrainConfig, train_network
 
     c = to_dict(cfg)
-    out = Path(c["output_dir"])
-    if out.exists() and any(out.iterdir()) and not c["overwrite"]:
-        raise UsageError(f"output_dir {out} already holds a model; pass overwrite=true to replace it")
+    check_int("seed", c["seed"], 0)  # every value is checked before anything is built or loaded
+    check_device(c["device"])
+    check_logger(c["logger"])
+    check_types(TrainConfig, c["optim"], "optim.")
+    TrainConfig.from_dict(c["optim"])
+    out = check_output_dir(c["output_dir"], c["overwrite"], inputs=[c["data"].get("root")], kind="train")
     logger = make_logger(c["logger"], config=c, name=f"train-{c['model']['name']}")
     try:
         _, rec = train_network(c["model"]["name"], c["model"].get("args"), c["data"], c["optim"],

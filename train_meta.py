@@ -7,7 +7,7 @@ Multi-GPU: ``torchrun --nproc_per_node=K train_meta.py ...``; sweeps: ``python t
 import hydra
 from omegaconf import DictConfig
 
-from metaprune.cli import friendly_errors, to_dict
+from metaprune.cli import check_device, check_int, check_logger, check_types, friendly_errors, to_dict
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train_meta")
@@ -19,9 +19,13 @@ def main(cfg: DictConfig) -> None:
     from hydra.types import RunMode
 
     from metaprune.logging import make_logger
-    from metaprune.metatrain import run_meta
+    from metaprune.metatrain import MetaConfig, run_meta
 
     c = to_dict(cfg)
+    check_int("seed", c["seed"], 0)  # the values run_meta's own check (check_run_config) does not type
+    check_device(c["device"])
+    check_logger(c["logger"])
+    check_types(MetaConfig, c["meta_optim"], "meta_optim.")
     hc = HydraConfig.get()
     if hc.mode == RunMode.MULTIRUN:  # sweep jobs must not overwrite one another's metanetwork
         c["name"] = f"{c['name']}-{hc.job.num}"

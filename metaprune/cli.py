@@ -1,10 +1,18 @@
-"""Shared glue for the Hydra entry points: config to plain dict, clear one-line errors, exit codes."""
+"""Shared glue for the Hydra entry points: config to plain dict, the checks every entry point makes on its common
+values (seed, device, typed options), and one clear ``error:`` line with a non-zero exit for every error a user
+can cause; an internal error keeps its traceback and says it is a bug."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
+import traceback
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+BUG_REPORT = ("this is a bug in metaprune, not a problem with your input: please report it to the metaprune "
+              "maintainers (the project's issue tracker) with the command you ran and the traceback above")
 
 
 class UsageError(ValueError):
@@ -12,7 +20,86 @@ class UsageError(ValueError):
 
 
 def to_dict(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:  # an interpolation that does not resolve: ${oc.env:...}, ${missing}
+        key = getattr(e, "full_key", None)
+        raise UsageError(f"{key + ': ' if key else ''}{_one_line(getattr(e, 'msg', None) or e)}") from None
+
+
+def check_int(key: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UsageError(f"{key}={value!r} must be an integer >= {minimum}")
+    return value
+
+
+def check_device(device) -> None:
+    """``auto``, ``cpu`` or an accelerator that is present here (``cuda``, ``cuda:N``, ``mps``)."""
+    import torch
+
+    if device == "auto":
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"device={device!r} is invalid: give auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(f"device={device!r}: no CUDA device is available here; use device=cpu or device=auto")
+        if dev.index is not None and dev.index >= count:
+            raise UsageError(f"device={device!r}: only {count} CUDA device(s) here (cuda:0..cuda:{count - 1})")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"device={device!r}: MPS is not available here; use device=cpu or device=auto")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"device={device!r} is not supported: give auto, cpu, cuda or cuda:N")
+
+
+LOGGER_KEYS = {"kind", "project", "entity", "mode", "tags", "init_timeout"}  # configs/logger/wandb.yaml
+
+
+def check_logger(d) -> None:
+    """``logger.*``, checked when the run starts (prune.py starts its logger only once pruning has succeeded)."""
+    if d is None:
+        return
+    if not isinstance(d, dict):
+        raise UsageError(f"logger={d!r} must be a logger config (logger=wandb or logger=none)")
+    kind = d.get("kind", "none")
+    if kind not in ("none", "wandb"):
+        raise UsageError(f"logger.kind={kind!r} is invalid: must be wandb or none")
+    if kind == "wandb":
+        unknown = sorted(set(d) - LOGGER_KEYS)
+        if unknown:
+            raise UsageError(f"unknown logger option(s) {unknown}; known: {sorted(LOGGER_KEYS)}")
+        timeout = d.get("init_timeout", 5.0)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise UsageError(f"logger.init_timeout={timeout!r} is invalid: must be a number of seconds > 0")
+
+
+_KINDS = {"int": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+          "float": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+          "bool": ("true or false", lambda v: isinstance(v, bool)),
+          "str": ("a string", lambda v: isinstance(v, str)),
+          "None": ("null", lambda v: v is None)}
+
+
+def check_types(cls, d: dict | None, label: str) -> None:
+    """Each value of ``d`` has the type its field of dataclass ``cls`` declares (``int``, ``float``, ``bool``,
+    ``str``, ``X | None``), so ``epochs=abc`` is one error naming ``{label}epochs`` rather than a comparison
+    failing later. Fields of other types are left to the class's own checks."""
+    types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    for key, value in (d or {}).items():
+        names = [t.strip() for t in types.get(key, "").split("|")]
+        if not names or not all(n in _KINDS for n in names):
+            continue
+        if not any(_KINDS[n][1](value) for n in names):
+            want = " or ".join(_KINDS[n][0] for n in names)
+            raise UsageError(f"{label}{key}={value!r} must be {want}")
+
+
+def _one_line(e) -> str:
+    text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+    return text or type(e).__name__
 
 
 def friendly_errors(fn):
@@ -25,8 +112,19 @@ def friendly_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (UsageError, CheckpointError, DataNotFoundError, UnknownModelError, ValueError, FileExistsError) as e:
-            print(f"error: {e}", file=sys.stderr)
+        except (UsageError, CheckpointError, DataNotFoundError, UnknownModelError, ValueError) as e:
+            print(f"error: {_one_line(e)}", file=sys.stderr)
             sys.exit(2)
+        except OSError as e:  # a file or directory we cannot read or write: permissions, a full disk...
+            where = f"{e.filename}: " if e.filename else ""
+            print(f"error: {where}{e.strerror or _one_line(e)}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print("error: interrupted", file=sys.stderr)
+            sys.exit(130)
+        except Exception:
+            traceback.print_exc()
+            print(f"error: internal error: {BUG_REPORT}", file=sys.stderr)
+            sys.exit(1)
 
     return wrapper

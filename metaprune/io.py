@@ -12,6 +12,7 @@ import pickle
 import shutil
 import stat
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -119,6 +120,102 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike, meta
     atomic_write_file(path, lambda tmp: save_file(flat, tmp, metadata=metadata))
 
 
+# A directory metaprune wrote as a run's result carries this file (JSON: kind, version, time, contents);
+# ``overwrite=true`` replaces only such a directory, so it can never delete a user's own files.
+RESULT_MARKER = ".metaprune-result"
+MAX_MARKER_BYTES = 64 << 10
+
+
+def write_result_marker(directory: str | os.PathLike, kind: str) -> None:
+    """Mark ``directory`` (filled, not yet renamed into place) as a metaprune ``kind`` result listing its entries."""
+    from . import __version__
+
+    directory = Path(directory)
+    contents = sorted(p.name for p in directory.iterdir() if p.name != RESULT_MARKER)
+    atomic_write_json(directory / RESULT_MARKER, {"kind": kind, "version": __version__, "contents": contents,
+                                                  "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+
+
+def _result_marker(directory: Path) -> dict | None:
+    """The marker of a previous metaprune result in ``directory`` (its own, not a subdirectory's), else None."""
+    marker = directory / RESULT_MARKER
+    if marker.is_symlink() or not marker.is_file():
+        return None
+    try:
+        data = read_json(marker, MAX_MARKER_BYTES, "result marker")
+    except CheckpointError:
+        return None
+    ok = isinstance(data, dict) and isinstance(data.get("kind"), str) and isinstance(data.get("contents"), list)
+    return data if ok else None
+
+
+def _is_within(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def check_output_dir(path: str | os.PathLike, overwrite: bool, inputs=(), kind: str = "result") -> Path:
+    """Refuse, before any work, an ``output_dir`` whose replacement could destroy anything but a previous result.
+
+    Refused: a path under a regular file; one that is, contains or lies inside an input (``inputs``: checkpoint
+    directory, state dict, ONNX file, data root; symlinks and ``..`` resolved); one that is or contains the
+    current directory, the home directory or metaprune's own repository (``.``, ``/``, ``$HOME``); a non-empty
+    directory without ``overwrite``; and, even with ``overwrite``, one holding anything but a previous metaprune
+    result (its ``RESULT_MARKER`` and the entries the marker lists). Returns ``path`` as a ``Path``."""
+    from .cli import UsageError
+
+    if overwrite not in (True, False):
+        raise UsageError(f"overwrite={overwrite!r} must be true or false")
+    out = Path(path)
+    real = Path(os.path.realpath(out))
+    for inp in inputs:
+        if inp is None or str(inp) == "":
+            continue
+        src = Path(os.path.realpath(inp))
+        if _is_within(src, real):
+            what = "is" if src == real else "contains"
+            raise UsageError(f"output_dir {out}: refused: it {what} the input {inp}; writing there would "
+                             "destroy it. Give another output_dir")
+        if src.is_dir() and _is_within(real, src):
+            raise UsageError(f"output_dir {out}: refused: it lies inside the input {inp}; give an output_dir "
+                             "outside it")
+    repo = Path(__file__).resolve().parents[1]
+    for place, name in ((Path.home().resolve(), "your home directory"), (repo, "metaprune's own directory"),
+                        (Path.cwd().resolve(), "the current directory")):
+        if _is_within(place, real):
+            what = "is" if place == real else "contains"
+            raise UsageError(f"output_dir {out}: refused: it {what} {name} ({place}); give a directory of its own "
+                             "for the result")
+    above = real
+    while not os.path.lexists(above) and above != above.parent:
+        above = above.parent
+    if above != real and not above.is_dir():
+        raise UsageError(f"output_dir {out}: refused: {above} is a file, not a directory")
+    if not real.exists():
+        if not os.access(above, os.W_OK | os.X_OK):
+            raise UsageError(f"output_dir {out}: cannot create it: {above} is not writable")
+        return out
+    if not real.is_dir():
+        raise UsageError(f"output_dir {out} is a file; give a directory")
+    entries = sorted(p.name for p in real.iterdir())
+    if not entries:
+        return out
+    marker = _result_marker(real)
+    if marker is None:
+        shown = ", ".join(entries[:3]) + (" ..." if len(entries) > 3 else "")
+        raise UsageError(f"output_dir {out}: refused: it holds files that are not a metaprune result ({shown}); "
+                         f"overwrite=true replaces only a previous result (marked by {RESULT_MARKER}). Give a new "
+                         "or empty directory")
+    if not overwrite:
+        held = "a run" if marker["kind"] == "prune" else "a model" if marker["kind"] == "train" else "a result"
+        raise UsageError(f"output_dir {out} already holds {held}; pass overwrite=true to replace it")
+    extra = sorted(set(entries) - set(marker["contents"]) - {RESULT_MARKER})
+    if extra:
+        raise UsageError(f"output_dir {out}: refused: besides a previous metaprune result it holds "
+                         f"{', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}, which overwrite=true would "
+                         "delete; move it or give another output_dir")
+    return out
+
+
 def atomic_dir(target: str | os.PathLike):
     """Context manager yielding a temp directory that replaces ``target`` when the block succeeds."""
     return _AtomicDir(Path(target))
@@ -151,10 +248,11 @@ class _AtomicDir:
         return False
 
 
-def save_model(model: nn.Module, path: str | os.PathLike, extra: dict | None = None) -> Path:
+def save_model(model: nn.Module, path: str | os.PathLike, extra: dict | None = None, marker: str | None = None) -> Path:
     """Write ``model`` to directory ``path`` as ``model.safetensors`` + ``spec.json``.
 
-    ``extra`` (JSON-serialisable: accuracy, MACs, training config...) is stored in the spec.
+    ``extra`` (JSON-serialisable: accuracy, MACs, training config...) is stored in the spec. ``marker``: the kind
+    of run result this directory is (``train``), recorded in its ``RESULT_MARKER`` (see ``check_output_dir``).
     """
     spec = model_spec(model)
     if extra:
@@ -163,6 +261,8 @@ def save_model(model: nn.Module, path: str | os.PathLike, extra: dict | None = N
     with atomic_dir(path) as tmp:
         save_tensors(model.state_dict(), tmp / WEIGHTS)
         atomic_write_json(tmp / SPEC, spec)
+        if marker:
+            write_result_marker(tmp, marker)
     return path
 
 

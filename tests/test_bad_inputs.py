@@ -549,3 +549,113 @@ def test_wandb_init_timeout_is_validated(bad):
     with pytest.raises(ValueError, match="logger.init_timeout"):
         make_logger({"kind": "wandb", "init_timeout": bad})
 
+
+
+# --- one error line at the CLI boundary -----------------------------------------------------------------------
+
+def _script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"entry_{name}", REPO / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _entry_error(tmp_path, capsys, name: str, *overrides) -> tuple[int, str]:
+    """``name``.py's config composed by Hydra with ``overrides`` and run through its error boundary in this process:
+    (exit code, stderr). Every case here is refused while the config is checked, before anything is loaded."""
+    from hydra import compose, initialize_config_dir
+
+    from metaprune.cli import friendly_errors, to_dict
+    from metaprune.prune.pipeline import run_prune
+
+    out = [f"output_dir={tmp_path / 'out'}"] if name in ("prune", "train") else []
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose(name, overrides=["logger=none", *out, *overrides])
+    capsys.readouterr()
+    start = time.perf_counter()
+    with pytest.raises(SystemExit) as exc:
+        if name == "prune":  # prune.py's main adds Hydra's run dir, which a composed config has not got
+            friendly_errors(run_prune)(to_dict(cfg), progress=False)
+        else:
+            _script(name).main(cfg)  # a config handed to a @hydra.main function runs it directly
+    assert time.perf_counter() - start < SLOW
+    assert not (tmp_path / "out").exists()
+    return exc.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name,overrides,message", [
+    ("prune", ["finetune.epochs=abc"], "finetune.epochs='abc' must be an integer >= 0"),
+    ("prune", ["finetune.epochs=1.5"], "finetune.epochs=1.5 must be an integer >= 0"),
+    ("prune", ["finetune.lr=abc"], "finetune.lr='abc' must be a number"),
+    ("prune", ["seed=abc"], "seed='abc' must be an integer >= 0"),
+    ("prune", ["threads=-1"], "threads=-1 must be an integer >= 1"),
+    ("prune", ["device=banana"], "device='banana' is invalid: give auto, cpu, cuda or cuda:N"),
+    ("prune", ["prune.round_to=abc"], "prune.round_to='abc' is invalid: must be null, auto or an integer >= 1"),
+    ("prune", ["latency.runs=0"], "latency.runs=0 is invalid: must be an integer > 0"),
+    ("prune", ["latency.batch_size=0"], "latency.batch_size=0 is invalid: must be an integer > 0"),
+    ("prune", ["logger=wandb", "logger.init_timeout=0"], "logger.init_timeout=0 is invalid"),
+    ("prune", ["logger=wandb", "logger.init_timeout=abc"], "logger.init_timeout='abc' is invalid"),
+    ("train", ["optim.epochs=abc"], "optim.epochs='abc' must be an integer"),
+    ("train", ["optim.lr=abc"], "optim.lr='abc' must be a number"),
+    ("train", ["seed=abc"], "seed='abc' must be an integer >= 0"),
+    ("train", ["device=banana"], "device='banana' is invalid"),
+    ("train", ["logger=wandb", "logger.init_timeout=-1"], "logger.init_timeout=-1 is invalid"),
+    ("train_meta", ["seed=abc"], "seed='abc' must be an integer >= 0"),
+    ("train_meta", ["meta_optim.lr=abc"], "meta_optim.lr='abc' must be a number"),
+    ("train_meta", ["device=banana"], "device='banana' is invalid"),
+])
+def test_bad_config_value_is_one_error_line_naming_the_key(tmp_path, capsys, name, overrides, message):
+    code, err = _entry_error(tmp_path, capsys, name, *overrides)
+    assert code == 2
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("name", ["prune", "train", "train_meta"])
+def test_cuda_without_a_gpu_is_one_error_line(tmp_path, capsys, name):
+    code, err = _entry_error(tmp_path, capsys, name, "device=cuda")
+    assert code == 2
+    assert err == "error: device='cuda': no CUDA device is available here; use device=cpu or device=auto\n"
+
+
+@pytest.mark.parametrize("name,override,message", [
+    ("prune.py", "threads=-1", "error: threads=-1 must be an integer >= 1"),
+    ("train.py", "optim.epochs=abc", "error: optim.epochs='abc' must be an integer"),
+    ("train_meta.py", "meta_optim.lr=abc", "error: meta_optim.lr='abc' must be a number"),
+])
+def test_real_cli_prints_one_line_and_exits_non_zero(tmp_path, name, override, message):
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    out = [f"output_dir={tmp_path / 'out'}"] if name != "train_meta.py" else [f"out_root={tmp_path / 'out'}"]
+    proc = subprocess.run([sys.executable, str(REPO / name), f"hydra.run.dir={tmp_path / 'hydra'}", "logger=none",
+                           *out, override], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2, proc.stdout
+    assert proc.stderr.strip() == message, proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_internal_error_keeps_its_traceback_and_says_it_is_a_bug(capsys):
+    from metaprune.cli import friendly_errors
+
+    def broken():
+        return {}["a key metaprune forgot"]
+
+    with pytest.raises(SystemExit) as exc:
+        friendly_errors(broken)()
+    err = capsys.readouterr().err
+    assert exc.value.code == 1
+    assert "Traceback" in err and "KeyError: 'a key metaprune forgot'" in err
+    assert err.strip().splitlines()[-1].startswith("error: internal error: this is a bug in metaprune")
+
+
+def test_os_error_is_one_error_line_naming_the_file(tmp_path, capsys):
+    from metaprune.cli import friendly_errors
+
+    def write():
+        raise PermissionError(13, "Permission denied", str(tmp_path / "locked"))
+
+    with pytest.raises(SystemExit) as exc:
+        friendly_errors(write)()
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'locked'}: Permission denied\n"

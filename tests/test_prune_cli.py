@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from metaprune.cli import friendly_errors
-from metaprune.io import save_model
+from metaprune.io import save_model, write_result_marker
 from metaprune.models import build
 from metaprune.prune.pipeline import run_prune
 
@@ -155,6 +155,7 @@ def test_output_dir_with_a_run_is_refused_unless_overwrite(tmp_path, small_ckpt)
     out = tmp_path / "out"
     out.mkdir()
     (out / "report.json").write_text("{}")
+    write_result_marker(out, "prune")  # a previous run's result (a directory without the marker is never replaced)
     proc = _run(tmp_path, f"model.checkpoint={small_ckpt / 'resnet8'}")
     assert proc.returncode != 0
     assert "already holds a run; pass overwrite=true" in proc.stderr

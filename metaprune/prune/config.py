@@ -10,9 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from ..cli import UsageError
+from ..cli import UsageError, check_device, check_int, check_logger, check_types
 from ..export import parse_formats
 from ..metanet.resolve import resolve_metanet
 from ..train import TrainConfig, split_data_cfg
@@ -98,12 +96,13 @@ class PruneConfig:
         for key in ("model", "data", "output_dir"):
             if cfg.get(key) is None:
                 raise UsageError(f"{key} is required")
-        _int("seed", cfg.get("seed", 0), 0)
+        check_int("seed", cfg.get("seed", 0), 0)
         if cfg.get("threads") is not None:
-            _int("threads", cfg["threads"], 1)
+            check_int("threads", cfg["threads"], 1)
         if cfg.get("overwrite", False) not in (True, False):
             raise UsageError(f"overwrite={cfg['overwrite']!r} must be true or false")
-        _device(cfg.get("device") or "auto")
+        check_device(cfg.get("device") or "auto")
+        check_logger(cfg.get("logger"))
         stage = cfg.get("stage") or "trained"
         if stage not in STAGES:
             raise UsageError(f"stage={stage!r} is invalid: must be one of {', '.join(STAGES)}")
@@ -137,20 +136,6 @@ def _sub(cls, d, key: str):
     except ValueError as e:
         raise UsageError(str(e)) from None
     return cls(**d)
-
-
-def _int(key: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UsageError(f"{key}={value!r} must be an integer >= {minimum}")
-    return value
-
-
-def _device(device) -> None:
-    try:
-        if device != "auto":
-            torch.device(device)
-    except (RuntimeError, TypeError):
-        raise UsageError(f"device={device!r} is invalid: give auto, cpu, cuda or cuda:N") from None
 
 
 def _model_source(d, stage: str) -> ModelSource:
@@ -238,14 +223,15 @@ def _metanet_options(d) -> MetanetOptions:
         raise UsageError("metanet holds an architecture preset (configs/metanet/, for train_meta.py); prune.py "
                          "applies a trained one: metanet=shipped|none or metanet.checkpoint=PATH")
     opts = _sub(MetanetOptions, d, "metanet")
-    _int("metanet.finetune_epochs", opts.finetune_epochs, 0)
+    check_int("metanet.finetune_epochs", opts.finetune_epochs, 0)
     return opts
 
 
 def _finetune(cfg: dict, stage: str, data: dict, progress: bool) -> TrainConfig:
     ft = dict(cfg.get("finetune") or {})
     if "epochs" in ft:
-        _int("finetune.epochs", ft["epochs"], 0)
+        check_int("finetune.epochs", ft["epochs"], 0)
+    check_types(TrainConfig, ft, "finetune.")
     if stage == "trained_nofinetune":
         ft["epochs"] = 0
     try:

@@ -23,10 +23,10 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from ..cli import UsageError
 from ..data import DataBundle
 from ..export import export_verified
-from ..io import atomic_dir, atomic_write_json, save_model
+from ..io import atomic_dir, atomic_write_json, save_model, write_result_marker
+from ..io import check_output_dir as check_output_path
 from ..logging import Logger
 from ..metanet.resolve import rewrite_for_pruning
 from ..metrics import latency, macs_and_params
@@ -39,13 +39,11 @@ from .route import reach_target
 Transform = Callable[[nn.Module, DataBundle], nn.Module]
 
 
-def check_output_dir(path, overwrite: bool) -> Path:
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"output_dir {out} is a file; give a directory")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise UsageError(f"output_dir {out} already holds a run; pass overwrite=true to replace it")
-    return out
+def check_output_dir(cfg: PruneConfig) -> Path:
+    """The run's ``output_dir``, refused before anything is loaded if replacing it could destroy an input or
+    anything but a previous result (see :func:`metaprune.io.check_output_dir`)."""
+    inputs = [cfg.model.checkpoint, cfg.model.onnx, cfg.metanet_checkpoint, cfg.data.get("root")]
+    return check_output_path(cfg.output_dir, cfg.overwrite, inputs=inputs, kind="prune")
 
 
 def run_prune(cfg: dict, transform: Transform | None = None, logger=None, data: DataBundle | None = None,
@@ -61,7 +59,7 @@ def run_prune(cfg: dict, transform: Transform | None = None, logger=None, data: 
     stages = Stages(logger)
     try:
         run = PruneConfig.from_dict(cfg, progress)
-        out = check_output_dir(run.output_dir, run.overwrite)
+        out = check_output_dir(run)
         if run.threads:
             torch.set_num_threads(run.threads)
         return _run_prune(run, out, transform, data, stages)
@@ -174,6 +172,7 @@ def apply_metanet_stage(model, data, cfg: PruneConfig, transform, device, stages
 def save(model, data, cfg: PruneConfig, out: Path, report: dict, stages: Stages) -> None:
     """Write ``pruned/`` (+ the verified exports) and ``report.json`` atomically; hand the summary to the logger."""
     t_save = time.perf_counter()  # timed by hand: its time goes into the report written in the same directory
+    check_output_dir(cfg)  # again: files may have appeared in output_dir while the run worked
     with atomic_dir(out) as tmp:
         extra = {"base_checkpoint": report["checkpoint"], **{k: report[k] for k in ("final_acc", "speedup", "data")}}
         save_model(model, tmp / "pruned", extra=extra)
@@ -184,6 +183,7 @@ def save(model, data, cfg: PruneConfig, out: Path, report: dict, stages: Stages)
         stages.timings["save"] = round(time.perf_counter() - t_save, 3)
         stages.timings["total"] = round(time.perf_counter() - stages.t_start, 3)
         atomic_write_json(tmp / "report.json", report)
+        write_result_marker(tmp, "prune")  # what lets a later overwrite=true replace this directory, and only this
     if stages.logger is not None:
         stages.logger.summary({**{k: report[k] for k in ("base_acc", "pruned_acc", "final_acc", "speedup", "base_macs",
                                                          "pruned_macs", "base_params", "pruned_params")},

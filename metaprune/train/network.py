@@ -41,5 +41,5 @@ def train_network(model_name: str, model_args: dict | None = None, data_cfg: dic
               "val_acc": val["acc"], "test_acc": test["acc"], "macs": macs, "params": params,
               "epochs": cfg.epochs, "train_seconds": train_s, "history": history}
     if output_dir is not None:
-        save_model(model, Path(output_dir), extra={k: v for k, v in record.items() if k != "history"})
+        save_model(model, Path(output_dir), extra={k: v for k, v in record.items() if k != "history"}, marker="train")
     return model, record
