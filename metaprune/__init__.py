@@ -9,8 +9,7 @@ warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
 
 from .io import CheckpointError, load_model, load_state_dict_file, save_model
 from .models import build
-
-__version__ = "0.1.0"
+from .utils import __version__
 __all__ = ["build", "load_model", "save_model", "load_state_dict_file", "CheckpointError", "prune_checkpoint",
            "__version__"]
 

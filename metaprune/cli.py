@@ -11,12 +11,10 @@ import traceback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .utils import UsageError  # noqa: F401  (re-exported: the error type every entry point reports)
+
 BUG_REPORT = ("this is a bug in metaprune, not a problem with your input: please report it to the metaprune "
               "maintainers (the project's issue tracker) with the command you ran and the traceback above")
-
-
-class UsageError(ValueError):
-    """Bad user input caught at the boundary; reported as one sentence and exit code 2."""
 
 
 def to_dict(cfg: DictConfig) -> dict:

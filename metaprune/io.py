@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .models.spec import check_spec, model_spec, rebuild
+from .utils import UsageError, __version__
 
 WEIGHTS = "model.safetensors"
 SPEC = "spec.json"
@@ -128,8 +129,6 @@ MAX_MARKER_BYTES = 64 << 10
 
 def write_result_marker(directory: str | os.PathLike, kind: str) -> None:
     """Mark ``directory`` (filled, not yet renamed into place) as a metaprune ``kind`` result listing its entries."""
-    from . import __version__
-
     directory = Path(directory)
     contents = sorted(p.name for p in directory.iterdir() if p.name != RESULT_MARKER)
     atomic_write_json(directory / RESULT_MARKER, {"kind": kind, "version": __version__, "contents": contents,
@@ -161,8 +160,6 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool, inputs=(), kind: 
     current directory, the home directory or metaprune's own repository (``.``, ``/``, ``$HOME``); a non-empty
     directory without ``overwrite``; and, even with ``overwrite``, one holding anything but a previous metaprune
     result (its ``RESULT_MARKER`` and the entries the marker lists). Returns ``path`` as a ``Path``."""
-    from .cli import UsageError
-
     if overwrite not in (True, False):
         raise UsageError(f"overwrite={overwrite!r} must be true or false")
     out = Path(path)

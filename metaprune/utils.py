@@ -1,9 +1,12 @@
-"""Small helpers every layer of metaprune may use (this module imports nothing from metaprune)."""
+"""Small helpers every layer of metaprune may use (this module imports nothing from metaprune): the version,
+``preserve_mode`` and ``UsageError``, the error type a user's bad input raises."""
 from __future__ import annotations
 
 import contextlib
 
 import torch.nn as nn
+
+__version__ = "0.1.0"
 
 
 @contextlib.contextmanager
@@ -18,3 +21,7 @@ def preserve_mode(model: nn.Module):
     finally:
         for m, training in modes:
             m.training = training
+
+
+class UsageError(ValueError):
+    """Bad user input caught at the boundary; reported as one sentence and exit code 2."""
