@@ -280,26 +280,31 @@ def check_finite(state: dict[str, torch.Tensor], source) -> None:
         raise CheckpointError(f"{source}: NaN or Inf values in {len(bad)} tensor(s): {', '.join(bad[:5])}")
 
 
+def _first(items: list, n: int) -> str:
+    return f"{items[:n]}{' ...' if len(items) > n else ''}"
+
+
+def state_dict_diff(saved: dict, own: dict, cast_ok=None) -> dict[str, list[str]]:
+    """Keys where the state dict ``saved`` differs from ``own``: ``missing``, ``unexpected``, ``shape`` and ``dtype``
+    (a dtype pair passes when ``cast_ok(saved_tensor, own_tensor)`` allows it)."""
+    common = [k for k in own if k in saved]
+    return {"missing": [k for k in own if k not in saved], "unexpected": [k for k in saved if k not in own],
+            "shape": [k for k in common if tuple(saved[k].shape) != tuple(own[k].shape)],
+            "dtype": [k for k in common if saved[k].dtype != own[k].dtype
+                      and not (cast_ok and cast_ok(saved[k], own[k]))]}
+
+
 def load_into(model: nn.Module, state: dict[str, torch.Tensor], source) -> nn.Module:
     """Load ``state`` into ``model`` strictly, naming missing, unexpected and mis-shaped keys."""
+    # float -> float casts are fine; an integer or bool tensor where the model has a float one would be cast silently
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shape = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-             if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    # an integer or bool tensor where the model has a float one would be cast silently
-    dtype = [f"{k} {state[k].dtype} vs {own[k].dtype}" for k in own
-             if k in state and own[k].is_floating_point() and not state[k].is_floating_point()]
-    if missing or unexpected or shape or dtype:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-        if shape:
-            parts.append(f"shape mismatch (file vs model) {shape[:5]}{' ...' if len(shape) > 5 else ''}")
-        if dtype:
-            parts.append(f"non-float weights (file vs model) {dtype[:5]}{' ...' if len(dtype) > 5 else ''}")
+    d = state_dict_diff(state, own, cast_ok=lambda saved, mine: not mine.is_floating_point() or saved.is_floating_point())
+    d["shape"] = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in d["shape"]]
+    d["dtype"] = [f"{k} {state[k].dtype} vs {own[k].dtype}" for k in d["dtype"]]
+    labels = {"missing": "missing keys", "unexpected": "unexpected keys", "shape": "shape mismatch (file vs model)",
+              "dtype": "non-float weights (file vs model)"}
+    parts = [f"{labels[k]} {_first(v, 5)}" for k, v in d.items() if v]
+    if parts:
         raise CheckpointError(f"{source}: weights do not fit the architecture: " + "; ".join(parts))
     model.load_state_dict(state, strict=True)
     return model

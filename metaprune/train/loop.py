@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..io import MAX_WEIGHTS_BYTES, CheckpointError, atomic_dir, read_torch
+from ..io import MAX_WEIGHTS_BYTES, CheckpointError, atomic_dir, read_torch, state_dict_diff
 from ..utils import preserve_mode
 
 
@@ -226,21 +226,18 @@ def weights_diff(saved: dict, own: dict, what: str) -> list[str]:
     """How the state dict ``saved`` differs from ``own`` in keys, shapes and dtypes (empty when it fits)."""
     if not all(isinstance(v, torch.Tensor) for v in saved.values()):
         return [f"{what} holds values that are not tensors"]
-    missing = [k for k in own if k not in saved]
-    unexpected = [k for k in saved if k not in own]
-    shape = [f"{k} {list(saved[k].shape)}, the run builds {list(own[k].shape)}" for k in own
-             if k in saved and saved[k].shape != own[k].shape]
-    dtype = [f"{k} {saved[k].dtype} vs {own[k].dtype}" for k in own if k in saved and saved[k].dtype != own[k].dtype]
-    out = []
-    if dtype:  # load_state_dict would cast silently
-        out.append(f"{what} dtypes differ (state vs run): {'; '.join(dtype[:3])}{' ...' if len(dtype) > 3 else ''}")
-    if shape:
-        out.append(f"{what} shapes differ: state has {'; '.join(shape[:3])}{' ...' if len(shape) > 3 else ''}")
-    if missing:
-        out.append(f"{what} lacks {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    if unexpected:
-        out.append(f"{what} has unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-    return out
+    d = state_dict_diff(saved, own)  # any dtype change: load_state_dict would cast silently
+
+    def some(items):
+        return "; ".join(items[:3]) + (" ..." if len(items) > 3 else "")
+
+    dtype = [f"{k} {saved[k].dtype} vs {own[k].dtype}" for k in d["dtype"]]
+    shape = [f"{k} {list(saved[k].shape)}, the run builds {list(own[k].shape)}" for k in d["shape"]]
+    return [text for key, text in (("dtype", f"{what} dtypes differ (state vs run): {some(dtype)}"),
+                                   ("shape", f"{what} shapes differ: state has {some(shape)}"),
+                                   ("missing", f"{what} lacks {d['missing'][:5]}{' ...' if len(d['missing']) > 5 else ''}"),
+                                   ("unexpected", f"{what} has unexpected {d['unexpected'][:5]}"
+                                                  f"{' ...' if len(d['unexpected']) > 5 else ''}")) if d[key]]
 
 
 def _optimizer_diff(saved: dict, opt: torch.optim.Optimizer) -> list[str]:
