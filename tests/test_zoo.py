@@ -147,3 +147,19 @@ def test_a_member_trains_bit_identically_from_its_seed():
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_the_committed_fashion_mnist_zoo_meets_its_spec():
+    """33 networks, 5 families, split by network with a whole family held out; every member rebuilds safely."""
+    root = Path(__file__).resolve().parents[1] / "checkpoints" / "zoo" / "fashion_mnist"
+    zoo = load_zoo(root)
+    fams = {m["family"] for m in zoo.members.values()}
+    assert len(zoo) >= 32 and len(fams) >= 5
+    assert len(zoo.split["val"]) >= 6 and len(zoo.split["heldout"]) >= 10
+    held_whole = [f for f in fams if not zoo.names("train", families=[f]) and not zoo.names("val", families=[f])]
+    assert held_whole == ["vgg"]
+    assert zoo.index["data"]["train_subset"] == 20000
+    for name, m in zoo.members.items():
+        assert m["test_acc"] > 0.8, name  # realistic for the architecture, nowhere near chance
+        model = zoo.load(name)
+        assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
