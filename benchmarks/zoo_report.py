@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from metaprune.io import atomic_write_json, read_spec  # noqa: E402
 from metaprune.zoo import SPLITS, load_zoo, plan_members, split_members  # noqa: E402
-from metaprune.zoo.core import INDEX  # noqa: E402
+from metaprune.zoo.core import INDEX, index_entry  # noqa: E402
 
 
 def summarise(members: dict) -> dict:
@@ -84,11 +84,7 @@ def unfinished(root: Path, config_file: str) -> dict:
     members = {}
     for m in planned:
         if (root / m["name"] / "model.safetensors").is_file():
-            rec = read_spec(root / m["name"]).get("extra", {})
-            members[m["name"]] = {"family": m["family"], "model": m["model"], "args": m["args"], "seed": m["seed"],
-                                  "split": next(s for s in SPLITS if m["name"] in split[s]),
-                                  **{k: rec[k] for k in ("val_acc", "test_acc", "macs", "params", "train_seconds")
-                                     if k in rec}}
+            members[m["name"]] = index_entry(m, split, read_spec(root / m["name"]).get("extra", {}))
     return {"config": cfg, "data": cfg.get("data"), "split": split, "members": members,
             "missing": sorted(m["name"] for m in planned if m["name"] not in members)}
 

@@ -161,12 +161,13 @@ def fashion_mnist(root=None, download: bool = False, seed: int = 0, val_size: in
     if train_subset is not None:
         train_idx = train_idx[_stratified(labels[train_idx], int(train_subset), seed)]
     x_train = x_all[torch.as_tensor(train_idx)].float().div_(255)
-    mean, std = float(x_train.mean()), float(x_train.std())
+    mean, std = float(x_train.mean()), float(x_train.std())  # statistics of the native-size train images
 
-    def prep(x_u8: torch.Tensor) -> torch.Tensor:  # resized before normalising, so padding is background
-        return _resize(x_u8.float().div_(255).unsqueeze(1), int(size)).sub_(mean).div_(std)
+    def prep(x: torch.Tensor) -> torch.Tensor:  # resized before normalising, so padding is background
+        x = x.float().div_(255) if x.dtype == torch.uint8 else x
+        return _resize(x.unsqueeze(1), int(size)).sub_(mean).div_(std)
 
-    train = TensorPairs(prep(x_all[torch.as_tensor(train_idx)]), y_all[torch.as_tensor(train_idx)])
+    train = TensorPairs(prep(x_train), y_all[torch.as_tensor(train_idx)])
     if augment:
         train.transform = ShiftFlip(2, seed)
     val = TensorPairs(prep(x_all[torch.as_tensor(np.sort(val_idx))]), y_all[torch.as_tensor(np.sort(val_idx))])

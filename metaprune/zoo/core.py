@@ -84,6 +84,13 @@ def split_members(members: list[dict], split_cfg: dict) -> dict[str, list[str]]:
     return {k: sorted(v) for k, v in split.items()}
 
 
+def index_entry(member: dict, split: dict[str, list[str]], record: dict) -> dict:
+    """A member's line in ``index.json``: what it is, its split, and the numbers its training recorded."""
+    return {"family": member["family"], "model": member["model"], "args": member["args"], "seed": member["seed"],
+            "path": member["name"], "split": next(s for s in SPLITS if member["name"] in split[s]),
+            **{k: record[k] for k in ("val_acc", "test_acc", "macs", "params", "train_seconds") if k in record}}
+
+
 def _recipe(member: dict, data_cfg: dict) -> dict:
     """What must match for a member on disk to be reused (JSON-normalised)."""
     return json.loads(json.dumps({"model": member["model"], "args": member["args"], "seed": member["seed"],
@@ -189,14 +196,13 @@ def build_zoo(zoo_cfg: dict, data_cfg: dict, optim: dict | None = None, root: st
     split = split_members(members, zoo_cfg.get("split") or {})
     index = {"data": data_cfg, "config": {k: v for k, v in zoo_cfg.items() if k not in ("shard", "num_shards")},
              "split": split, "members": {}}
-    mine = [m for i, m in enumerate(members) if i % num_shards == shard]
     bar = tqdm(members, desc=f"zoo {root.name}" + (f" shard {shard}/{num_shards}" if num_shards > 1 else ""),
                disable=not progress, dynamic_ncols=True)
     trained, missing = 0, []
-    for m in bar:
+    for i, m in enumerate(bar):
         path, recipe = root / m["name"], _recipe(m, data_cfg)
         record = _reusable(path, recipe)
-        if record is None and m not in mine:
+        if record is None and i % num_shards != shard:
             missing.append(m["name"])  # another shard's member, not finished yet
             continue
         if record is None:
@@ -208,10 +214,7 @@ def build_zoo(zoo_cfg: dict, data_cfg: dict, optim: dict | None = None, root: st
             record = {**{k: v for k, v in rec.items() if k != "history"}, "family": m["family"], "recipe": recipe}
             save_model(model, path, extra=record)
             trained += 1
-        index["members"][m["name"]] = {
-            "family": m["family"], "model": m["model"], "args": m["args"], "seed": m["seed"], "path": m["name"],
-            "split": next(s for s in SPLITS if m["name"] in split[s]),
-            **{k: record[k] for k in ("val_acc", "test_acc", "macs", "params", "train_seconds") if k in record}}
+        index["members"][m["name"]] = index_entry(m, split, record)
         if num_shards == 1:
             atomic_write_json(root / INDEX, index)
     if missing:
