@@ -12,8 +12,9 @@ Every method receives the same trained checkpoint and trains ``pre_epochs + fine
   metaprune         metanetwork rewrite, E epochs of recovery finetuning, prune (global), finetune F
   metaprune_direct  metanetwork rewrite, prune at once (global), finetune E + F
 Accuracy on the test split right after pruning ("no finetune") and after the final finetune, whose epoch is
-kept by **val** accuracy; nothing is selected on test. Each finished (network, seed) cell is kept under ``cells_dir``, so an interrupted
-run resumes, and ``shard=I num_shards=N`` splits the cells over N processes. Paired differences between methods (per network,
+kept by **val** accuracy; nothing is selected on test. Each finished (network, seed, method) cell is kept under ``cells_dir``, so an
+interrupted run resumes, a new method reuses the others' cells, and ``shard=I num_shards=N`` splits the cells over N
+processes. Paired differences between methods (per network,
 averaged over pruning seeds) with a 95% t-interval over networks, wins and losses, and per-family means go in
 ``quality-<tag>.json``; ``.png`` plots accuracy against speedup, one line per method with its spread.
 """
@@ -58,51 +59,58 @@ def _criterion(method: str, c: dict) -> tuple[str, bool]:
     return c["importance"], method != "depgraph_local"
 
 
-def run_network(base, data, metanet, c: dict, seed: int) -> dict:
-    """Every method at every speedup on one network: {method: {speedup: {...}}}."""
+def run_method(base, data, metanet, c: dict, seed: int, method: str) -> dict:
+    """One method at every speedup on one network: {speedup: {...}, "seconds": s, ...}."""
     from metaprune.metanet import apply_metanet
     from metaprune.prune import prune
     from metaprune.prune.sparse import sparse_learning_hook
-    from metaprune.train import evaluate, fit
+    from metaprune.train import evaluate, fit, seed_everything
 
+    seed_everything(seed)  # each method's cell is reproducible on its own, whichever others ran
     x = data.example_inputs()
     test = data.loader("test", 512, shuffle=False)
     acc = lambda m: evaluate(m, test, c["device"])["acc"]
     pre, post = int(c["pre_epochs"]), int(c["finetune_epochs"])
-    out = {"base_acc": acc(base), "seconds": {}}
-    starts = {}  # method -> (model before pruning, epochs already spent)
-    for method in c["methods"]:
-        t0 = time.perf_counter()
-        m = copy.deepcopy(base)
-        if method == "depgraph_sl":
-            hook = sparse_learning_hook(m, x, **c["sparse_learning"])
-            fit(m, data, _ft_cfg(c, pre, seed), after_backward=hook, desc="sl")
-        elif method in ("metaprune", "metaprune_direct"):
-            m = apply_metanet(metanet, m, x)
-            out[f"{method}_rewritten_acc"] = acc(m)
-            if method == "metaprune" and pre:
-                fit(m, data, _ft_cfg(c, pre, seed), desc="recovery")
-        starts[method] = (m, pre if method in PRE_TRAINED else 0)
-        out["seconds"][method] = time.perf_counter() - t0
-    for method, (start, spent) in starts.items():
-        out[method] = {}
-        t0 = time.perf_counter()
-        crit, global_pruning = _criterion(method, c)
-        for s in c["speedups"]:
-            m = copy.deepcopy(start)
-            try:
-                res = prune(m, x, target_speedup=float(s), importance=crit, global_pruning=global_pruning,
-                            seed=seed)
-            except ValueError as e:  # the target removes a whole layer: recorded, left out of the statistics
-                out[method][str(s)] = {"unreachable": str(e)}
-                continue
-            no_ft = acc(m)
-            fit(m, data, _ft_cfg(c, pre + post - spent, seed, select="best_val"), desc="ft")
-            out[method][str(s)] = {"no_finetune": no_ft, "finetuned": acc(m), "speedup": res.speedup,
-                                   "params_ratio": res.param_ratio, "epochs_before_prune": spent,
-                                   "epochs_after_prune": pre + post - spent}
-        out["seconds"][method] += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out: dict = {}
+    start = copy.deepcopy(base)
+    if method == "depgraph_sl" and pre:
+        hook = sparse_learning_hook(start, x, **c["sparse_learning"])
+        fit(start, data, _ft_cfg(c, pre, seed), after_backward=hook, desc="sl")
+    elif method in ("metaprune", "metaprune_direct"):
+        start = apply_metanet(metanet, start, x)
+        out["rewritten_acc"] = acc(start)
+        if method == "metaprune" and pre:
+            fit(start, data, _ft_cfg(c, pre, seed), desc="recovery")
+            out["recovered_acc"] = acc(start)
+    spent = pre if method in PRE_TRAINED else 0
+    crit, global_pruning = _criterion(method, c)
+    for s in c["speedups"]:
+        m = copy.deepcopy(start)
+        try:
+            res = prune(m, x, target_speedup=float(s), importance=crit, global_pruning=global_pruning, seed=seed)
+        except ValueError as e:  # the target removes a whole layer: recorded, left out of the statistics
+            out[str(s)] = {"unreachable": str(e)}
+            continue
+        no_ft = acc(m)
+        fit(m, data, _ft_cfg(c, pre + post - spent, seed, select="best_val"), desc="ft")
+        out[str(s)] = {"no_finetune": no_ft, "finetuned": acc(m), "speedup": res.speedup,
+                       "params_ratio": res.param_ratio, "epochs_before_prune": spent,
+                       "epochs_after_prune": pre + post - spent}
+    out["seconds"] = time.perf_counter() - t0
     return out
+
+
+def assemble(base_acc: float, family: str, cells: dict) -> dict:
+    """One network-seed record from its per-method cells (the shape summarise / paired read)."""
+    rec = {"family": family, "base_acc": base_acc, "seconds": {}}
+    for method, cell in cells.items():
+        rec["seconds"][method] = cell["seconds"]
+        for k in ("rewritten_acc", "recovered_acc"):
+            if k in cell:
+                rec[f"{method}_{k}"] = cell[k]
+        rec[method] = {k: v for k, v in cell.items() if k not in ("seconds", "rewritten_acc", "recovered_acc")}
+    return rec
 
 
 def _cells(per_net: dict, method: str, s, phase: str) -> dict[str, float]:
@@ -229,19 +237,40 @@ def plot(table: dict, speedups, path: Path, title: str, base_mean: float | None 
     fig.savefig(path, dpi=110)
 
 
+def _recipe_hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def _cells_dir(c: dict) -> Path:
-    """Where finished (network, seed) results are kept, keyed by everything that changes them: a rerun with the
-    same settings resumes, a changed setting starts afresh."""
-    keys = ("data", "zoo", "split", "methods", "speedups", "importance", "pre_epochs", "finetune_epochs",
-            "finetune", "sparse_learning", "metanet_checkpoint", "device")
-    recipe = json.dumps({k: c.get(k) for k in keys}, sort_keys=True, default=str)
-    return Path(c.get("cells_dir") or "outputs/quality/cells") / hashlib.sha256(recipe.encode()).hexdigest()[:16]
+    """Where finished cells are kept, keyed by everything all methods share: a rerun with the same settings
+    resumes, a changed setting starts afresh. Each method's own settings key its file name (``_cell_path``), so
+    adding a method, or retraining the metanetwork, reruns only that method."""
+    keys = ("data", "zoo", "split", "speedups", "importance", "pre_epochs", "finetune_epochs", "finetune", "device")
+    return Path(c.get("cells_dir") or "outputs/quality/cells") / _recipe_hash({k: c.get(k) for k in keys})
+
+
+def _metanet_digest(path) -> str:
+    """Content hash of a metanetwork checkpoint folder: a retrained metanetwork gets fresh cells."""
+    h = hashlib.sha256()
+    for f in sorted(Path(path).glob("*")):
+        if f.is_file():
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _cell_path(cells_dir: Path, name: str, seed: int, method: str, c: dict) -> Path:
+    own = {"depgraph_sl": c.get("sparse_learning")}.get(method)
+    if method.startswith("metaprune"):
+        own = _metanet_digest(c["metanet_checkpoint"])
+    suffix = f"-{_recipe_hash(own)}" if own is not None else ""
+    return cells_dir / f"{name}-seed{seed}" / f"{method}{suffix}.json"
 
 
 def run(c: dict) -> dict:
     from metaprune.data import get_data
     from metaprune.metanet import load_metanet
-    from metaprune.train import seed_everything, split_data_cfg
+    from metaprune.train import split_data_cfg
     from metaprune.zoo import build_zoo, load_zoo
 
     bad = [m for m in c["methods"] if m not in METHODS]
@@ -250,6 +279,8 @@ def run(c: dict) -> dict:
     if int(c["pre_epochs"]) < 0 or int(c["finetune_epochs"]) < 0:
         raise ValueError(f"pre_epochs={c['pre_epochs']} and finetune_epochs={c['finetune_epochs']} must be >= 0")
     c["data"] = {**c["data"], **(c["zoo"].get("data") or {})}  # finetune on the data the zoo was trained on
+    if c.get("train_subset"):  # ... or on fewer of its images, to trade data for CPU time (recorded in the cells key)
+        c["data"]["train_subset"] = int(c["train_subset"])
     data_kwargs, _ = split_data_cfg(c["data"])
     data = get_data(**data_kwargs)
     root = Path(c["zoo"].get("root", "checkpoints/zoo")) / c["zoo"]["name"]
@@ -263,24 +294,33 @@ def run(c: dict) -> dict:
         raise ValueError(f"shard={shard} must lie in [0, num_shards={num_shards})")
     cells_dir = _cells_dir(c)
     t0 = time.perf_counter()
-    per_net, jobs = {}, [(name, seed) for name in names for seed in c["seeds"]]
-    for i, (name, seed) in enumerate(jobs):
-        key, path = f"{name}/seed{seed}", cells_dir / f"{name}-seed{seed}.json"
+    jobs = [(name, seed, method) for name in names for seed in c["seeds"] for method in c["methods"]]
+    base_accs: dict[str, float] = {}
+    cells: dict[tuple, dict] = {}
+    for i, (name, seed, method) in enumerate(jobs):
+        path = _cell_path(cells_dir, name, seed, method, c)
         if path.is_file():  # finished earlier (resumed run, or another shard)
-            per_net[key] = json.loads(path.read_text())
+            cells[name, seed, method] = json.loads(path.read_text())
             continue
         if i % num_shards != shard:
             continue
-        seed_everything(seed)
         t = time.perf_counter()
-        per_net[key] = {"family": zoo.members[name]["family"], **run_network(zoo.load(name), data, metanet, c, seed)}
-        atomic_write_json(path, per_net[key])
-        print(f"[{i + 1}/{len(jobs)}] {name} seed {seed}: {time.perf_counter() - t:.0f}s", flush=True)
-    if len(per_net) < len(jobs):
-        print(f"{len(per_net)}/{len(jobs)} network-seed cells done in {cells_dir}; the other shards' cells are "
-              "still running: rerun without shard (or with any shard) once they finish to write the result")
+        model = zoo.load(name)
+        cells[name, seed, method] = run_method(model, data, metanet, c, seed, method)
+        atomic_write_json(path, cells[name, seed, method])
+        print(f"[{i + 1}/{len(jobs)}] {name} seed {seed} {method}: {time.perf_counter() - t:.0f}s", flush=True)
+    if len(cells) < len(jobs):
+        print(f"{len(cells)}/{len(jobs)} cells done in {cells_dir}; the other shards' cells are still running: "
+              "rerun without shard (or with any shard) once they finish to write the result")
         return {}
-    per_net = {f"{n}/seed{s}": per_net[f"{n}/seed{s}"] for n, s in jobs}  # plan order, whoever computed them
+    from metaprune.train import evaluate
+
+    test = data.loader("test", 512, shuffle=False)
+    for name in names:
+        base_accs[name] = evaluate(zoo.load(name), test, c["device"])["acc"]
+    per_net = {f"{n}/seed{s}": assemble(base_accs[n], zoo.members[n]["family"],
+                                       {m: cells[n, s, m] for m in c["methods"]})
+               for n in names for s in c["seeds"]}
     table = summarise(per_net, c["methods"], c["speedups"])
     diffs = comparisons(per_net, c["methods"], c["speedups"])
     seconds = {m: sum(r["seconds"][m] for r in per_net.values()) for m in c["methods"]}

@@ -123,12 +123,21 @@ def test_paper_presets_run_on_cifar_fixture(tmp_path, experiment, data):
     def no_training(*a, **k):
         raise AssertionError("a finished cell was computed again")
 
-    quality.run_network, computed = no_training, quality.run_network
+    computed = quality.run_method
+    quality.run_method = no_training
     try:
         again = quality.run({**c, "shard": 1, "num_shards": 2})
     finally:
-        quality.run_network = computed
+        quality.run_method = computed
     assert again["per_network"] == r["per_network"]
+    # a method added later is the only one computed; the others' cells (and their numbers) are reused
+    ran = []
+    quality.run_method = lambda *a, **k: ran.append(a[-1]) or computed(*a, **k)
+    try:
+        more = quality.run({**c, "methods": ["random", "depgraph", "depgraph_sl", "depgraph_local"]})
+    finally:
+        quality.run_method = computed
+    assert set(ran) == {"depgraph_local"} and more["summary"]["depgraph"] == r["summary"]["depgraph"]
 
 
 def _bench(name):

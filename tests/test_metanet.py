@@ -203,7 +203,7 @@ def test_resnet20_sized_graph_is_fast_on_cpu():
     assert elapsed < 10.0, f"forward+backward took {elapsed:.1f}s"
 
 
-@pytest.mark.parametrize("aggr", ["mean", "sum", "max"])
+@pytest.mark.parametrize("aggr", ["mean", "sum", "max", ["mean", "max", "min", "std"]])
 def test_chunked_inference_equals_the_differentiable_pass(aggr, monkeypatch):
     """Without autograd, big graphs run a few edges at a time (ViT-B/16 has 86M): same output."""
     import metaprune.metanet.model as M
@@ -224,3 +224,23 @@ def test_chunked_inference_equals_the_differentiable_pass(aggr, monkeypatch):
         x, e = net(g)
     assert not torch.equal(full_e, g.edge_attr)
     assert torch.allclose(x, full_x, atol=1e-5, rtol=1e-4) and torch.allclose(e, full_e, atol=1e-5, rtol=1e-4)
+
+
+def test_pna_style_aggregators_see_what_the_mean_hides():
+    """Two neurons whose incoming weights have the same mean but different spread: a mean-only metanetwork
+    cannot tell them apart, one with ["mean", "std"] can (the PNA argument); bad names are refused by name."""
+    from metaprune.metanet.conv import EdgeNodeConv
+
+    torch.manual_seed(0)
+    ei = torch.tensor([[0, 1, 0, 1], [2, 2, 3, 3]])
+    e = torch.zeros(4, 4)
+    e[0], e[1] = 1.0, -1.0            # node 2 receives +1 and -1: mean 0, spread 1
+    outs = {}                         # node 3 receives 0 and 0: mean 0, no spread
+    for aggr in ("mean", ("mean", "std")):
+        conv = EdgeNodeConv(4, list(aggr) if isinstance(aggr, tuple) else aggr)
+        outs[aggr] = conv.propagate(ei, x=torch.zeros(4, 4), e=e, size=(4, 4))
+    assert outs["mean"].shape[1] == 4 and outs["mean", "std"].shape[1] == 8
+    std = outs["mean", "std"][:, 4:]
+    assert std[2].abs().sum() > 0 and std[3].abs().sum() == 0  # the spread of node 2's messages is visible
+    with pytest.raises(ValueError, match="metanet.aggr"):
+        EdgeNodeConv(4, ["mean", "median"])

@@ -15,7 +15,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .. import graph as G
-from .conv import EdgeNodeConv, mlp
+from .conv import EdgeNodeConv, aggregators, mlp
 
 _EPS = 1e-8
 CHUNK_EDGES = 1 << 21  # without autograd, graphs with more edges run chunk by chunk (Metanet._forward_chunked)
@@ -77,12 +77,12 @@ class Metanet(nn.Module):
     """
 
     def __init__(self, node_types, edge_types: dict, f_node: int, hidden: int = 32, layers: int = 4,
-                 aggr: str = "mean", scale: float = 0.05, frozen_slots=(), constant_edges=(), unseen: str = "width"):
+                 aggr="mean", scale: float = 0.05, frozen_slots=(), constant_edges=(), unseen: str = "width"):
         super().__init__()
         if unseen not in ("width", "error"):
             raise ValueError(f"metanet.unseen={unseen!r} is invalid: must be width or error")
-        if aggr not in ("mean", "sum", "max"):
-            raise ValueError(f"metanet.aggr={aggr!r} is invalid: must be mean, sum or max")
+        aggr = aggregators(aggr)
+        aggr = aggr[0] if len(aggr) == 1 else aggr
         if hidden < 1 or layers < 0:
             raise ValueError(f"metanet.hidden={hidden} and metanet.layers={layers} must be >= 1 and >= 0")
         if not 0 < scale <= 10:

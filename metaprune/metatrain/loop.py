@@ -39,16 +39,19 @@ from ..graph import from_graph, to_graph
 from ..io import atomic_write_json
 from ..metanet import Metanet, save_metanet
 from ..prune import find_output_layers, groups, prune
-from ..train.loop import (check_options, evaluate, load_resume, lr_factor, pick_device, refuse_unknown, save_resume,
+from ..prune.importance import available as importance_names
+from ..train.loop import (check_options, evaluate, fit, load_resume, lr_factor, pick_device, refuse_unknown, save_resume,
                           seed_everything)
-from ..train.objectives import meta_loss
+from ..train.objectives import REGULARISERS, meta_loss
 
 
 @dataclass
 class MetaConfig:
     steps: int = 300
     nets_per_step: int = 2          # networks per step on each rank (gradients accumulated)
-    batch_size: int = 128           # train-split samples per network
+    batch_size: int = 128           # train-split samples per network and batch
+    batches_per_step: int = 1       # batches whose task loss is averaged per network and step (the metanetwork
+                                    # runs once; the reference sums the task loss over the whole train set)
     optimizer: str = "adamw"        # adamw | sgd
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -56,13 +59,17 @@ class MetaConfig:
     warmup_steps: int = 10
     grad_clip: float | None = 1.0
     lam: float = 1e-3               # strength of the group-sparsity regulariser
-    reg: str = "l2"                 # l2: DepGraph's sum gamma*||w||; relative: the same / sum ||w|| per group
+    reg: str = "l2"                 # l2: DepGraph's sum gamma*||w||; relative: the same / sum ||w|| per group;
+                                    # sq_l2: the reference's adaptive squared-L2 pull sum gamma*||w||^2/2
     alpha: float = 4.0              # DepGraph adaptive strength: gamma in [1, alpha]
     prune_loss: float = 0.0         # weight of the task loss of the rewritten network with the units that
                                     # l2 pruning to val_speedup would remove zeroed (0: off)
     val_every: int = 50             # 0: never validate; the last metanetwork is kept
     val_speedup: float = 2.0
-    val_importance: str = "l2"
+    val_importance: str = "l2"      # l2_max with val_global: DepGraph's / the reference's ranking
+    val_global: bool = False        # rank groups across layers (as prune.py and the benchmark do) or per layer
+    val_recovery_steps: int = 0     # SGD steps of recovery finetuning on train after the rewrite, before pruning
+    val_recovery_lr: float = 0.01   # (the reference finetunes the rewritten network before it prunes)
     val_limit: int | None = None    # val samples per evaluation (None: the whole val split)
     save_every: int = 50            # resume checkpoint period (steps)
     log_every: int = 10
@@ -74,13 +81,16 @@ class MetaConfig:
         cfg = cls(**d)
         checks = [
             (cfg.steps >= 0, "steps", ">= 0"), (cfg.nets_per_step >= 1, "nets_per_step", ">= 1"),
-            (cfg.batch_size >= 1, "batch_size", ">= 1"),
+            (cfg.batch_size >= 1, "batch_size", ">= 1"), (cfg.batches_per_step >= 1, "batches_per_step", ">= 1"),
             (cfg.optimizer in ("adamw", "sgd"), "optimizer", "adamw or sgd"),
             (cfg.lr > 0, "lr", "> 0"), (cfg.schedule in ("cosine", "constant"), "schedule", "cosine or constant"),
-            (cfg.lam >= 0, "lam", ">= 0"), (cfg.reg in ("l2", "relative"), "reg", "l2 or relative"),
+            (cfg.lam >= 0, "lam", ">= 0"), (cfg.reg in REGULARISERS, "reg", " or ".join(REGULARISERS)),
             (cfg.alpha >= 1, "alpha", ">= 1"), (cfg.prune_loss >= 0, "prune_loss", ">= 0"),
             (cfg.val_every >= 0, "val_every", ">= 0 (0: no validation)"),
             (cfg.val_speedup > 1, "val_speedup", "> 1"), (cfg.save_every >= 1, "save_every", ">= 1"),
+            (cfg.val_importance in importance_names(), "val_importance", " or ".join(importance_names())),
+            (cfg.val_recovery_steps >= 0, "val_recovery_steps", ">= 0"),
+            (cfg.val_recovery_lr > 0, "val_recovery_lr", "> 0"),
             (cfg.log_every >= 1, "log_every", ">= 1"),
         ]
         check_options(cfg, checks, "meta_optim.")
@@ -99,16 +109,19 @@ class NetCase:
     removed: list | None = None  # per group: units that pruning to the val speedup removes (prune_loss)
 
 
-def prepare(zoo, names, example_inputs, device="cpu", speedup: float | None = None) -> list[NetCase]:
+def prepare(zoo, names, example_inputs, device="cpu", speedup: float | None = None, importance: str = "l2",
+            global_pruning: bool = False) -> list[NetCase]:
     """Load zoo members and precompute their graphs and DepGraph groups (classifier protected); with
-    ``speedup``, also how many units of each group pruning to that speedup removes."""
+    ``speedup``, also how many units of each group pruning to that speedup (with ``importance`` and
+    ``global_pruning``, as validation prunes) removes."""
     cases = []
     for name in names:
         model = zoo.load(name).to(device).eval()
         ex = example_inputs.to(device)
         removed = None
         if speedup is not None:
-            channels = prune(copy.deepcopy(model), ex, target_speedup=speedup).channels
+            channels = prune(copy.deepcopy(model), ex, target_speedup=speedup, importance=importance,
+                             global_pruning=global_pruning).channels
         for p in model.parameters():
             p.requires_grad_(False)
         case_groups = groups(model, ex, ignored=find_output_layers(model, ex))
@@ -120,13 +133,13 @@ def prepare(zoo, names, example_inputs, device="cpu", speedup: float | None = No
 
 
 def pruned_accuracy(model: nn.Module, example_inputs, loader, speedup: float, importance: str = "l2",
-                    device="cpu") -> dict:
+                    device="cpu", global_pruning: bool = False) -> dict:
     """Accuracy of ``model`` before and after pruning a copy to ``speedup`` (no finetuning) on ``loader``."""
     model = copy.deepcopy(model).eval()
     for p in model.parameters():  # torch-pruning traces through autograd
         p.requires_grad_(True)
     before = evaluate(model, loader, device)["acc"]
-    res = prune(model, example_inputs, target_speedup=speedup, importance=importance)
+    res = prune(model, example_inputs, target_speedup=speedup, importance=importance, global_pruning=global_pruning)
     after = evaluate(model, loader, device)["acc"]
     return {"acc": after, "unpruned_acc": before, "speedup": res.speedup}
 
@@ -137,16 +150,30 @@ def rewrite(metanet, case: NetCase) -> nn.Module:
         return from_graph(getattr(metanet, "module", metanet).eval().transform(case.graph), case.model).eval()
 
 
-def validate(metanet, cases, example_inputs, loader, cfg: MetaConfig, device="cpu", baseline=None) -> dict:
-    """Mean pruned val accuracy of meta-val networks with the metanetwork (``acc``) and, when ``baseline``
-    is None, without it (computed once: the original networks do not change)."""
-    per = {}
-    for c in cases:
-        per[c.name] = pruned_accuracy(rewrite(metanet, c), example_inputs, loader, cfg.val_speedup,
-                                      cfg.val_importance, device)
+def recover(model: nn.Module, data, cfg: MetaConfig, seed: int, device) -> nn.Module:
+    """``val_recovery_steps`` SGD steps on the train split (the recovery finetune the reference runs between
+    the rewrite and pruning); the model is returned in eval mode."""
+    if cfg.val_recovery_steps:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        fit(model, data, {"epochs": 1, "max_steps": cfg.val_recovery_steps, "lr": cfg.val_recovery_lr,
+                          "batch_size": cfg.batch_size, "seed": seed, "device": str(device), "progress": False})
+    return model.eval()
+
+
+def validate(metanet, cases, example_inputs, loader, cfg: MetaConfig, device="cpu", baseline=None, data=None,
+             seed: int = 0) -> dict:
+    """Mean pruned val accuracy of meta-val networks with the metanetwork (``acc``: rewrite, recovery
+    finetune of ``val_recovery_steps`` on ``data``, prune) and, when ``baseline`` is None, without it
+    (computed once: the original networks do not change)."""
+    if cfg.val_recovery_steps and data is None:
+        raise ValueError("val_recovery_steps needs the data to finetune on")
+    prune_kw = {"importance": cfg.val_importance, "device": device, "global_pruning": cfg.val_global}
+    per = {c.name: pruned_accuracy(recover(rewrite(metanet, c), data, cfg, seed, device), example_inputs, loader,
+                                   cfg.val_speedup, **prune_kw) for c in cases}
     if baseline is None:
-        baseline = {c.name: pruned_accuracy(c.model, example_inputs, loader, cfg.val_speedup, cfg.val_importance,
-                                            device) for c in cases}
+        baseline = {c.name: pruned_accuracy(c.model, example_inputs, loader, cfg.val_speedup, **prune_kw)
+                    for c in cases}
     mean = lambda d, k: sum(v[k] for v in d.values()) / max(len(d), 1)  # noqa: E731
     return {"pruned_acc": mean(per, "acc"), "unpruned_acc": mean(per, "unpruned_acc"),
             "pruned_acc_base": mean(baseline, "acc"), "unpruned_acc_base": mean(baseline, "unpruned_acc"),
@@ -162,11 +189,12 @@ def _batch(dataset, idx: torch.Tensor):
     return torch.stack([torch.as_tensor(a) for a, _ in items]), torch.as_tensor([int(b) for _, b in items])
 
 
-def _sample(step: int, seed: int, rank: int, n_nets: int, k: int, n_data: int, batch: int):
-    """Networks and batch indices of ``step`` on ``rank``: a function of (seed, step, rank) only (resume-exact)."""
+def _sample(step: int, seed: int, rank: int, n_nets: int, k: int, n_data: int, batch: int, batches: int = 1):
+    """Networks of ``step`` on ``rank`` and, per network, ``batches`` disjoint batches of indices: a function of
+    (seed, step, rank) only (resume-exact)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + step * 1009 + rank)
     nets = torch.randperm(n_nets, generator=g)[:k] if k <= n_nets else torch.randint(n_nets, (k,), generator=g)
-    idx = [torch.randperm(n_data, generator=g)[:batch] for _ in range(len(nets))]
+    idx = [torch.randperm(n_data, generator=g)[:batch * batches].split(batch) for _ in range(len(nets))]
     return nets.tolist(), idx
 
 
@@ -207,7 +235,8 @@ def meta_train(zoo, data, metanet_cfg: dict, cfg: MetaConfig | dict, out_dir, *,
     train_names, val_names = zoo.names("train"), zoo.names("val")
     if len(train_names) < world:
         raise ValueError(f"{len(train_names)} meta-train networks cannot be shared by {world} ranks")
-    train_cases = prepare(zoo, train_names, ex, device, cfg.val_speedup if cfg.prune_loss > 0 else None)
+    train_cases = prepare(zoo, train_names, ex, device, cfg.val_speedup if cfg.prune_loss > 0 else None,
+                          cfg.val_importance, cfg.val_global)
     mine = train_cases[rank::world]
     val_cases = prepare(zoo, val_names, ex, device) if rank == 0 and cfg.val_every else []
     torch.manual_seed(seed)  # the metanetwork's initial weights depend only on the seed
@@ -242,7 +271,7 @@ def meta_train(zoo, data, metanet_cfg: dict, cfg: MetaConfig | dict, out_dir, *,
         nonlocal best, baseline
         if rank != 0 or not val_cases or not cfg.val_every:
             return
-        v = validate(metanet, val_cases, ex, val_loader, cfg, device, baseline)
+        v = validate(metanet, val_cases, ex, val_loader, cfg, device, baseline, data, seed)
         baseline = v["baseline"]
         rec = {k: v[k] for k in ("pruned_acc", "pruned_acc_base", "unpruned_acc", "unpruned_acc_base")}
         history.append({"step": step, **rec})
@@ -261,15 +290,15 @@ def meta_train(zoo, data, metanet_cfg: dict, cfg: MetaConfig | dict, out_dir, *,
         model.train()
         for g in opt.param_groups:
             g["lr"] = cfg.lr * lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.schedule)
-        nets, idxs = _sample(step, seed, rank, len(mine), cfg.nets_per_step, len(data.train), cfg.batch_size)
+        nets, idxs = _sample(step, seed, rank, len(mine), cfg.nets_per_step, len(data.train), cfg.batch_size,
+                             cfg.batches_per_step)
         opt.zero_grad(set_to_none=True)
         agg = {}
         for i, (n, idx) in enumerate(zip(nets, idxs)):
-            x, y = _batch(data.train, idx)
+            batches = [tuple(t.to(device) for t in _batch(data.train, b)) for b in idx]
             sync = world == 1 or i == len(nets) - 1
             with contextlib.nullcontext() if sync else model.no_sync():
-                loss, stats = meta_loss(model, mine[n], x.to(device), y.to(device), cfg.lam, cfg.alpha, cfg.reg,
-                                        cfg.prune_loss)
+                loss, stats = meta_loss(model, mine[n], batches, cfg.lam, cfg.alpha, cfg.reg, cfg.prune_loss)
                 (loss / len(nets)).backward()
             for k, v in {"loss": loss.item(), **stats}.items():
                 agg[k] = agg.get(k, 0.0) + v / len(nets)

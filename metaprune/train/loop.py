@@ -44,6 +44,8 @@ class TrainConfig:
     device: str = "auto"
     num_workers: int = 0
     select: str = "last"            # last | best_val: which weights fit() leaves in the model
+    max_steps: int | None = None    # stop after this many optimizer steps (the schedule spans them): budgets
+                                    # below one epoch, e.g. recovery after a metanetwork rewrite in meta-validation
     progress: bool = True
 
     @classmethod
@@ -65,6 +67,7 @@ class TrainConfig:
             (self.batch_size > 0, "batch_size", "> 0"),
             (0 <= self.label_smoothing < 1, "label_smoothing", "in [0, 1)"),
             (self.select in ("last", "best_val"), "select", "last or best_val"),
+            (self.max_steps is None or self.max_steps >= 1, "max_steps", ">= 1 or null"),
         ]
         check_options(self, checks, "training option ")
 
@@ -326,23 +329,28 @@ def fit(model: nn.Module, data, cfg: TrainConfig | dict | None = None, *, resume
     history, start, best = [], 0, None
     steps_per_epoch = max(1, len(train_loader))
     total = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    epochs = -(-total // steps_per_epoch)  # the epochs max_steps reaches into
     recipe = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in _NOT_RECIPE}
-    state = load_resume(resume_dir, device, model=model, opt=opt, weights="model", counter="epoch", total=cfg.epochs,
+    state = load_resume(resume_dir, device, model=model, opt=opt, weights="model", counter="epoch", total=epochs,
                         recipe=recipe, entries=_FIT_ENTRIES) if resume_dir else None
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         start, history, best = state["epoch"], state["history"], state["best"]
         torch.set_rng_state(state["rng"])
-    for epoch in range(start, cfg.epochs):
+    for epoch in range(start, epochs):
         model.train()
         if hasattr(train_loader, "generator"):
             train_loader.generator.manual_seed(cfg.seed + epoch)
-        bar = tqdm(train_loader, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False,
+        bar = tqdm(train_loader, desc=f"{desc} {epoch + 1}/{epochs}", leave=False,
                    disable=not cfg.progress, dynamic_ncols=True)
         seen, correct, loss_sum = 0, 0, 0.0
         for i, (x, y) in enumerate(bar):
             step = epoch * steps_per_epoch + i
+            if step >= total:
+                break
             factor = lr_factor(step, total, int(cfg.warmup_epochs * steps_per_epoch), cfg.schedule, cfg.milestones,
                                cfg.gamma)
             for g, lr in zip(opt.param_groups, base_lrs):

@@ -5,7 +5,9 @@ the network l2 pruning would leave).
     reg     = sum_groups sum_units gamma_u * ||w_u||_2       # DepGraph group L2 on the transformed weights
     gamma_u = alpha ** ((max - imp_u) / (max - min))       # per group; imp = detached unit norms
 
-``kind="relative"`` divides each group's term by its total norm, so shrinking every weight no longer pays.
+``kind="relative"`` divides each group's term by its total norm, so shrinking every weight no longer pays;
+``kind="sq_l2"`` is the published MetaPruning / GroupNormPruner pull ``sum gamma_u * ||w_u||^2 / 2``, whose gradient
+is ``gamma_u * w`` on every coupled slice (strong on weak units, linear in the weight, never vanishing).
 torch-pruning's own sparse-learning regulariser (on a network's weights during training) is
 ``metaprune.prune.sparse``.
 """
@@ -37,13 +39,19 @@ def zero_weakest(params: dict, groups, removed) -> dict:
     return out
 
 
+REGULARISERS = ("l2", "relative", "sq_l2")
+
+
 def group_regulariser(params: dict, groups, alpha: float, kind: str = "l2") -> tuple[torch.Tensor, dict]:
     """``sum_g sum_u gamma_u ||w_u||_2`` over the channel units ``u`` of every group ``g`` (differentiable in
     ``params``), with DepGraph's adaptive ``gamma_u = alpha ** ((max - imp_u) / (max - min))`` per group.
 
     ``kind="relative"`` divides each group's term by ``sum_u ||w_u||_2`` (not detached): the penalty no longer
     falls when all weights shrink together, only when the group's norm concentrates in its strongest units.
+    ``kind="sq_l2"``: ``sum_u gamma_u ||w_u||_2^2 / 2``, the reference's adaptive squared-L2 pull.
     """
+    if kind not in REGULARISERS:
+        raise ValueError(f"regulariser {kind!r} is unknown: one of {', '.join(REGULARISERS)}")
     total = next(iter(params.values())).new_zeros(())
     small, units, gammas = 0, 0, 0.0
     for g in groups:
@@ -51,8 +59,11 @@ def group_regulariser(params: dict, groups, alpha: float, kind: str = "l2") -> t
         imp = norm.detach()
         span = (imp.max() - imp.min()).clamp_min(1e-12)
         gamma = alpha ** ((imp.max() - imp) / span)
-        term = (gamma * norm).sum()
-        total = total + (term / norm.sum() if kind == "relative" else term)
+        if kind == "sq_l2":
+            total = total + 0.5 * (gamma * norm.pow(2)).sum()
+        else:
+            term = (gamma * norm).sum()
+            total = total + (term / norm.sum() if kind == "relative" else term)
         small += int((imp < 0.05 * imp.max()).sum())
         units += imp.numel()
         gammas += float(gamma.sum())
@@ -60,26 +71,34 @@ def group_regulariser(params: dict, groups, alpha: float, kind: str = "l2") -> t
     return total, stats
 
 
-def meta_loss(metanet, case, x, y, lam: float, alpha: float, reg_kind: str = "l2",
+def meta_loss(metanet, case, batches, lam: float, alpha: float, reg_kind: str = "l2",
               prune_loss: float = 0.0) -> tuple[torch.Tensor, dict]:
-    """Task loss of the rewritten network on ``(x, y)`` plus ``lam`` times the group regulariser (plus
-    ``prune_loss`` times the task loss of the rewritten network with its weakest units zeroed).
+    """Task loss of the rewritten network, averaged over ``batches`` (a list of ``(x, y)``; the metanetwork
+    runs once), plus ``lam`` times the group regulariser (plus ``prune_loss`` times the task loss of the
+    rewritten network with its weakest units zeroed).
 
     ``case``: a ``metaprune.metatrain.NetCase`` (the network, its graph, groups, buffer names and, for
     ``prune_loss``, the units pruning removes per group)."""
     new_x, new_attr = metanet(case.graph)
     params = graph_params(case.graph.with_features(x=new_x, edge_attr=new_attr))
     params = {k: (v.detach() if k in case.buffers else v) for k, v in params.items()}
-    out = torch.func.functional_call(case.model, params, (x,))
-    task = F.cross_entropy(out, y)
+    pruned = zero_weakest(params, case.groups, case.removed) if prune_loss > 0 and case.removed is not None else None
+    task = task_p = 0.0
+    correct = correct_p = seen = 0
+    for x, y in batches:
+        out = torch.func.functional_call(case.model, params, (x,))
+        task = task + F.cross_entropy(out, y) / len(batches)
+        correct += int((out.argmax(1) == y).sum())
+        seen += len(y)
+        if pruned is not None:
+            out_p = torch.func.functional_call(case.model, pruned, (x,))
+            task_p = task_p + F.cross_entropy(out_p, y) / len(batches)
+            correct_p += int((out_p.argmax(1) == y).sum())
     reg, stats = group_regulariser(params, case.groups, alpha, reg_kind)
     change = (new_attr - case.graph.edge_attr).norm() / case.graph.edge_attr.norm().clamp_min(1e-12)
-    stats.update(task=task.item(), reg=reg.item(), acc=(out.argmax(1) == y).float().mean().item(),
-                 rel_change=change.item())
+    stats.update(task=task.item(), reg=reg.item(), acc=correct / max(seen, 1), rel_change=change.item())
     loss = task + lam * reg
-    if prune_loss > 0 and case.removed is not None:
-        out_p = torch.func.functional_call(case.model, zero_weakest(params, case.groups, case.removed), (x,))
-        task_p = F.cross_entropy(out_p, y)
+    if pruned is not None:
         loss = loss + prune_loss * task_p
-        stats.update(pruned_task=task_p.item(), pruned_acc=(out_p.argmax(1) == y).float().mean().item())
+        stats.update(pruned_task=task_p.item(), pruned_acc=correct_p / max(seen, 1))
     return loss, stats

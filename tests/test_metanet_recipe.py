@@ -1,0 +1,91 @@
+"""The published MetaPruning recipe as options: adaptive squared-L2 pull, task loss over many batches, recovery
+finetuning and global max-normalised ranking in meta-validation, and short step-bounded finetuning."""
+import copy
+import os
+import sys
+
+import pytest
+import torch
+
+from metaprune.data import get_data
+from metaprune.metatrain import MetaConfig, meta_train, prepare
+from metaprune.train import evaluate, fit
+from metaprune.train.objectives import group_regulariser, meta_loss
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_train_meta import SMALL_NET, _resnet8_groups  # noqa: E402
+from test_zoo import tiny_zoo  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    return tiny_zoo()
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return get_data("digits")
+
+
+def test_sq_l2_pull_has_the_reference_gradient_gamma_times_w():
+    """The reference (torch-pruning's GroupNormPruner rule) adds reg * gamma_u * w to every coupled slice of unit u."""
+    model, groups = _resnet8_groups()
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()}
+    reg, _ = group_regulariser(params, groups, alpha=16.0, kind="sq_l2")
+    reg.backward()
+    g, s = next((g, s) for g in groups for s in g.slices if params[s.param].dim() == 1)
+    norms = g.norms({k: v.detach() for k, v in params.items()})
+    gamma = 16.0 ** ((norms.max() - norms) / (norms.max() - norms.min()))
+    w = params[s.param].detach().index_select(s.dim, s.idxs)
+    grad = params[s.param].grad.index_select(s.dim, s.idxs)
+    # a norm weight belongs to one group: its gradient is exactly gamma * w (weakest unit pulled 16x harder)
+    torch.testing.assert_close(grad, gamma * w, rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="regulariser 'l3'"):
+        group_regulariser(params, groups, 4.0, kind="l3")
+
+
+def test_task_loss_over_many_batches_is_their_mean_with_one_metanetwork_pass(zoo, digits):
+    from metaprune.metanet import Metanet
+
+    case = prepare(zoo, zoo.names("train")[:1], digits.example_inputs())[0]
+    torch.manual_seed(0)
+    net = Metanet.for_graphs([case.graph], **SMALL_NET)
+    batches = [(digits.train.x[i:i + 16], digits.train.y[i:i + 16]) for i in (0, 16, 32)]
+    calls = []
+    net.register_forward_hook(lambda *a: calls.append(1))
+    both, stats = meta_loss(net, case, batches, lam=0.0, alpha=4.0)
+    singles = [meta_loss(net, case, [b], lam=0.0, alpha=4.0)[1]["task"] for b in batches]
+    assert stats["task"] == pytest.approx(sum(singles) / 3, rel=1e-5)
+    assert len(calls) == 1 + 3  # one metanetwork pass for the three batches, one per single call
+
+
+def test_fit_max_steps_bounds_the_budget_below_one_epoch(digits):
+    from metaprune.models import build
+
+    torch.manual_seed(0)
+    model = build("resnet", depth=8, width=4, num_classes=10, in_channels=1)
+    seen = []
+    model.register_forward_pre_hook(lambda m, a: seen.append(len(a[0])) if m.training else None)
+    fit(model, digits, {"epochs": 5, "max_steps": 3, "batch_size": 16, "device": "cpu", "progress": False})
+    assert seen == [16, 16, 16]
+    with pytest.raises(ValueError, match="max_steps"):
+        fit(model, digits, {"epochs": 1, "max_steps": 0, "device": "cpu", "progress": False})
+
+
+def test_meta_validation_with_recovery_and_global_ranking(zoo, digits, tmp_path):
+    """The reference's validation: rewrite, recovery finetune, global l2_max pruning, val accuracy. Recovery
+    trains the rewritten copy (never the zoo network) and is selected on the val split."""
+    cfg = {"steps": 1, "nets_per_step": 1, "batch_size": 32, "batches_per_step": 2, "warmup_steps": 0,
+           "val_every": 1, "reg": "sq_l2", "alpha": 16.0, "lam": 0.1, "val_importance": "l2_max",
+           "val_global": True, "val_recovery_steps": 20, "val_recovery_lr": 0.05}
+    before = {n: copy.deepcopy(zoo.load(n).state_dict()) for n in zoo.names("val")}
+    out = meta_train(zoo, digits, SMALL_NET, cfg, tmp_path / "m", device="cpu", progress=False)
+    first = out["history"][0]  # step 0: identity rewrite + recovery, against plain pruning
+    assert first["step"] == 0 and 0 <= first["pruned_acc"] <= 1
+    assert first["unpruned_acc"] != first["unpruned_acc_base"]  # the recovery finetune did train the copy
+    for n, sd in before.items():
+        assert all(torch.equal(v, zoo.load(n).state_dict()[k]) for k, v in sd.items())
+    with pytest.raises(ValueError, match="val_importance"):
+        MetaConfig.from_dict({"val_importance": "l3"})
+    with pytest.raises(ValueError, match="batches_per_step"):
+        MetaConfig.from_dict({"batches_per_step": 0})
