@@ -157,7 +157,8 @@ def recover(model: nn.Module, data, cfg: MetaConfig, seed: int, device) -> nn.Mo
         for p in model.parameters():
             p.requires_grad_(True)
         fit(model, data, {"epochs": 1, "max_steps": cfg.val_recovery_steps, "lr": cfg.val_recovery_lr,
-                          "batch_size": cfg.batch_size, "seed": seed, "device": str(device), "progress": False})
+                          "batch_size": cfg.batch_size, "seed": seed, "device": str(device), "val_each_epoch": False,
+                          "progress": False})
     return model.eval()
 
 

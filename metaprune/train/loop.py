@@ -46,6 +46,7 @@ class TrainConfig:
     select: str = "last"            # last | best_val: which weights fit() leaves in the model
     max_steps: int | None = None    # stop after this many optimizer steps (the schedule spans them): budgets
                                     # below one epoch, e.g. recovery after a metanetwork rewrite in meta-validation
+    val_each_epoch: bool = True     # evaluate on val after each epoch (history, best_val); off for short recoveries
     progress: bool = True
 
     @classmethod
@@ -68,6 +69,7 @@ class TrainConfig:
             (0 <= self.label_smoothing < 1, "label_smoothing", "in [0, 1)"),
             (self.select in ("last", "best_val"), "select", "last or best_val"),
             (self.max_steps is None or self.max_steps >= 1, "max_steps", ">= 1 or null"),
+            (self.val_each_epoch or self.select == "last", "val_each_epoch", "true when select=best_val"),
         ]
         check_options(self, checks, "training option ")
 
@@ -373,7 +375,7 @@ def fit(model: nn.Module, data, cfg: TrainConfig | dict | None = None, *, resume
             loss_sum += loss.item() * n
             correct += (out.argmax(1) == y).sum().item()
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
-        val = evaluate(model, val_loader, device, cfg.amp)
+        val = evaluate(model, val_loader, device, cfg.amp) if cfg.val_each_epoch else {"loss": None, "acc": None}
         rec = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                "val_loss": val["loss"], "val_acc": val["acc"], "lr": opt.param_groups[0]["lr"]}
         history.append(rec)
