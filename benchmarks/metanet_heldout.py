@@ -1,10 +1,13 @@
-"""Held-out zoo networks pruned with and without the metanetwork (no finetuning), at several MACs speedups.
+"""Held-out zoo networks pruned with and without the metanetwork (no finetuning after pruning), at several speedups.
 
     python benchmarks/metanet_heldout.py --metanet checkpoints/metanet/digits --speedups 2 3
+    python benchmarks/metanet_heldout.py --metanet checkpoints/metanet/fashion_mnist --speedups 3 4 \
+        --importance l2_max --global --recovery-steps 50      # the reference's way: recover, then rank globally
 
 For every network of the zoo's ``heldout`` split (never seen in meta-training or model selection): test
 accuracy of (a) the original pruned with the criterion and (b) the metanetwork's rewrite pruned with the same
-criterion, both to the same speedup. Networks of families the metanetwork never saw (e.g. VGG held out
+criterion, both to the same speedup; with ``--recovery-steps`` both arms first finetune that many SGD steps
+(equal budgets: the rewrite's recovery against the same training of the original). Networks of families the metanetwork never saw (e.g. VGG held out
 entirely) are reported separately: that is the transfer claim. Writes benchmarks/results/metanet_heldout-<data>.json.
 """
 from __future__ import annotations
@@ -24,7 +27,8 @@ def main(argv=None) -> dict:
     from metaprune.data import get_data
     from metaprune.io import atomic_write_json
     from metaprune.metanet import apply_metanet, load_metanet
-    from metaprune.metatrain import pruned_accuracy
+    from metaprune.metatrain import pruned_accuracy, recover
+    from metaprune.train import evaluate
     from metaprune.zoo import load_zoo
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -32,6 +36,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--zoo", default=None, help="zoo directory (default: the one the metanetwork was trained on)")
     ap.add_argument("--speedups", type=float, nargs="+", default=[2.0, 3.0])
     ap.add_argument("--importance", default="l2")
+    ap.add_argument("--global", dest="global_pruning", action="store_true", help="rank groups across layers")
+    ap.add_argument("--recovery-steps", type=int, default=0, help="SGD steps on train before pruning (both arms)")
+    ap.add_argument("--recovery-lr", type=float, default=0.01)
     ap.add_argument("--split", default="test", choices=["val", "test"], help="data split to score on")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -41,7 +48,7 @@ def main(argv=None) -> dict:
     zoo = load_zoo(args.zoo or meta_split["zoo"])
     metanet = load_metanet(mdir)
     data = get_data(zoo.index["data"]["name"], **{k: v for k, v in zoo.index["data"].items()
-                                                  if k in ("seed", "size", "root")})
+                                                  if k in ("seed", "size", "root", "train_subset")})
     loader = data.loader(args.split, 512, shuffle=False)
     ex = data.example_inputs()
     trained_families = {zoo.members[n]["family"] for n in meta_split["train"]}
@@ -50,11 +57,16 @@ def main(argv=None) -> dict:
         fam = zoo.members[name]["family"]
         model = zoo.load(name)
         rewritten = apply_metanet(metanet, model, ex)
+        original = {"original": evaluate(model, loader)["acc"], "rewritten": evaluate(rewritten, loader)["acc"]}
+        model = recover(model, data, args.recovery_steps, args.recovery_lr)
+        rewritten = recover(rewritten, data, args.recovery_steps, args.recovery_lr)
+        kw = {"importance": args.importance, "global_pruning": args.global_pruning}
         for s in args.speedups:
-            row = {"network": name, "family": fam, "family_seen": fam in trained_families, "speedup_target": s}
+            row = {"network": name, "family": fam, "family_seen": fam in trained_families, "speedup_target": s,
+                   "original_acc": original["original"], "rewritten_acc": original["rewritten"]}
             try:
-                base = pruned_accuracy(model, ex, loader, s, args.importance)
-                meta = pruned_accuracy(rewritten, ex, loader, s, args.importance)
+                base = pruned_accuracy(model, ex, loader, s, **kw)
+                meta = pruned_accuracy(rewritten, ex, loader, s, **kw)
                 row.update(acc_base=base["acc"], acc_meta=meta["acc"], unpruned_base=base["unpruned_acc"],
                            unpruned_meta=meta["unpruned_acc"], speedup_base=base["speedup"],
                            speedup_meta=meta["speedup"])
@@ -73,6 +85,7 @@ def main(argv=None) -> dict:
                               "std": statistics.stdev(x[k] for x in r) if len(r) > 1 else 0.0}
             out[f"{s:g}x"] = {"n": len(r), "acc_base": stat("acc_base"), "acc_meta": stat("acc_meta"),
                               "unpruned_base": stat("unpruned_base"), "unpruned_meta": stat("unpruned_meta"),
+                              "original": stat("original_acc"), "rewritten": stat("rewritten_acc"),
                               "gain": stat_gain(r), "wins": sum(x["acc_meta"] > x["acc_base"] for x in r)}
         return out
 
@@ -82,7 +95,8 @@ def main(argv=None) -> dict:
 
     result = {
         "benchmark": "metanet_heldout", "metanet": str(mdir), "zoo": str(zoo.root), "data": data.name,
-        "split": args.split, "importance": args.importance, "finetune": False,
+        "split": args.split, "importance": args.importance, "global_pruning": args.global_pruning,
+        "recovery_steps": args.recovery_steps, "recovery_lr": args.recovery_lr, "finetune": False,
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip() + f", {torch.get_num_threads()} threads",
         "torch": torch.__version__, "seconds": time.perf_counter() - t0,

@@ -150,15 +150,15 @@ def rewrite(metanet, case: NetCase) -> nn.Module:
         return from_graph(getattr(metanet, "module", metanet).eval().transform(case.graph), case.model).eval()
 
 
-def recover(model: nn.Module, data, cfg: MetaConfig, seed: int, device) -> nn.Module:
-    """``val_recovery_steps`` SGD steps on the train split (the recovery finetune the reference runs between
-    the rewrite and pruning); the model is returned in eval mode."""
-    if cfg.val_recovery_steps:
+def recover(model: nn.Module, data, steps: int, lr: float = 0.01, batch_size: int = 128, seed: int = 0,
+            device="cpu") -> nn.Module:
+    """``steps`` SGD steps on the train split (the recovery finetune the reference runs between the rewrite and
+    pruning; 0: none); the model is returned in eval mode."""
+    if steps:
         for p in model.parameters():
             p.requires_grad_(True)
-        fit(model, data, {"epochs": 1, "max_steps": cfg.val_recovery_steps, "lr": cfg.val_recovery_lr,
-                          "batch_size": cfg.batch_size, "seed": seed, "device": str(device), "val_each_epoch": False,
-                          "progress": False})
+        fit(model, data, {"epochs": 1, "max_steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed,
+                          "device": str(device), "val_each_epoch": False, "progress": False})
     return model.eval()
 
 
@@ -170,7 +170,9 @@ def validate(metanet, cases, example_inputs, loader, cfg: MetaConfig, device="cp
     if cfg.val_recovery_steps and data is None:
         raise ValueError("val_recovery_steps needs the data to finetune on")
     prune_kw = {"importance": cfg.val_importance, "device": device, "global_pruning": cfg.val_global}
-    per = {c.name: pruned_accuracy(recover(rewrite(metanet, c), data, cfg, seed, device), example_inputs, loader,
+    recovery = {"steps": cfg.val_recovery_steps, "lr": cfg.val_recovery_lr, "batch_size": cfg.batch_size,
+                "seed": seed, "device": device}
+    per = {c.name: pruned_accuracy(recover(rewrite(metanet, c), data, **recovery), example_inputs, loader,
                                    cfg.val_speedup, **prune_kw) for c in cases}
     if baseline is None:
         baseline = {c.name: pruned_accuracy(c.model, example_inputs, loader, cfg.val_speedup, **prune_kw)
