@@ -1,0 +1,86 @@
+"""One table of metanetwork variants: what each changed, its meta-val score (the only thing selection reads) and,
+for the report, its held-out result from ``benchmarks/metanet_heldout.py``.
+
+    python benchmarks/metanet_ablation.py RUN_DIR [RUN_DIR ...] --heldout-dir DIR --out benchmarks/results/X.json
+
+``RUN_DIR``: a metanetwork directory ``train_meta.py`` wrote (its ``config.json`` holds the settings, the best
+val step and the whole val curve). ``--heldout-dir``: where ``metanet_heldout-<run name>.json`` files live.
+Every variant is listed, the ones that lost included; the winner is the best meta-val score.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+KEYS = {"meta_optim": ("reg", "lam", "alpha", "prune_loss", "batches_per_step", "steps", "lr", "val_recovery_steps",
+                       "val_importance", "val_global", "val_speedup"),
+        "metanet": ("hidden", "layers", "aggr", "scale")}
+
+
+def variant(run: Path, heldout_dir: Path | None) -> dict:
+    cfg = json.loads((run / "config.json").read_text())
+    meta = cfg.get("meta_optim", {})
+    arch = cfg.get("metanet", cfg.get("run", {}).get("metanet", {}))
+    hist = cfg.get("history") or []
+    first = next((h for h in hist if h["step"] == 0), None)
+    row = {"variant": run.name, "seed": cfg.get("seed"),
+           "settings": {**{k: meta.get(k) for k in KEYS["meta_optim"]}, **{k: arch.get(k) for k in KEYS["metanet"]}},
+           "val_best": cfg.get("best"), "val_identity": first, "val_curve": hist}
+    h = heldout_dir / f"metanet_heldout-{run.name}.json" if heldout_dir else None
+    if h is not None and h.is_file():
+        r = json.loads(h.read_text())
+        row["heldout"] = {part: r[part] for part in ("seen_families", "heldout_families")}
+        row["heldout_recipe"] = {k: r.get(k) for k in ("importance", "global_pruning", "recovery_steps", "split")}
+    return row
+
+
+def markdown(rows: list[dict]) -> str:
+    speeds = sorted({s for r in rows for part in r.get("heldout", {}).values() for s in part}, key=lambda s: float(s[:-1]))
+    head = ["variant", "changes", "meta-val pruned acc (best step)", "identity + recovery"]
+    head += [f"held-out {s} meta − base (wins)" for s in speeds]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base = rows[0]["settings"]
+    for r in rows:
+        diff = ", ".join(f"{k}={v}" for k, v in r["settings"].items() if v != base.get(k)) or "(reference)"
+        best, ident = r["val_best"] or {}, r["val_identity"] or {}
+        cells = [r["variant"], diff, f"{100 * best.get('pruned_acc', float('nan')):.1f} ({best.get('step')})",
+                 f"{100 * ident.get('pruned_acc', float('nan')):.1f}"]
+        for s in speeds:
+            parts = [p[s] for p in r.get("heldout", {}).values() if s in p]
+            if not parts:
+                cells.append("–")
+                continue
+            n = sum(p["n"] for p in parts)
+            gain = sum(p["gain"]["mean"] * p["n"] for p in parts) / n
+            cells.append(f"{100 * gain:+.1f} ({sum(p['wins'] for p in parts)}/{n})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from metaprune.io import atomic_write_json
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--heldout-dir", type=Path, default=None)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    missing = [str(r) for r in args.runs if not (r / "config.json").is_file()]
+    if missing:
+        raise SystemExit(f"error: not metanetwork runs (no config.json): {', '.join(missing)}")
+    rows = [variant(r, args.heldout_dir) for r in args.runs]
+    scored = [r for r in rows if r["val_best"]]
+    result = {"benchmark": "metanet_ablation", "variants": rows,
+              "selected": max(scored, key=lambda r: r["val_best"]["pruned_acc"])["variant"] if scored else None,
+              "table": markdown(rows)}
+    atomic_write_json(args.out, result)
+    print(result["table"])
+    print(f"selected on meta-val: {result['selected']} -> {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
