@@ -100,9 +100,9 @@ def test_heldout_benchmark_gives_both_arms_the_same_recovery_and_ranking(zoo, di
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import metanet_heldout
 
-    meta_train(zoo, digits, SMALL_NET, {"steps": 1, "batch_size": 16, "val_every": 0, "warmup_steps": 0},
+    meta_train(zoo, digits, SMALL_NET, {"steps": 1, "batch_size": 16, "val_every": 1, "warmup_steps": 0},
                tmp_path / "m", device="cpu", progress=False)
-    out = tmp_path / "h.json"
+    out = tmp_path / "metanet_heldout-m.json"
     r = metanet_heldout.main(["--metanet", str(tmp_path / "m"), "--zoo", str(zoo.root), "--speedups", "2",
                               "--importance", "l2_max", "--global", "--recovery-steps", "3", "--out", str(out)])
     assert json.loads(out.read_text())["recovery_steps"] == 3 and r["global_pruning"] is True
@@ -111,3 +111,13 @@ def test_heldout_benchmark_gives_both_arms_the_same_recovery_and_ranking(zoo, di
     for x in rows:
         assert 0 <= x["acc_meta"] <= 1 and 0 <= x["acc_base"] <= 1 and x["speedup_base"] > 1.5
         assert 0 <= x["original_acc"] <= 1 and 0 <= x["rewritten_acc"] <= 1 and 0 <= x["unpruned_meta"] <= 1
+
+    # the ablation table reads the run and its held-out result: settings, meta-val score, held-out gain and wins
+    import metanet_ablation
+
+    t = metanet_ablation.main([str(tmp_path / "m"), "--heldout-dir", str(tmp_path), "--out", str(tmp_path / "a.json")])
+    (row,) = t["variants"]
+    assert t["selected"] == "m" and row["val_best"]["step"] in (0, 1) and row["settings"]["hidden"] == 8
+    assert "held-out 2x meta − base (wins)" in t["table"] and f"/{len(rows)})" in t["table"]
+    with pytest.raises(SystemExit, match="no config.json"):
+        metanet_ablation.main([str(tmp_path), "--out", str(tmp_path / "b.json")])
