@@ -157,3 +157,21 @@ def test_optuna_search_over_meta_training_runs_three_logged_trials(tmp_path):
         assert len(_wandb_runs(sweep / job)) == 1  # each trial logged
     assert best["best_value"] == pytest.approx(max(objectives))
     assert "meta_optim.lr" in best["best_params"]
+
+
+def test_submitit_tasks_of_one_job_form_a_ddp_group(monkeypatch):
+    """hydra/launcher=slurm with tasks_per_node=2: task 1 of the job gets torchrun's variables, so train_meta.py's
+    run joins one process group (as under torchrun) instead of two unrelated runs."""
+    from metaprune.cli import join_submitit_tasks
+
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)  # also removes what export() writes, when the test ends
+    join_submitit_tasks()  # not under submitit: nothing set
+    assert "WORLD_SIZE" not in os.environ
+    for k, v in {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "2", "SLURM_PROCID": "1",
+                 "SLURM_LOCALID": "1", "SLURM_NODEID": "0", "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "gpu07",
+                 "SUBMITIT_FOLDER": "/tmp"}.items():
+        monkeypatch.setenv(k, v)
+    join_submitit_tasks()
+    assert (os.environ["WORLD_SIZE"], os.environ["RANK"], os.environ["LOCAL_RANK"]) == ("2", "1", "1")
+    assert os.environ["MASTER_ADDR"] == "gpu07" and int(os.environ["MASTER_PORT"]) > 1024
