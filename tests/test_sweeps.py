@@ -175,3 +175,25 @@ def test_submitit_tasks_of_one_job_form_a_ddp_group(monkeypatch):
     join_submitit_tasks()
     assert (os.environ["WORLD_SIZE"], os.environ["RANK"], os.environ["LOCAL_RANK"]) == ("2", "1", "1")
     assert os.environ["MASTER_ADDR"] == "gpu07" and int(os.environ["MASTER_PORT"]) > 1024
+
+
+def test_logger_group_and_job_type_are_checked():
+    from metaprune.cli import UsageError, check_logger
+
+    check_logger({"kind": "wandb", "group": "ablation-lr", "job_type": None})
+    with pytest.raises(UsageError, match=r"logger.group=3 must be a string or null"):
+        check_logger({"kind": "wandb", "group": 3})
+
+
+@pytest.mark.slow
+def test_train_sweep_saves_each_model_in_its_job_folder(tmp_path):
+    sweep = tmp_path / "train-sweep"
+    cmd = [sys.executable, "train.py", "-m", f"hydra.sweep.dir={sweep}", "optim.epochs=1,2", "logger=wandb",
+           "device=cpu"]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=_env(tmp_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    for job in ("0", "1"):
+        assert (sweep / job / "resnet-digits" / "model.safetensors").is_file()
+        (run,) = _wandb_runs(sweep / job)
+        record = next(run.glob("run-*.wandb")).read_bytes()
+        assert b"train-sweep" in record and b"model-resnet-digits" in record  # the group; the model as an artifact
