@@ -11,6 +11,11 @@ import warnings
 TAG_MAX = 64  # wandb refuses longer tags
 
 
+def wandb_tags(tags) -> list[str]:
+    """``tags`` as wandb takes them: strings of 1 to 64 characters (longer ones cut), each once, in order."""
+    return list(dict.fromkeys(str(t)[:TAG_MAX] for t in tags or () if str(t)))
+
+
 class Logger:
     def log(self, metrics: dict, step: int | None = None) -> None: ...
 
@@ -38,9 +43,8 @@ class WandbLogger(Logger):
             import wandb
 
             os.environ.setdefault("WANDB_SILENT", "true")
-            tags = list(dict.fromkeys(str(t)[:TAG_MAX] for t in tags or ()))
-            kw = dict(project=project, entity=entity, config=config, tags=tags, name=name, dir=dir, group=group,
-                      job_type=job_type, reinit="finish_previous")
+            kw = dict(project=project, entity=entity, config=config, tags=wandb_tags(tags), name=name, dir=dir,
+                      group=group, job_type=job_type, reinit="finish_previous")
             try:
                 self._run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=float(init_timeout)), **kw)
             except Exception as e:

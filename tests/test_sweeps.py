@@ -177,6 +177,13 @@ def test_submitit_tasks_of_one_job_form_a_ddp_group(monkeypatch):
     assert os.environ["MASTER_ADDR"] == "gpu07" and int(os.environ["MASTER_PORT"]) > 1024
 
 
+def test_overrides_become_valid_wandb_tags():
+    from metaprune.logging import wandb_tags
+
+    long = "model.checkpoint=/data/" + "x" * 80
+    assert wandb_tags(["seed=1", "", long, "seed=1"]) == ["seed=1", long[:64]]  # wandb refuses "" and > 64 chars
+
+
 def test_logger_group_and_job_type_are_checked():
     from metaprune.cli import UsageError, check_logger
 
