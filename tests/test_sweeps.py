@@ -154,7 +154,9 @@ def test_optuna_search_over_meta_training_runs_three_logged_trials(tmp_path):
     for job in ("0", "1", "2"):
         saved = json.loads((sweep / job / "digits" / "config.json").read_text())  # each trial's metanetwork
         objectives.append(saved["best"]["pruned_acc"])  # meta-val networks, val split
-        assert len(_wandb_runs(sweep / job)) == 1  # each trial logged
+        (run,) = _wandb_runs(sweep / job)  # each trial logged, in its own folder, as a train_meta job of the sweep
+        record = next(run.glob("run-*.wandb")).read_bytes()
+        assert b"train_meta" in record and b"search" in record and b"metanet-digits" in record
     assert best["best_value"] == pytest.approx(max(objectives))
     assert "meta_optim.lr" in best["best_params"]
 
