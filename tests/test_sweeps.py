@@ -113,7 +113,7 @@ def test_sharded_zoo_build_with_joblib_trains_each_member_once(tmp_path):
     from metaprune.zoo import plan_members
 
     root = tmp_path / "zoos"
-    common = [*_tiny_zoo_cfg(tmp_path, root), "logger=none", "zoo_only=true"]
+    common = [*_tiny_zoo_cfg(tmp_path, root), "logger=none", "zoo_only=true", f"hydra.run.dir={tmp_path / 'run'}"]
     run = lambda *a: subprocess.run([sys.executable, "train_meta.py", *a, *common], cwd=REPO,  # noqa: E731
                                     capture_output=True, text=True, timeout=600, env=_env(tmp_path))
     names = [m["name"] for m in plan_members(TINY, OPTIM)]
