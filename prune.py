@@ -6,24 +6,36 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from metaprune.cli import friendly_errors, to_dict
+from metaprune.cli import friendly_errors, sweep_context, to_dict
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="prune")
 @friendly_errors
 def main(cfg: DictConfig) -> None:
-    from metaprune.logging import make_logger
+    from metaprune.logging import KeepOpen, make_logger
     from metaprune.prune.pipeline import run_prune
     from metaprune.prune.report import format_report
 
     c = to_dict(cfg)
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)  # the job's folder; output_dir defaults to run_dir/result
+    started = []
+
+    def start_logger():  # called by the pipeline once pruning has succeeded; this function finishes the run
+        started.append(make_logger(c["logger"], config=c, name=f"prune-{c['data']['name']}",
+                                   **sweep_context("prune")))
+        return KeepOpen(started[0])
+
     try:
-        report = run_prune(c, logger=lambda: make_logger(c["logger"], config=c, name=f"prune-{c['data']['name']}",
-                                                         dir=run_dir))
+        report = run_prune(c, logger=start_logger)
+        for logger in started:  # the pruned model, as the wandb run's artifact
+            logger.artifact(Path(report["output_dir"]) / "pruned", kind="model",
+                            name=f"pruned-{report['model']}-{report['data']}")
     except BaseException:
         _remove_if_empty(run_dir)  # a failed run leaves nothing behind
         raise
+    finally:
+        for logger in started:
+            logger.finish()
     print(format_report(report))
 
 

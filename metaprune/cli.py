@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import sys
 import traceback
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -53,7 +55,7 @@ def check_device(device) -> None:
         raise UsageError(f"device={device!r} is not supported: give auto, cpu, cuda or cuda:N")
 
 
-LOGGER_KEYS = {"kind", "project", "entity", "mode", "tags", "init_timeout"}  # configs/logger/wandb.yaml
+LOGGER_KEYS = {"kind", "project", "entity", "mode", "tags", "init_timeout", "group", "job_type"}  # logger/wandb.yaml
 
 
 def check_logger(d) -> None:
@@ -69,9 +71,57 @@ def check_logger(d) -> None:
         unknown = sorted(set(d) - LOGGER_KEYS)
         if unknown:
             raise UsageError(f"unknown logger option(s) {unknown}; known: {sorted(LOGGER_KEYS)}")
+        for key in ("group", "job_type"):
+            if d.get(key) is not None and not isinstance(d[key], str):
+                raise UsageError(f"logger.{key}={d[key]!r} must be a string or null")
         timeout = d.get("init_timeout", 5.0)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise UsageError(f"logger.init_timeout={timeout!r} is invalid: must be a number of seconds > 0")
+
+
+def sweep_context(job_type: str) -> dict:
+    """How this Hydra job's wandb run is filed: ``dir`` the job's own folder (so a sweep's logs sit beside its
+    results), ``group`` the sweep's folder name in a multirun (None in a single run), ``job_type`` and, as
+    ``tags``, the command-line overrides that make this job what it is (``make_logger``'s keyword arguments)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return {"job_type": job_type}
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    try:
+        job_dir = hc.runtime.output_dir
+    except OmegaConfBaseException:  # a config composed without running a job (the compose API) has none
+        job_dir = None
+    return {"dir": job_dir, "group": Path(hc.sweep.dir).name if multirun else None, "job_type": job_type,
+            "tags": list(hc.overrides.task)}
+
+
+def sweep_job_dir(key: str) -> Path | None:
+    """In a multirun, the job's own folder when ``key`` was not given on the command line (so jobs of one sweep
+    never write to one place); None in a single run or when the user chose ``key``."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    hc = HydraConfig.get()
+    given = {o.split("=", 1)[0].lstrip("+~") for o in hc.overrides.task}
+    return None if key in given else Path(hc.runtime.output_dir)
+
+
+def join_submitit_tasks() -> None:
+    """Under the submitit SLURM launcher with several tasks (``hydra.launcher.tasks_per_node=K``), set the variables
+    torchrun would set (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) so the K tasks form one DDP group; a no-op
+    anywhere else (torchrun, a single task, no submitit)."""
+    if "WORLD_SIZE" in os.environ or not os.environ.get("SUBMITIT_EXECUTOR"):
+        return
+    from submitit import JobEnvironment
+    from submitit.helpers import TorchDistributedEnvironment
+
+    if JobEnvironment().num_tasks > 1:  # all GPUs stay visible: LOCAL_RANK picks cuda:LOCAL_RANK
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
 
 
 _KINDS = {"int": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),

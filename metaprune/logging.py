@@ -1,8 +1,19 @@
-"""One small facade over wandb / nothing. A logging failure never kills a run: it warns once and goes quiet."""
+"""One small facade over wandb / nothing. A logging failure never kills a run: it warns once and goes quiet.
+
+Runs of one sweep share a wandb ``group`` and carry a ``job_type`` (train / train_meta / prune / benchmark);
+:func:`active_run` names the wandb run in progress, so a result file can say where its log lives."""
 from __future__ import annotations
 
 import os
+import re
 import warnings
+
+TAG_MAX = 64  # wandb refuses longer tags
+
+
+def wandb_tags(tags) -> list[str]:
+    """``tags`` as wandb takes them: strings of 1 to 64 characters (longer ones cut), each once, in order."""
+    return list(dict.fromkeys(str(t)[:TAG_MAX] for t in tags or () if str(t)))
 
 
 class Logger:
@@ -24,7 +35,7 @@ class WandbLogger(Logger):
     network, server down) the run warns once and logs offline instead (``wandb sync`` uploads it later)."""
 
     def __init__(self, project="metaprune", entity=None, mode="offline", config=None, tags=(), name=None, dir=None,
-                 init_timeout: float = 5.0):
+                 init_timeout: float = 5.0, group=None, job_type=None):
         if isinstance(init_timeout, bool) or not isinstance(init_timeout, (int, float)) or not init_timeout > 0:
             raise ValueError(f"logger.init_timeout={init_timeout!r} is invalid: must be a number of seconds > 0")
         self._run = None
@@ -32,8 +43,8 @@ class WandbLogger(Logger):
             import wandb
 
             os.environ.setdefault("WANDB_SILENT", "true")
-            kw = dict(project=project, entity=entity, config=config, tags=list(tags or []), name=name, dir=dir,
-                      reinit="finish_previous")
+            kw = dict(project=project, entity=entity, config=config, tags=wandb_tags(tags), name=name, dir=dir,
+                      group=group, job_type=job_type, reinit="finish_previous")
             try:
                 self._run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=float(init_timeout)), **kw)
             except Exception as e:
@@ -45,6 +56,21 @@ class WandbLogger(Logger):
                 self._run = wandb.init(mode="offline", **kw)
         except Exception as e:  # never let logging take a run down
             self._fail("init", e)
+        global _ACTIVE
+        if self._run is not None:
+            _ACTIVE = self
+
+    def run_info(self) -> dict | None:
+        """The wandb run: id, name, group, job_type, mode and its folder (what ``wandb sync`` uploads)."""
+        r = self._run
+        if r is None:
+            return None
+        try:
+            folder = getattr(r.settings, "sync_dir", None) or os.path.dirname(r.dir)
+            return {"id": r.id, "name": r.name, "project": r.project, "group": r.group, "job_type": r.job_type,
+                    "mode": "offline" if r.offline else "online", "dir": str(folder)}
+        except Exception:  # an attribute wandb renamed must not fail the run that asks
+            return {"id": getattr(r, "id", None), "name": getattr(r, "name", None)}
 
     def _fail(self, what, e):
         warnings.warn(f"wandb {what} failed, logging disabled for this run: {e}")
@@ -69,13 +95,16 @@ class WandbLogger(Logger):
             try:
                 import wandb
 
-                art = wandb.Artifact(name, type=kind)
+                art = wandb.Artifact(re.sub(r"[^A-Za-z0-9_.-]+", "-", name), type=kind)  # wandb's alphabet
                 (art.add_dir if os.path.isdir(path) else art.add_file)(str(path))
                 self._run.log_artifact(art)
             except Exception as e:
                 self._fail("artifact", e)
 
     def finish(self):
+        global _ACTIVE
+        if _ACTIVE is self:
+            _ACTIVE = None
         if self._run is not None:
             try:
                 self._run.finish()
@@ -83,12 +112,43 @@ class WandbLogger(Logger):
                 self._fail("finish", e)
 
 
-def make_logger(cfg: dict | None, config: dict | None = None, name: str | None = None, dir=None) -> Logger:
-    """``cfg`` is the ``logger`` config group: ``{kind: wandb|none, project, entity, mode, tags}``."""
+_ACTIVE: WandbLogger | None = None
+
+
+def active_run() -> dict | None:
+    """The wandb run a :class:`WandbLogger` has started and not finished (see :meth:`WandbLogger.run_info`)."""
+    return None if _ACTIVE is None else _ACTIVE.run_info()
+
+
+class KeepOpen(Logger):
+    """``logger`` whose ``finish`` is left to its owner: prune.py hands this to the pipeline (which finishes the
+    loggers it starts) and logs the saved model as an artifact before finishing the run itself."""
+
+    def __init__(self, logger: Logger):
+        self.inner = logger
+
+    def log(self, metrics, step=None):
+        self.inner.log(metrics, step)
+
+    def summary(self, metrics):
+        self.inner.summary(metrics)
+
+    def artifact(self, path, name, kind="model"):
+        self.inner.artifact(path, name, kind)
+
+
+def make_logger(cfg: dict | None, config: dict | None = None, name: str | None = None, dir=None, group=None,
+                job_type=None, tags=()) -> Logger:
+    """``cfg`` is the ``logger`` config group: ``{kind: wandb|none, project, entity, mode, tags, init_timeout,
+    group, job_type}``; its ``group`` / ``job_type``, when set, win over the arguments (the entry point's defaults:
+    the sweep's folder, its own kind), and ``tags`` are added to its tags."""
     cfg = dict(cfg or {"kind": "none"})
     kind = cfg.pop("kind", "none")
     if kind == "none":
         return NoLogger()
     if kind == "wandb":
+        cfg["group"] = cfg.get("group") or group
+        cfg["job_type"] = cfg.get("job_type") or job_type
+        cfg["tags"] = [*(cfg.get("tags") or []), *tags]
         return WandbLogger(config=config, name=name, dir=dir, **cfg)
     raise ValueError(f"logger.kind={kind!r} is invalid: must be wandb or none")

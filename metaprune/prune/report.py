@@ -2,6 +2,7 @@
 ``prune.py`` prints (:func:`format_report`)."""
 from __future__ import annotations
 
+from ..logging import active_run
 from ..metrics import device_name
 
 EXPORT_REPORT = {"onnx": ("onnx", "max_abs_diff_onnxruntime"),  # export format -> report key, its diff's key
@@ -33,6 +34,7 @@ def build_report(cfg, model, data, device, pruned, acc: dict, lat: dict, macs_pa
         "latency_search": pruned.latency_search,
         "pruning": {k: v for k, v in result.to_dict().items() if k not in ("removed",)},
         "finetune_history": history, "config": cfg.raw, "timings_s": timings,
+        "wandb": active_run(),  # the run logging this one (id, name, group, folder), or None
     }
 
 
