@@ -59,8 +59,8 @@ def _criterion(method: str, c: dict) -> tuple[str, bool]:
     return c["importance"], method != "depgraph_local"
 
 
-def run_method(base, data, metanet, c: dict, seed: int, method: str) -> dict:
-    """One method at every speedup on one network: {speedup: {...}, "seconds": s, ...}."""
+def run_method(base, data, metanet, c: dict, seed: int, method: str, speedups=None) -> dict:
+    """One method at each of ``speedups`` (default: the config's) on one network: {speedup: {...}, "seconds": s}."""
     from metaprune.metanet import apply_metanet
     from metaprune.prune import prune
     from metaprune.prune.sparse import sparse_learning_hook
@@ -85,7 +85,7 @@ def run_method(base, data, metanet, c: dict, seed: int, method: str) -> dict:
             out["recovered_acc"] = acc(start)
     spent = pre if method in PRE_TRAINED else 0
     crit, global_pruning = _criterion(method, c)
-    for s in c["speedups"]:
+    for s in c["speedups"] if speedups is None else speedups:
         m = copy.deepcopy(start)
         try:
             res = prune(m, x, target_speedup=float(s), importance=crit, global_pruning=global_pruning, seed=seed)
@@ -244,8 +244,9 @@ def _recipe_hash(obj) -> str:
 def _cells_dir(c: dict) -> Path:
     """Where finished cells are kept, keyed by everything all methods share: a rerun with the same settings
     resumes, a changed setting starts afresh. Each method's own settings key its file name (``_cell_path``), so
-    adding a method, or retraining the metanetwork, reruns only that method."""
-    keys = ("data", "zoo", "split", "speedups", "importance", "pre_epochs", "finetune_epochs", "finetune", "device")
+    adding a method, or retraining the metanetwork, reruns only that method; a cell holds its method's speedups,
+    so asking for another speedup computes only that one."""
+    keys = ("data", "zoo", "split", "importance", "pre_epochs", "finetune_epochs", "finetune", "device")
     return Path(c.get("cells_dir") or "outputs/quality/cells") / _recipe_hash({k: c.get(k) for k in keys})
 
 
@@ -295,20 +296,27 @@ def run(c: dict) -> dict:
     cells_dir = _cells_dir(c)
     t0 = time.perf_counter()
     jobs = [(name, seed, method) for name in names for seed in c["seeds"] for method in c["methods"]]
+    wanted = [str(s) for s in c["speedups"]]
     base_accs: dict[str, float] = {}
     cells: dict[tuple, dict] = {}
     for i, (name, seed, method) in enumerate(jobs):
         path = _cell_path(cells_dir, name, seed, method, c)
-        if path.is_file():  # finished earlier (resumed run, or another shard)
-            cells[name, seed, method] = json.loads(path.read_text())
-            continue
-        if i % num_shards != shard:
-            continue
-        t = time.perf_counter()
-        model = zoo.load(name)
-        cells[name, seed, method] = run_method(model, data, metanet, c, seed, method)
-        atomic_write_json(path, cells[name, seed, method])
-        print(f"[{i + 1}/{len(jobs)}] {name} seed {seed} {method}: {time.perf_counter() - t:.0f}s", flush=True)
+        cell = json.loads(path.read_text()) if path.is_file() else {}  # finished earlier, or by another shard
+        missing = [float(s) for s in wanted if s not in cell]
+        if missing and not c.get("report_only") and i % num_shards == shard:
+            t = time.perf_counter()
+            new = run_method(zoo.load(name), data, metanet, c, seed, method, missing)
+            cell = {**cell, **new, "seconds": cell.get("seconds", 0.0) + new["seconds"]}
+            atomic_write_json(path, cell)
+            print(f"[{i + 1}/{len(jobs)}] {name} seed {seed} {method}: {time.perf_counter() - t:.0f}s", flush=True)
+        if all(s in cell for s in wanted):
+            cells[name, seed, method] = cell
+    if c.get("report_only"):  # the table of what is finished: methods and networks with every wanted speedup
+        names = [n for n in names if all((n, s, m) in cells for s in c["seeds"] for m in c["methods"])]
+        print(f"report_only: {len(names)} network(s) have every method at every speedup")
+        if not names:
+            raise ValueError(f"report_only: no network has all of {c['methods']} at {wanted} in {cells_dir}")
+        jobs = [(n, s, m) for n, s, m in jobs if n in names]
     if len(cells) < len(jobs):
         print(f"{len(cells)}/{len(jobs)} cells done in {cells_dir}; the other shards' cells are still running: "
               "rerun without shard (or with any shard) once they finish to write the result")

@@ -132,12 +132,24 @@ def test_paper_presets_run_on_cifar_fixture(tmp_path, experiment, data):
     assert again["per_network"] == r["per_network"]
     # a method added later is the only one computed; the others' cells (and their numbers) are reused
     ran = []
-    quality.run_method = lambda *a, **k: ran.append(a[-1]) or computed(*a, **k)
+    quality.run_method = lambda *a, **k: ran.append(a[5]) or computed(*a, **k)
     try:
         more = quality.run({**c, "methods": ["random", "depgraph", "depgraph_sl", "depgraph_local"]})
     finally:
         quality.run_method = computed
     assert set(ran) == {"depgraph_local"} and more["summary"]["depgraph"] == r["summary"]["depgraph"]
+    # another speedup is computed alone; the finished ones are kept
+    ran.clear()
+    quality.run_method = lambda *a, **k: ran.append(a[6]) or computed(*a, **k)
+    try:
+        wider = quality.run({**c, "speedups": [2.0, 3.0]})
+    finally:
+        quality.run_method = computed
+    assert ran == [[3.0]] * len(ran) and len(ran) == 3 * len(c["seeds"]) * len(wider["networks"])
+    assert wider["summary"]["depgraph"]["2.0"] == r["summary"]["depgraph"]["2.0"]
+    # report_only writes the table from what is finished and computes nothing
+    with pytest.raises(ValueError, match="report_only: no network"):
+        quality.run({**c, "speedups": [2.0, 4.0], "report_only": True})
 
 
 def _bench(name):
