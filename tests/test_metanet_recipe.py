@@ -121,3 +121,17 @@ def test_heldout_benchmark_gives_both_arms_the_same_recovery_and_ranking(zoo, di
     assert "held-out 2x meta − base (wins)" in t["table"] and f"/{len(rows)})" in t["table"]
     with pytest.raises(SystemExit, match="no config.json"):
         metanet_ablation.main([str(tmp_path), "--out", str(tmp_path / "b.json")])
+
+
+def test_recovery_after_the_rewrite_defaults_to_what_the_metanetwork_was_selected_with(tmp_path):
+    import json
+
+    from metaprune.io import CheckpointError
+    from metaprune.metanet.resolve import recovery_epochs
+
+    (tmp_path / "config.json").write_text(json.dumps({"apply": {"finetune_epochs": 1}}))
+    assert recovery_epochs(tmp_path, "auto") == 1 and recovery_epochs(tmp_path, 0) == 0
+    assert recovery_epochs(tmp_path / "missing", "auto") == 0  # a metanetwork that names none: no recovery
+    (tmp_path / "config.json").write_text(json.dumps({"apply": {"finetune_epochs": -2}}))
+    with pytest.raises(CheckpointError, match="apply.finetune_epochs=-2"):
+        recovery_epochs(tmp_path, "auto")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from ..io import CheckpointError
+from ..io import CheckpointError, read_json
 from .checkpoint import UnseenTypesError, apply_metanet
 
 SHIPPED = Path("checkpoints/metanet")
@@ -30,6 +30,19 @@ def resolve_metanet(checkpoint, data_name: str | None) -> Path | None:
     if not path.exists():
         raise CheckpointError(f"{path}: metanetwork checkpoint not found")
     return path
+
+
+def recovery_epochs(checkpoint: Path, asked) -> int:
+    """Epochs of recovery finetuning after the rewrite: ``asked`` when it is a number, else (``auto``) the ones the
+    metanetwork was selected with (``apply.finetune_epochs`` in its ``config.json``; 0 when it names none)."""
+    if asked != "auto":
+        return int(asked)
+    path = Path(checkpoint) / "config.json"
+    cfg = read_json(path, what="metanetwork config") if path.is_file() else {}
+    epochs = (cfg.get("apply") or {}).get("finetune_epochs", 0) if isinstance(cfg, dict) else 0
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
+        raise CheckpointError(f"{path}: apply.finetune_epochs={epochs!r} must be an integer >= 0")
+    return epochs
 
 
 def rewrite_for_pruning(checkpoint: Path, model: nn.Module, example_inputs, seen_only: bool

@@ -57,7 +57,7 @@ class ModelSource:
 class MetanetOptions:
     """``metanet.*``: the metanetwork applied before pruning (``checkpoint``: auto | none | PATH)."""
     checkpoint: str | None = "auto"
-    finetune_epochs: int = 0
+    finetune_epochs: int | str = "auto"   # recovery after the rewrite; auto: what the metanetwork was validated with
 
 
 @dataclass
@@ -223,7 +223,8 @@ def _metanet_options(d) -> MetanetOptions:
         raise UsageError("metanet holds an architecture preset (configs/metanet/, for train_meta.py); prune.py "
                          "applies a trained one: metanet=shipped|none or metanet.checkpoint=PATH")
     opts = _sub(MetanetOptions, d, "metanet")
-    check_int("metanet.finetune_epochs", opts.finetune_epochs, 0)
+    if opts.finetune_epochs != "auto":
+        check_int("metanet.finetune_epochs", opts.finetune_epochs, 0)
     return opts
 
 

@@ -28,7 +28,7 @@ from ..export import export_verified
 from ..io import atomic_dir, atomic_write_json, save_model, write_result_marker
 from ..io import check_output_dir as check_output_path
 from ..logging import Logger
-from ..metanet.resolve import rewrite_for_pruning
+from ..metanet.resolve import recovery_epochs, rewrite_for_pruning
 from ..metrics import latency, macs_and_params
 from ..train import evaluate, fit, pick_device, seed_everything
 from .config import PruneConfig
@@ -99,7 +99,7 @@ def _run_prune(cfg: PruneConfig, out: Path, transform, data, stages: Stages) -> 
 
 
 def prune_checkpoint(checkpoint, data="digits", speedup: float | None = 2.0, *, output_dir, params: float | None = None,
-                     latency_speedup: float | None = None, metanet="auto", metanet_finetune_epochs: int = 0,
+                     latency_speedup: float | None = None, metanet="auto", metanet_finetune_epochs: int | str = "auto",
                      importance: str = "l2", prune: dict | None = None, finetune_epochs: int = 5, lr: float = 0.02,
                      model_name: str | None = None, model_args: dict | None = None, onnx=None, stage: str = "trained",
                      export="none", latency: dict | None = None, overwrite: bool = False, device: str = "auto",
@@ -162,10 +162,11 @@ def apply_metanet_stage(model, data, cfg: PruneConfig, transform, device, stages
         model = model.to(device)
     if skipped:
         return model, f"{label} ({skipped})", None
-    if cfg.metanet.finetune_epochs > 0:
+    epochs = recovery_epochs(label, cfg.metanet.finetune_epochs) if transform is None else (
+        0 if cfg.metanet.finetune_epochs == "auto" else cfg.metanet.finetune_epochs)
+    if epochs > 0:
         with stages("transform_finetune"):
-            fit(model, data, dataclasses.replace(cfg.finetune, epochs=cfg.metanet.finetune_epochs),
-                desc="after metanet")
+            fit(model, data, dataclasses.replace(cfg.finetune, epochs=epochs), desc="after metanet")
     return model, label, _acc(model, data, "test", device)
 
 
