@@ -39,7 +39,7 @@ from omegaconf import DictConfig
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from metaprune.cli import friendly_errors, to_dict  # noqa: E402
+from metaprune.cli import friendly_errors, sweep_context, to_dict  # noqa: E402
 from metaprune.io import atomic_write_json  # noqa: E402
 
 METHODS = ("random", "depgraph", "depgraph_local", "depgraph_sl", "metaprune", "metaprune_direct")
@@ -344,6 +344,7 @@ def run(c: dict) -> dict:
               "paired": diffs, "families": by_family(per_net, c["methods"], c["speedups"]),
               "method_seconds": seconds, "per_network": per_net, "base_acc_mean": base_mean}
     atomic_write_json(out_dir / f"quality-{tag}.json", result)
+    result.update(tag=tag, json=str(out_dir / f"quality-{tag}.json"))
     plot(table, c["speedups"], out_dir / f"quality-{tag}.png",
          f"{data.name}: {len(names)} held-out networks × {len(c['seeds'])} seed(s), test accuracy", base_mean)
     md = markdown(table, c["speedups"], base_mean, diffs)
@@ -351,10 +352,30 @@ def run(c: dict) -> dict:
     return result
 
 
+def log_result(c: dict, result: dict) -> None:
+    """The table's means and paired differences as a wandb run (``job_type=benchmark``, the sweep's group), with
+    the JSON and plot as an artifact; nothing with ``logger=none``."""
+    from metaprune.logging import make_logger
+
+    logger = make_logger(c.get("logger"), config=c, name=f"quality-{result['tag']}", **sweep_context("benchmark"))
+    try:
+        flat = {f"{m}/{s}x/{ph}": v["mean"] for m, by_s in result["summary"].items() for s, cell in by_s.items()
+                for ph, v in cell.items()}
+        flat.update({f"paired/{k}/{s}x/{ph}": v["mean"] for k, by_s in result["paired"].items()
+                     for s, cell in by_s.items() for ph, v in cell.items()})
+        logger.summary(flat)
+        logger.artifact(result["json"], name=f"quality-{result['tag']}", kind="result")
+    finally:
+        logger.finish()
+
+
 @hydra.main(version_base="1.3", config_path="../configs", config_name="quality")
 @friendly_errors
 def main(cfg: DictConfig) -> None:
-    run(to_dict(cfg))
+    c = to_dict(cfg)
+    result = run(c)
+    if result:
+        log_result(c, result)
 
 
 if __name__ == "__main__":

@@ -147,6 +147,27 @@ def test_paper_presets_run_on_cifar_fixture(tmp_path, experiment, data):
         quality.run_method = computed
     assert ran == [[3.0]] * len(ran) and len(ran) == 3 * len(c["seeds"]) * len(wider["networks"])
     assert wider["summary"]["depgraph"]["2.0"] == r["summary"]["depgraph"]["2.0"]
+    # the result goes to the logger as one benchmark run: means, paired differences and the JSON as an artifact
+    import metaprune.logging as mlog
+
+    seen = {}
+
+    class Recorder(mlog.Logger):
+        def summary(self, metrics):
+            seen["summary"] = metrics
+
+        def artifact(self, path, name, kind="model"):
+            seen["artifact"] = (path, kind)
+
+    made = []
+    orig = mlog.make_logger
+    mlog.make_logger = lambda cfg, **kw: made.append(kw) or Recorder()
+    try:
+        quality.log_result(c, r)
+    finally:
+        mlog.make_logger = orig
+    assert made[0]["job_type"] == "benchmark" and Path(seen["artifact"][0]).is_file()
+    assert seen["summary"]["depgraph/2.0x/finetuned"] == r["summary"]["depgraph"]["2.0"]["finetuned"]["mean"]
     # report_only writes the table from what is finished and computes nothing
     with pytest.raises(ValueError, match="report_only: no network"):
         quality.run({**c, "speedups": [2.0, 4.0], "report_only": True})
