@@ -116,7 +116,8 @@ class DepGraph:
     ``apply`` removes channel units in place.
     """
 
-    def __init__(self, model: nn.Module, example_inputs, ignored_layers=(), customized_pruners=None):
+    def __init__(self, model: nn.Module, example_inputs, ignored_layers=(), customized_pruners=None,
+                 protect_outputs: bool = False):
         self.model = model
         self.pruners = merge_pruners(customized_pruners)
         modules = dict(model.named_modules())
@@ -127,8 +128,13 @@ class DepGraph:
         self.ignored = [modules[n] for n in ignored_layers]
         self._check_custom_layers()
         self.DG = build_dependency_graph(model, example_inputs, self.pruners)
-        self._check_supported()
         self.mod_name = {m: n for n, m in model.named_modules()}
+        # ``protect_outputs``: the layers that write the model's outputs keep their output channels
+        self.output_layers = custom_owner(model, [self.mod_name[m] for m in output_layers(self.DG, self.pruners)
+                                                  if m in self.mod_name], self.pruners)
+        if protect_outputs:
+            self.ignored += [modules[n] for n in self.output_layers if modules[n] not in self.ignored]
+        self._check_supported()
         self.param_name = {p: n for n, p in model.named_parameters()}
         self.unwrapped_dim = {u.parameters: u.pruning_dim for u in self.DG.unwrapped_parameters}
         self.groups = self._build_groups()
@@ -370,6 +376,32 @@ class DepGraph:
             else:
                 dep(idxs)
         _sync_static_attrs(self.model)
+
+
+def output_layers(DG, pruners: dict | None = None) -> list[nn.Module]:
+    """The layers whose output channels are the model's output channels, from the traced graph: walking back from
+    every output through parameter-free ops (reshape, pooling, activation, add, concat), norms and depthwise convs
+    to the first Conv / Linear / custom layer on each path. Layer types are matched with ``isinstance``, so a
+    library's subclass (timm's ``Linear`` classifier) counts; a residual stream that reaches the output yields every
+    layer writing into it."""
+    roots = (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention, nn.RNNBase,
+             *(pruners if pruners is not None else custom_pruners()))
+    stack = [n for n in DG.module2node.values() if not n.outputs]
+    seen, found = set(), []
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        m = node.module
+        if isinstance(m, roots):
+            found.append(m)
+            depthwise = isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and m.groups == m.in_channels \
+                == m.out_channels
+            if not depthwise:  # a depthwise conv's channels are its input's: keep walking
+                continue
+        stack.extend(node.inputs)
+    return list(dict.fromkeys(found))
 
 
 def _sync_static_attrs(model: nn.Module) -> None:

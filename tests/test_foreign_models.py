@@ -1,0 +1,87 @@
+"""Models people actually use (timm, Hugging Face) prune to the target with their outputs intact, and a pruning
+that fails leaves the caller's model exactly as it was. Every model is built with random weights (no downloads)."""
+import pytest
+import torch
+import torch.nn as nn
+
+from metaprune.prune import prune
+from metaprune.prune.safety import PruningFailed
+
+
+def _snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", ["mobilenetv3_small_100", "mobilenetv4_conv_small"])
+def test_timm_classifier_keeps_its_classes(name):
+    """timm's classifier is a subclass of nn.Linear: it must still be found and protected (10 classes out)."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    res = prune(model, x, target_speedup=2.0)
+    assert model(x).shape == (2, 10)
+    assert res.protected == ["classifier"]
+    assert res.speedup == pytest.approx(2.0, rel=0.05) and res.pruned_macs < res.base_macs
+
+
+class _Scaled(nn.Linear):
+    """A library-style Linear subclass feeding the output through a parameter-free op."""
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.ReLU(),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = _Scaled(16, 5)
+
+    def forward(self, x):
+        return self.head(self.body(x)) * 2.0  # the output is not the head's own tensor
+
+
+def test_output_layer_found_through_ops_after_it():
+    torch.manual_seed(0)
+    model = _Net().eval()
+    x = torch.randn(1, 3, 12, 12)
+    res = prune(model, x, target_speedup=1.5)
+    assert res.protected == ["head"] and model(x).shape == (1, 5)
+
+
+class _BreaksWhenPruned(_Net):
+    """Forward works at full width and raises once the first conv has been narrowed."""
+
+    def forward(self, x):
+        if self.body[0].out_channels != 16:
+            raise RuntimeError("this layer needs 16 channels")
+        return super().forward(x)
+
+
+def test_failed_prune_leaves_the_model_unchanged():
+    torch.manual_seed(0)
+    model = _BreaksWhenPruned().eval()
+    x = torch.randn(2, 3, 12, 12)
+    before, out_before = _snapshot(model), model(x)
+    params_before = list(model.parameters())
+    with pytest.raises(PruningFailed, match="left unchanged") as e:
+        prune(model, x, target_speedup=1.5)
+    assert "16 channels" in str(e.value) and "\n" not in str(e.value)
+    after = _snapshot(model)
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert all(a is b for a, b in zip(model.parameters(), params_before))  # the same parameter objects
+    assert model.body[0].out_channels == 16 and model.body[0].weight.shape == (16, 3, 3, 3)
+    assert torch.equal(model(x), out_before)
+
+
+def test_changed_output_shape_is_refused_and_undone(monkeypatch):
+    """Whatever slips past protection, a prune whose outputs change shape raises and restores the model."""
+    from metaprune import depgraph
+
+    monkeypatch.setattr(depgraph, "output_layers", lambda DG, pruners=None: [])  # protection finds nothing
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 6, 3), nn.Flatten())
+    x = torch.randn(1, 3, 8, 8)
+    before = _snapshot(model)
+    with pytest.raises(PruningFailed, match="output shapes"):
+        prune(model, x, target_speedup=1.5, protect_output=False)
+    assert all(torch.equal(model.state_dict()[k], before[k]) for k in before) and model(x).shape == (1, 96)
