@@ -145,10 +145,17 @@ class DepGraph:
         for m in self.ignored:
             ignored.update(m.modules())
         bad = []
+        unwrapped = {u.parameters for u in self.DG.unwrapped_parameters}
         for name, m in self.model.named_modules():
             # raw parameters of container modules (ViT cls token, position embedding) are pruned along a dim;
             # a leaf layer with parameters needs a pruning rule of its own
-            if m in ignored or list(m.children()) or not list(m.parameters(recurse=False)):
+            own = list(m.parameters(recurse=False))
+            if m in ignored or list(m.children()) or not own:
+                continue
+            # a plain holder of raw tensors with no forward of its own (an imported ONNX graph's constant
+            # initializers: a [1, H] bias, a BatchNorm folded into [1, C, 1, 1] scales) is pruned along the traced
+            # channel dim, like a ViT's pos_embed; a layer type with its own forward still needs a rule
+            if type(m) is nn.Module and all(p in unwrapped for p in own):
                 continue
             custom = type(m) in self.pruners
             kind = tp.ops.module2type(m)

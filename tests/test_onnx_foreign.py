@@ -2,6 +2,8 @@
 imported graph (or skips it with a note), and constant initializers that exporters leave in the graph (a
 scikit-learn bias of shape [1, H], a Keras BatchNorm folded into [1, C, 1, 1] Mul/Add constants) are pruned with the
 channels they scale, so the written ``pruned/model.onnx`` scores like the finetuned PyTorch model."""
+import warnings
+
 import numpy as np
 import onnx
 import pytest
@@ -53,3 +55,79 @@ def test_onnx_with_default_metanet_prunes_end_to_end(tmp_path, digits):
     x = torch.randn(4, 1, 8, 8)
     with torch.no_grad():
         assert np.abs(_run_onnx(written, x.numpy()) - pruned(x).numpy()).max() < 1e-4
+
+
+@pytest.fixture(scope="module")
+def sklearn_mlp(tmp_path_factory, digits):
+    """A scikit-learn MLPClassifier trained on the flattened digits, exported by skl2onnx (biases are [1, H]
+    initializers; the graph also outputs the predicted label through ai.onnx.ml ops), and the flattened data."""
+    pytest.importorskip("sklearn")
+    skl2onnx = pytest.importorskip("skl2onnx")
+    from sklearn.neural_network import MLPClassifier
+
+    from metaprune.data import DataBundle, TensorPairs
+
+    flat = {s: TensorPairs(getattr(digits, s).x.flatten(1), getattr(digits, s).y) for s in ("train", "val", "test")}
+    data = DataBundle("digits", flat["train"], flat["val"], flat["test"], 10, (64,))
+    clf = MLPClassifier(hidden_layer_sizes=(64, 32), max_iter=300, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning: a short fit is enough here
+        clf.fit(flat["train"].x.numpy(), flat["train"].y.numpy())
+    proto = skl2onnx.to_onnx(clf, flat["train"].x[:1].numpy(), options={id(clf): {"zipmap": False}},
+                             target_opset=17)
+    path = tmp_path_factory.mktemp("skl") / "mlp.onnx"
+    onnx.save(proto, str(path))
+    assert [o.name for o in proto.graph.output] == ["label", "probabilities"]
+    return path, data, clf.score(flat["test"].x.numpy(), flat["test"].y.numpy())
+
+
+@pytest.mark.parametrize("metanet", ["auto", "none"])
+def test_sklearn_mlp_prunes_finetunes_and_exports(tmp_path, sklearn_mlp, metanet):
+    path, data, sk_acc = sklearn_mlp
+    report = prune_checkpoint(None, data, 2.0, onnx=path, output_dir=tmp_path / "out", finetune_epochs=5,
+                              metanet=metanet, progress=False)
+    assert report["base_acc"] == pytest.approx(sk_acc, abs=1e-6)  # the imported graph is the sklearn model
+    assert report["speedup"] == pytest.approx(2.0, rel=0.05)
+    assert report["final_acc"] >= sk_acc - 0.05
+    written = tmp_path / "out" / "pruned" / "model.onnx"
+    assert [o.name for o in onnx.load(str(written)).graph.output] == ["probabilities"]
+    assert abs(_onnx_acc(written, data) - report["final_acc"]) <= 0.01
+
+
+def _keras_like_cnn(path, c=8):
+    """Conv -> Mul([1,C,1,1]) -> Add([1,C,1,1]) -> Relu, twice, -> GlobalAveragePool -> Flatten -> Gemm: a
+    Keras BatchNorm exported as constant scale and shift (tf2onnx's form), built by hand (no tensorflow here)."""
+    rng = np.random.default_rng(0)
+    f = lambda *s: rng.normal(0, 0.3, s).astype(np.float32)  # noqa: E731
+    inits = [numpy_helper.from_array(f(c, 3, 3, 3), "w1"), numpy_helper.from_array(f(c), "b1"),
+             numpy_helper.from_array(1 + f(1, c, 1, 1), "s1"), numpy_helper.from_array(f(1, c, 1, 1), "t1"),
+             numpy_helper.from_array(f(c, c, 3, 3), "w2"),
+             numpy_helper.from_array(1 + f(1, c, 1, 1), "s2"), numpy_helper.from_array(f(1, c, 1, 1), "t2"),
+             numpy_helper.from_array(f(5, c), "fc_w"), numpy_helper.from_array(f(5), "fc_b")]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["c1", "s1"], ["m1"]), helper.make_node("Add", ["m1", "t1"], ["a1"]),
+             helper.make_node("Relu", ["a1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["c2", "s2"], ["m2"]), helper.make_node("Add", ["m2", "t2"], ["a2"]),
+             helper.make_node("Relu", ["a2"], ["r2"]),
+             helper.make_node("GlobalAveragePool", ["r2"], ["p"]), helper.make_node("Flatten", ["p"], ["fl"]),
+             helper.make_node("Gemm", ["fl", "fc_w", "fc_b"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "keras_like", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_keras_style_constant_batchnorm_is_pruned_with_its_channels(tmp_path):
+    from metaprune.onnx import verify_onnx
+    from metaprune.prune import prune
+
+    path = _keras_like_cnn(tmp_path / "keras.onnx")
+    model = import_onnx(path)
+    x = torch.randn(1, 3, 8, 8)
+    res = prune(model, x, target_speedup=1.5)
+    assert res.speedup == pytest.approx(1.5, rel=0.1)
+    scales = [p for n, p in model.named_parameters() if n.startswith("initializers.")]
+    assert sorted(tuple(p.shape) for p in scales) == sorted([(1, res.channels[r][1], 1, 1) for r in res.channels] * 2)
+    out = export_onnx(model, x, tmp_path / "pruned.onnx")
+    assert verify_onnx(model, out, torch.randn(4, 3, 8, 8)) <= 1e-4
