@@ -69,7 +69,7 @@ class Group:
 
     ``root``: module whose output channels define the group; ``units``: number of channel units;
     ``slices``: every coupled parameter entry (see the module docstring); ``kind``: ``channel`` or
-    ``attention`` (a head dimension of a registry ViT ``Attention``); ``multiple``: kept units must be a
+    ``attention`` (a head dimension of an attention, see :class:`Heads`); ``multiple``: kept units must be a
     multiple of this (``nn.MultiheadAttention``'s heads); ``custom``: a coupled layer is pruned by a custom
     pruner (criteria then score the slices, which torch-pruning's own criteria do not see).
     """
@@ -82,7 +82,7 @@ class Group:
     custom: bool = False
     unit_roots: torch.Tensor | None = field(default=None, repr=False)  # [units, k] root channel ids
     tp_group: object = field(default=None, repr=False)
-    attention: nn.Module | None = field(default=None, repr=False)
+    attention: Heads | None = field(default=None, repr=False)
     cuts: list = field(default_factory=list, repr=False)  # (dependency, target idxs, root idxs), frozen copies
 
     def norms(self, params: dict[str, torch.Tensor], p: int = 2) -> torch.Tensor:
@@ -100,11 +100,73 @@ def group_norms(group: Group, params: dict[str, torch.Tensor], p: int = 2) -> to
     return total.pow(1.0 / p)
 
 
-def _is_attention(m: nn.Module) -> bool:
-    """A registry-ViT style attention: ``qkv`` Linear (3*dim out), ``proj`` Linear, int ``num_heads``."""
-    return (isinstance(getattr(m, "qkv", None), nn.Linear) and isinstance(getattr(m, "proj", None), nn.Linear)
-            and isinstance(getattr(m, "num_heads", None), int)
-            and m.qkv.out_features == 3 * m.proj.in_features)
+@dataclass
+class Heads:
+    """A multi-head attention whose head dimension metaprune prunes (slot ``d`` of every head at once).
+
+    ``outs``: ``(Linear, blocks)`` whose output rows are ``blocks`` stacked ``[heads x head_dim]`` blocks (a fused
+    qkv: 3; separate query/key/value: 1 each); ``proj``: the Linear reading the heads' outputs as input columns;
+    ``module``: the attention module whose width attributes follow the new head dim (its scale stays: pruning
+    head dims must not change the attention temperature)."""
+
+    module: nn.Module
+    outs: list
+    proj: nn.Linear
+    heads: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.proj.in_features // self.heads
+
+    def sync(self) -> None:
+        """Width attributes read in ``forward``: timm's ``head_dim``/``attn_dim``, Hugging Face's
+        ``attention_head_size``/``all_head_size``."""
+        m, hd = self.module, self.head_dim
+        for name, value in (("head_dim", hd), ("attn_dim", hd * self.heads), ("attention_head_size", hd),
+                            ("all_head_size", hd * self.heads)):
+            if isinstance(getattr(m, name, None), int) and not isinstance(getattr(m, name), bool):
+                setattr(m, name, value)
+
+
+def _consumer_linear(DG, lin: nn.Linear, stop: set) -> nn.Linear | None:
+    """The first Linear downstream of ``lin`` in the traced graph (the attention's output projection)."""
+    node = DG.module2node.get(lin)
+    stack, seen = list(node.outputs) if node is not None else [], set()
+    while stack:
+        n = stack.pop(0)
+        if n in seen:
+            continue
+        seen.add(n)
+        if isinstance(n.module, nn.Linear) and n.module not in stop:
+            return n.module
+        if not isinstance(n.module, (nn.Linear, nn.modules.conv._ConvNd)):
+            stack.extend(n.outputs)
+    return None
+
+
+def attention_heads(model: nn.Module, DG=None) -> list[Heads]:
+    """The multi-head attentions of ``model`` whose head dimension can be pruned: a fused ``qkv`` Linear with
+    ``proj`` and ``num_heads`` (metaprune's ViT, timm's ViT/DeiT), or ``query``/``key``/``value`` (or
+    ``q_proj``/``k_proj``/``v_proj``) Linears of equal width with ``num_attention_heads`` (Hugging Face BERT, ViT),
+    whose output projection is found in the traced graph. Grouped-query attention (fewer key/value heads) is not
+    matched: pruning it fails (model unchanged) unless its projections are in ``ignored_layers``."""
+    found = []
+    for m in model.modules():
+        qkv, proj, heads = getattr(m, "qkv", None), getattr(m, "proj", None), getattr(m, "num_heads", None)
+        if isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear) and isinstance(heads, int) \
+                and qkv.out_features == 3 * proj.in_features and proj.in_features % heads == 0 \
+                and isinstance(getattr(m, "q_norm", nn.Identity()), nn.Identity) and getattr(m, "gate", None) is None:
+            found.append(Heads(m, [(qkv, 3)], proj, heads))
+            continue
+        names = ("query", "key", "value") if hasattr(m, "query") else ("q_proj", "k_proj", "v_proj")
+        q, k, v = (getattr(m, n, None) for n in names)
+        heads = getattr(m, "num_attention_heads", getattr(m, "num_heads", None))
+        if DG is not None and all(isinstance(t, nn.Linear) for t in (q, k, v)) and isinstance(heads, int) \
+                and q.out_features == k.out_features == v.out_features and q.out_features % heads == 0:
+            proj = _consumer_linear(DG, v, {q, k, v})
+            if proj is not None and proj.in_features == v.out_features:
+                found.append(Heads(m, [(q, 1), (k, 1), (v, 1)], proj, heads))
+    return found
 
 
 class DepGraph:
@@ -187,12 +249,17 @@ class DepGraph:
     # ------------------------------------------------------------------ groups
     def _build_groups(self) -> list[Group]:
         groups = []
-        attn_qkv = {m.qkv: m for m in self.model.modules() if _is_attention(m)}
+        ignored = {id(sub) for m in self.ignored for sub in m.modules()}
+        attn = {lin: h for h in attention_heads(self.model, self.DG) for lin, _ in h.outs}
+        done = set()
         roots = root_types(self.pruners)
         for g in self.DG.get_all_groups(ignored_layers=self.ignored, root_module_types=roots):
             root = g[0].dep.target.module
-            if root in attn_qkv:
-                groups.append(self._attention_group(attn_qkv[root], g))
+            if root in attn:  # the head dims of q, k, v and the projection's input: one attention group
+                h = attn[root]
+                if id(h) not in done and not any(id(lin) in ignored for lin, _ in h.outs):
+                    done.add(id(h))
+                    groups.append(self._attention_group(h))
                 continue
             grp = self._channel_group(g)
             if grp is not None:
@@ -321,22 +388,23 @@ class DepGraph:
                     res.append((p(n), 2, ident))
         return res
 
-    def _attention_group(self, attn: nn.Module, g) -> Group:
-        """Head-dimension slots of a registry ViT attention: slot d of every head in q, k, v and proj's input."""
-        heads, dim = attn.num_heads, attn.proj.in_features
-        hd = dim // heads
-        d = torch.arange(hd)
-        qkv_w, proj_w = self.mod_name[attn.qkv], self.mod_name[attn.proj]
+    def _attention_group(self, h: Heads) -> Group:
+        """Head-dimension slots of an attention: slot d of every head in q, k, v and the projection's input."""
+        heads, hd = h.heads, h.head_dim
+        cols = (torch.arange(heads)[:, None] * hd).flatten()  # + d: column of slot d in every head
         slices = []
-        for s in range(3):
-            for h in range(heads):
-                rows = s * dim + h * hd + d
-                slices.append(Slice(f"{qkv_w}.weight", 0, rows))
-                if attn.qkv.bias is not None:
-                    slices.append(Slice(f"{qkv_w}.bias", 0, rows))
-        for h in range(heads):
-            slices.append(Slice(f"{proj_w}.weight", 1, h * hd + d))
-        return Group(root=qkv_w, units=hd, slices=slices, kind="attention", tp_group=None, attention=attn)
+        for lin, blocks in h.outs:
+            name = self.mod_name[lin]
+            for b in range(blocks):
+                for c in cols.tolist():
+                    rows = b * heads * hd + c + torch.arange(hd)
+                    slices.append(Slice(f"{name}.weight", 0, rows))
+                    if lin.bias is not None:
+                        slices.append(Slice(f"{name}.bias", 0, rows))
+        proj = self.mod_name[h.proj]
+        slices += [Slice(f"{proj}.weight", 1, c + torch.arange(hd)) for c in cols.tolist()]
+        return Group(root=self.mod_name[h.outs[0][0]], units=hd, slices=slices, kind="attention", tp_group=None,
+                     attention=h)
 
     # ------------------------------------------------------------------ pruning
     def _replace_parameter(self, old: nn.Parameter, new: nn.Parameter) -> None:
@@ -360,13 +428,14 @@ class DepGraph:
             grp = self.groups[gi]
             units = torch.as_tensor(units, dtype=torch.long)
             if grp.kind == "attention":
-                attn = grp.attention
-                heads, dim = attn.num_heads, attn.proj.in_features
-                hd = dim // heads
-                cols = (torch.arange(heads)[:, None] * hd + units[None, :]).flatten()
-                rows = torch.cat([s * dim + cols for s in range(3)])
-                tpf.prune_linear_out_channels(attn.qkv, sorted(rows.tolist()))
-                tpf.prune_linear_in_channels(attn.proj, sorted(cols.tolist()))
+                h = grp.attention
+                dim = h.proj.in_features
+                cols = (torch.arange(h.heads)[:, None] * h.head_dim + units[None, :]).flatten()
+                for lin, blocks in h.outs:
+                    rows = torch.cat([b * dim + cols for b in range(blocks)])
+                    tpf.prune_linear_out_channels(lin, sorted(rows.tolist()))
+                tpf.prune_linear_in_channels(h.proj, sorted(cols.tolist()))
+                h.sync()
                 continue
             roots = grp.unit_roots[units].flatten()
             for dep, targets, target_roots in grp.cuts:

@@ -85,3 +85,71 @@ def test_changed_output_shape_is_refused_and_undone(monkeypatch):
     with pytest.raises(PruningFailed, match="output shapes"):
         prune(model, x, target_speedup=1.5, protect_output=False)
     assert all(torch.equal(model.state_dict()[k], before[k]) for k in before) and model(x).shape == (1, 96)
+
+
+def _close_in_onnxruntime(model, x, tmp_path):
+    """The pruned model exports to ONNX, runs in onnxruntime, and imports back with the same outputs."""
+    from metaprune.onnx import export_onnx, import_onnx, verify_onnx
+
+    path = export_onnx(model, x, tmp_path / "pruned.onnx")
+    assert verify_onnx(model, path, x.repeat(3, *[1] * (x.dim() - 1))) <= 1e-4
+    with torch.no_grad():
+        assert torch.allclose(import_onnx(path)(x), model(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "deit_tiny_patch16_224"])
+def test_timm_vit_prunes_head_dims(tmp_path, name):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10, img_size=32, patch_size=8).eval()
+    x = torch.randn(2, 3, 32, 32)
+    res = prune(model, x, target_speedup=2.0)
+    assert res.speedup == pytest.approx(2.0, rel=0.05) and model(x).shape == (2, 10)
+    for blk in model.blocks:  # every head keeps the same, smaller head dim
+        attn = blk.attn
+        assert attn.head_dim < 64 and attn.qkv.out_features == 3 * attn.num_heads * attn.head_dim == 3 * attn.attn_dim
+        assert attn.proj.in_features == attn.attn_dim
+    model.train()(x).sum().backward()  # finetunable: the training forward runs too
+    _close_in_onnxruntime(model.eval(), x[:1], tmp_path)
+
+
+def test_hf_bert_prunes_head_dims():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=128, max_position_embeddings=32, num_labels=3)
+    model = transformers.BertForSequenceClassification(cfg).eval()
+    ids = torch.randint(0, 100, (2, 16))
+    res = prune(model, ids, target_speedup=2.0)
+    assert res.speedup == pytest.approx(2.0, rel=0.05) and res.protected == ["classifier"]
+    mask = torch.ones_like(ids)
+    mask[1, 10:] = 0
+    assert model(ids, attention_mask=mask).logits.shape == (2, 3)
+    for layer in model.bert.encoder.layer:
+        sa = layer.attention.self
+        assert sa.attention_head_size < 16 and sa.query.out_features == sa.all_head_size == 4 * sa.attention_head_size
+        assert layer.attention.output.dense.in_features == sa.all_head_size
+
+
+def test_hf_vit_prunes_head_dims(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, intermediate_size=128, num_labels=10)
+    model = transformers.ViTForImageClassification(cfg).eval()
+    x = torch.randn(2, 3, 32, 32)
+    res = prune(model, x, target_speedup=2.0)
+    assert res.speedup == pytest.approx(2.0, rel=0.05) and model(x).logits.shape == (2, 10)
+    heads = [m for m in model.modules() if hasattr(m, "num_attention_heads") and hasattr(m, "q_proj")]
+    assert heads and all(m.head_dim < 16 and m.q_proj.out_features == 4 * m.head_dim == m.o_proj.in_features
+                         for m in heads)
+
+    class Logits(nn.Module):  # Hugging Face returns a ModelOutput; ONNX export wants the tensor
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return self.m(x).logits
+
+    _close_in_onnxruntime(Logits(model).eval(), x[:1], tmp_path)
