@@ -23,9 +23,9 @@ class PruningFailed(RuntimeError):
 def unchanged_on_error(model: nn.Module, what: str = "pruning"):
     """Restore ``model`` exactly (structure, attributes, parameter objects and values) if the block raises.
 
-    An error raised before the model changed passes through as it is; one raised later is re-raised as
-    :class:`PruningFailed`, one sentence that names the cause and says the model is unchanged (a ``ValueError``
-    or ``TypeError`` the block raises on purpose keeps its type)."""
+    The error is re-raised as :class:`PruningFailed`, one sentence that names the cause and says the model is
+    unchanged; a ``ValueError`` or ``TypeError`` (metaprune's own refusals: a target out of reach, a layer with no
+    pruning rule) passes through as it is."""
     modules = list(model.modules())
     attrs = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in modules]
     tensors = {}
@@ -38,8 +38,8 @@ def unchanged_on_error(model: nn.Module, what: str = "pruning"):
     try:
         yield model
     except BaseException as e:
-        changed = _restore(attrs, tensors)
-        if not changed or isinstance(e, (ValueError, TypeError, KeyboardInterrupt)) or not isinstance(e, Exception):
+        _restore(attrs, tensors)
+        if isinstance(e, (ValueError, TypeError, PruningFailed)) or not isinstance(e, Exception):
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise PruningFailed(f"{what} {type(model).__name__} failed ({type(e).__name__}: {msg}); "
@@ -47,31 +47,18 @@ def unchanged_on_error(model: nn.Module, what: str = "pruning"):
 
 
 @torch.no_grad()
-def _restore(attrs, tensors) -> bool:
-    """Put every module's attributes and tensors back; True if anything had changed."""
-    changed = False
+def _restore(attrs, tensors) -> None:
+    """Put every module's attributes and tensors back."""
     for m, d, params, buffers, children in attrs:
-        if not all(_same(a, b) for a, b in ((d, m.__dict__), (params, m._parameters), (buffers, m._buffers),
-                                            (children, m._modules))):
-            changed = True
         m.__dict__.clear()
         m.__dict__.update(d)
         for store, old in ((m._parameters, params), (m._buffers, buffers), (m._modules, children)):
             store.clear()
             store.update(old)
     for t, value, grad, requires_grad in tensors.values():
-        if t.shape != value.shape or not torch.equal(t.detach(), value):
-            changed = True
         t.data = value
         t.grad = grad
         t.requires_grad_(requires_grad)
-    return changed
-
-
-def _same(a: dict, b: dict) -> bool:
-    """Same keys holding the same objects (compared by identity: tensors do not compare to one bool)."""
-    return a.keys() == b.keys() and all(a[k] is b[k] or (type(a[k]) in (int, float, str, bool) and a[k] == b[k])
-                                        for k in a)
 
 
 def _flatten(out) -> list:
