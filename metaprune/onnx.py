@@ -538,11 +538,21 @@ def _write_back(model: nn.Module) -> onnx.ModelProto:
         arr = (t.t() if transpose else t).contiguous().numpy().astype(onnx.helper.tensor_dtype_to_np_dtype(old.data_type))
         proto.graph.initializer[index[init]].CopyFrom(numpy_helper.from_array(arr, init))
         written.add(init)
+    layer_of = {init: key.rpartition(".")[0] for key, (init, _) in where.items() if key.endswith(".weight")}
     for node in proto.graph.node:  # Gemm layers hold alpha/beta already multiplied into their tensors
         if node.op_type == "Gemm" and len(node.input) > 1 and node.input[1] in written:
             for a in node.attribute:
                 if a.name in ("alpha", "beta"):
                     a.f = 1.0
+        # a pruned depthwise conv has fewer groups: the node's ``group`` follows the layer
+        if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1 and node.input[1] in layer_of:
+            groups = getattr(model.get_submodule(layer_of[node.input[1]]), "groups", None)
+            attr = next((a for a in node.attribute if a.name == "group"), None)
+            if isinstance(groups, int) and (attr.i if attr is not None else 1) != groups:
+                if attr is None:
+                    node.attribute.append(onnx.helper.make_attribute("group", groups))
+                else:
+                    attr.i = groups
     del proto.graph.value_info[:]  # channel counts changed; runtimes re-infer shapes
     for out in proto.graph.output:
         for d in list(out.type.tensor_type.shape.dim)[1:]:

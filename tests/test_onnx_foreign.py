@@ -131,3 +131,24 @@ def test_keras_style_constant_batchnorm_is_pruned_with_its_channels(tmp_path):
     assert sorted(tuple(p.shape) for p in scales) == sorted([(1, res.channels[r][1], 1, 1) for r in res.channels] * 2)
     out = export_onnx(model, x, tmp_path / "pruned.onnx")
     assert verify_onnx(model, out, torch.randn(4, 3, 8, 8)) <= 1e-4
+
+
+@pytest.mark.parametrize("route", [dict(), dict(stage="trained_nofinetune", importance="obs")])
+def test_pruned_depthwise_conv_writes_its_groups_back(tmp_path, digits, route):
+    """An imported MobileNetV2: pruning shrinks its depthwise convs' groups, and the written graph says so."""
+    torch.manual_seed(0)
+    native = build("mobilenet_v2", num_classes=10, in_channels=1, width_mult=0.25, last_channels=64).eval()
+    path = export_onnx(native, torch.randn(1, 1, 8, 8), tmp_path / "mb.onnx")
+    report = prune_checkpoint(None, digits, 1.5, onnx=path, output_dir=tmp_path / "out", finetune_epochs=0,
+                              metanet="none", progress=False, **route)
+    assert report["speedup"] == pytest.approx(1.5, rel=0.1)
+    written = tmp_path / "out" / "pruned" / "model.onnx"
+    pruned = load_model(tmp_path / "out" / "pruned")
+    groups = {n.name: next(a.i for a in n.attribute if a.name == "group") for n in onnx.load(str(written)).graph.node
+              if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)}
+    dw = [m.groups for m in pruned.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    before = [m.groups for m in native.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    assert sorted(groups.values()) == sorted(dw) and sum(dw) < sum(before)  # shrunk, and the graph agrees
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        assert np.abs(_run_onnx(written, x.numpy()) - pruned(x).numpy()).max() < 1e-4
