@@ -25,6 +25,9 @@ Layer types torch-pruning has no rule for are pruned by the custom pruners regis
 """
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import warnings
 from dataclasses import dataclass, field
 
@@ -52,6 +55,42 @@ ROOT_TYPES = (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)
 
 class UnprunableOpError(ValueError):
     """The network holds a layer with parameters that the pruner has no rule for."""
+
+
+class TraceTimeoutError(RuntimeError):
+    """Tracing a network's dependency graph or expanding its groups ran past ``TRACE_TIME_LIMIT_S``."""
+
+
+# seconds torch-pruning may spend tracing one network, or expanding its groups (None: no bound); a network whose
+# graph takes longer (a recurrent model unrolled over thousands of steps, a huge DenseNet) fails with one sentence
+TRACE_TIME_LIMIT_S: float | None = 600.0
+
+
+@contextlib.contextmanager
+def time_bound(what: str, seconds: float | None = None):
+    """Raise :class:`TraceTimeoutError` naming ``what`` if the block runs past ``seconds`` (default
+    ``TRACE_TIME_LIMIT_S``). Bounded only in the main thread with no other SIGALRM user (elsewhere it just runs)."""
+    seconds = TRACE_TIME_LIMIT_S if seconds is None else seconds
+    usable = (seconds is not None and seconds > 0 and hasattr(signal, "setitimer")
+              and threading.current_thread() is threading.main_thread()
+              and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, None)
+              and signal.getitimer(signal.ITIMER_REAL)[0] == 0)
+    if not usable:
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TraceTimeoutError(f"{what} took longer than {seconds:g} s; prune a smaller input or list the "
+                                "slow part in prune.ignored_layers (metaprune.depgraph.TRACE_TIME_LIMIT_S sets the bound)")
+
+    signal.signal(signal.SIGALRM, expire)
+    # fires again until the block ends: torch-pruning's tracer retries a failed forward under a bare except
+    signal.setitimer(signal.ITIMER_REAL, seconds, min(seconds, 1.0))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
 
 
 @dataclass
@@ -189,7 +228,8 @@ class DepGraph:
                              f"names look like {[n for n in list(modules)[1:6]]}")
         self.ignored = [modules[n] for n in ignored_layers]
         self._check_custom_layers()
-        self.DG = build_dependency_graph(model, example_inputs, self.pruners)
+        with time_bound(f"tracing the dependency graph of {type(model).__name__}"):
+            self.DG = build_dependency_graph(model, example_inputs, self.pruners)
         self.mod_name = {m: n for n, m in model.named_modules()}
         # ``protect_outputs``: the layers that write the model's outputs keep their output channels
         self.output_layers = custom_owner(model, [self.mod_name[m] for m in output_layers(self.DG, self.pruners)
@@ -199,7 +239,8 @@ class DepGraph:
         self._check_supported()
         self.param_name = {p: n for n, p in model.named_parameters()}
         self.unwrapped_dim = {u.parameters: u.pruning_dim for u in self.DG.unwrapped_parameters}
-        self.groups = self._build_groups()
+        with time_bound(f"building the channel groups of {type(model).__name__}"):
+            self.groups = self._build_groups()
 
     # ------------------------------------------------------------------ checks
     def _check_supported(self) -> None:

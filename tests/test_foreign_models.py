@@ -153,3 +153,27 @@ def test_hf_vit_prunes_head_dims(tmp_path):
             return self.m(x).logits
 
     _close_in_onnxruntime(Logits(model).eval(), x[:1], tmp_path)
+
+
+class _SlowToTrace(_Net):
+    def forward(self, x):
+        import time
+
+        time.sleep(0.3)
+        return super().forward(x)
+
+
+def test_tracing_has_a_time_bound(monkeypatch):
+    from metaprune import depgraph
+
+    monkeypatch.setattr(depgraph, "TRACE_TIME_LIMIT_S", 0.1)
+    torch.manual_seed(0)
+    model = _SlowToTrace().eval()
+    x = torch.randn(1, 3, 12, 12)
+    before = _snapshot(model)
+    with pytest.raises(depgraph.TraceTimeoutError, match=r"tracing the dependency graph of _SlowToTrace took longer "
+                                                          r"than 0.1 s"):
+        prune(model, x, target_speedup=1.5)
+    assert all(torch.equal(model.state_dict()[k], before[k]) for k in before)
+    monkeypatch.setattr(depgraph, "TRACE_TIME_LIMIT_S", 60.0)
+    assert prune(model, x, target_speedup=1.5).speedup > 1.4  # with time to spare it prunes

@@ -12,6 +12,7 @@ import contextlib
 import torch
 import torch.nn as nn
 
+from ..depgraph import TraceTimeoutError
 from ..utils import preserve_mode
 
 
@@ -25,7 +26,7 @@ def unchanged_on_error(model: nn.Module, what: str = "pruning"):
 
     The error is re-raised as :class:`PruningFailed`, one sentence that names the cause and says the model is
     unchanged; a ``ValueError`` or ``TypeError`` (metaprune's own refusals: a target out of reach, a layer with no
-    pruning rule) passes through as it is."""
+    pruning rule) and a :class:`~metaprune.depgraph.TraceTimeoutError` pass through as they are."""
     modules = list(model.modules())
     attrs = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in modules]
     tensors = {}
@@ -39,7 +40,7 @@ def unchanged_on_error(model: nn.Module, what: str = "pruning"):
         yield model
     except BaseException as e:
         _restore(attrs, tensors)
-        if isinstance(e, (ValueError, TypeError, PruningFailed)) or not isinstance(e, Exception):
+        if isinstance(e, (ValueError, TypeError, PruningFailed, TraceTimeoutError)) or not isinstance(e, Exception):
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise PruningFailed(f"{what} {type(model).__name__} failed ({type(e).__name__}: {msg}); "
