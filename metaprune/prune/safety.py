@@ -34,8 +34,10 @@ def unchanged_on_error(model: nn.Module, what: str = "pruning"):
         for store in (m._parameters, m._buffers):
             for t in store.values():
                 if t is not None and id(t) not in tensors:
-                    tensors[id(t)] = (t, t.detach().clone(), None if t.grad is None else t.grad.detach().clone(),
-                                      t.requires_grad)
+                    # kept on the CPU: a model filling an accelerator's memory still fits once
+                    tensors[id(t)] = (t, t.detach().to("cpu", copy=True),
+                                      None if t.grad is None else t.grad.detach().to("cpu", copy=True),
+                                      t.requires_grad, t.device)
     try:
         yield model
     except BaseException as e:
@@ -56,9 +58,9 @@ def _restore(attrs, tensors) -> None:
         for store, old in ((m._parameters, params), (m._buffers, buffers), (m._modules, children)):
             store.clear()
             store.update(old)
-    for t, value, grad, requires_grad in tensors.values():
-        t.data = value
-        t.grad = grad
+    for t, value, grad, requires_grad, device in tensors.values():
+        t.data = value.to(device)
+        t.grad = None if grad is None else grad.to(device)
         t.requires_grad_(requires_grad)
 
 
