@@ -239,6 +239,7 @@ class DepGraph:
         self._check_supported()
         self.param_name = {p: n for n, p in model.named_parameters()}
         self.unwrapped_dim = {u.parameters: u.pruning_dim for u in self.DG.unwrapped_parameters}
+        self.fixed = []  # roots of groups left alone: torch-pruning's index mapping through them is inconsistent
         with time_bound(f"building the channel groups of {type(model).__name__}"):
             self.groups = self._build_groups()
 
@@ -362,6 +363,12 @@ class DepGraph:
                         picked.setdefault(tuple(idxs.tolist()), idxs)
                 slices += [Slice(pname, dim, idxs) for idxs in picked.values()]
         if not slices:
+            return None
+        shapes = {n: p.shape for n, p in self.model.named_parameters()}
+        if any(len(sl.idxs) and int(sl.idxs.max()) >= shapes[sl.param][sl.dim] for sl in slices if sl.param in shapes):
+            # torch-pruning mapped the channels through an op it cannot follow (a Reshape to a constant head count
+            # in an imported graph): indices past a parameter's end. Leave the group, and its layer, as they are
+            self.fixed.append(self.mod_name.get(root_mod, str(root_mod)))
             return None
         # frozen copies: some torch-pruning criteria sort a group's index lists in place
         cuts = [(item.dep, torch.as_tensor(list(item.idxs), dtype=torch.long),

@@ -118,9 +118,10 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, target_speedup: float 
     ``customized_pruners``: ``{layer type: pruner}`` for layer types torch-pruning has no rule for, on top of
     those registered with ``metaprune.layers.register_layer``.
     Raises ``ValueError`` when the target is <= 1 or cannot be reached without removing a whole layer
-    (the message names the maximum reachable value). All or nothing: if pruning fails once the model has
-    changed (also when the pruned model's output shapes differ from the original's), ``model`` is restored
-    exactly and :class:`~metaprune.prune.safety.PruningFailed` names the cause.
+    (the message names the maximum reachable value). All or nothing: if pruning fails (also when the pruned
+    model's output shapes differ from the original's), ``model`` is restored exactly and
+    :class:`~metaprune.prune.safety.PruningFailed` names the cause. Groups whose channel mapping torch-pruning
+    cannot follow are left alone and listed in ``protected``.
     """
     t0 = time.perf_counter()
     if (target_speedup is None) == (target_params is None):
@@ -153,6 +154,7 @@ def _prune(model, example_inputs, target, what, crit, global_pruning, round_to, 
     protected = list(dict.fromkeys(outputs + list(ignored_layers)))
     if protect_output and not dg.output_layers and heads:
         dg = DepGraph(model, example_inputs, protected, pruners)
+    protected += [n for n in dg.fixed if n not in protected]  # groups DepGraph could not map are left alone
     groups = dg.groups
     if not groups:
         raise ValueError("nothing to prune: the model has no prunable channel groups outside the protected layers")
