@@ -2,7 +2,12 @@
 imported graph (or skips it with a note), and constant initializers that exporters leave in the graph (a
 scikit-learn bias of shape [1, H], a Keras BatchNorm folded into [1, C, 1, 1] Mul/Add constants) are pruned with the
 channels they scale, so the written ``pruned/model.onnx`` scores like the finetuned PyTorch model."""
+import json
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -17,6 +22,7 @@ from metaprune.onnx import export_onnx, import_onnx
 from metaprune.prune.pipeline import prune_checkpoint
 
 ort = pytest.importorskip("onnxruntime")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _run_onnx(path, x: np.ndarray) -> np.ndarray:
@@ -81,17 +87,37 @@ def sklearn_mlp(tmp_path_factory, digits):
     return path, data, clf.score(flat["test"].x.numpy(), flat["test"].y.numpy())
 
 
-@pytest.mark.parametrize("metanet", ["auto", "none"])
-def test_sklearn_mlp_prunes_finetunes_and_exports(tmp_path, sklearn_mlp, metanet):
-    path, data, sk_acc = sklearn_mlp
-    report = prune_checkpoint(None, data, 2.0, onnx=path, output_dir=tmp_path / "out", finetune_epochs=5,
-                              metanet=metanet, progress=False)
+def _check_sklearn_result(out, data, sk_acc):
+    report = json.loads((out / "report.json").read_text())
     assert report["base_acc"] == pytest.approx(sk_acc, abs=1e-6)  # the imported graph is the sklearn model
     assert report["speedup"] == pytest.approx(2.0, rel=0.05)
     assert report["final_acc"] >= sk_acc - 0.05
-    written = tmp_path / "out" / "pruned" / "model.onnx"
+    written = out / "pruned" / "model.onnx"
     assert [o.name for o in onnx.load(str(written)).graph.output] == ["probabilities"]
     assert abs(_onnx_acc(written, data) - report["final_acc"]) <= 0.01
+    return report
+
+
+@pytest.mark.slow  # a prune.py subprocess: about 25 s on one core
+def test_sklearn_mlp_with_the_default_command(tmp_path, sklearn_mlp):
+    """``prune.py model.onnx=mlp.onnx``: digits images are flattened to the graph's 64 features, the label output is
+    dropped with a note, the default metanetwork applies, and the written ONNX file scores like the PyTorch model."""
+    path, data, sk_acc = sklearn_mlp
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "prune.py"), f"model.onnx={path}", "logger=none",
+                           f"hydra.run.dir={tmp_path / 'hydra'}", f"output_dir={tmp_path / 'out'}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "label dropped" in proc.stdout and "flattened" in proc.stdout
+    report = _check_sklearn_result(tmp_path / "out", data, sk_acc)
+    assert report["metanet"] == "checkpoints/metanet/digits" and report["transformed_acc"] is not None
+
+
+def test_sklearn_mlp_without_metanet(tmp_path, sklearn_mlp, digits):
+    path, data, sk_acc = sklearn_mlp
+    prune_checkpoint(None, digits, 2.0, onnx=path, output_dir=tmp_path / "out", finetune_epochs=5, metanet="none",
+                     progress=False)  # images as the data set holds them: flattened to the graph's input
+    _check_sklearn_result(tmp_path / "out", data, sk_acc)
 
 
 def _keras_like_cnn(path, c=8):
