@@ -537,6 +537,11 @@ def _sync_static_attrs(model: nn.Module) -> None:
         if isinstance(m, nn.MultiheadAttention):
             m.head_dim = m.embed_dim // m.num_heads
             m.kdim = m.vdim = m.embed_dim
+        proj = getattr(getattr(m, "patch_embed", None), "proj", None)
+        if type(m).__module__.startswith("timm.") and isinstance(proj, nn.Conv2d):  # timm ViT/DeiT: the token width
+            for name in ("embed_dim", "num_features", "head_hidden_size"):
+                if isinstance(getattr(m, name, None), int):
+                    setattr(m, name, proj.out_channels)
 
 
 def _columns(targets: torch.Tensor, unit_ids: torch.Tensor, units: int) -> list[torch.Tensor] | None:

@@ -105,6 +105,7 @@ def test_timm_vit_prunes_head_dims(tmp_path, name):
     x = torch.randn(2, 3, 32, 32)
     res = prune(model, x, target_speedup=2.0)
     assert res.speedup == pytest.approx(2.0, rel=0.05) and model(x).shape == (2, 10)
+    assert model.embed_dim == model.num_features == model.patch_embed.proj.out_channels < 192
     for blk in model.blocks:  # every head keeps the same, smaller head dim
         attn = blk.attn
         assert attn.head_dim < 64 and attn.qkv.out_features == 3 * attn.num_heads * attn.head_dim == 3 * attn.attn_dim
