@@ -191,7 +191,7 @@ def _drop_label_outputs(proto: onnx.ModelProto, source) -> onnx.ModelProto:
     del out.opset_import[:]  # the ML domain's opset goes with its ops
     out.opset_import.extend(o for o in proto.opset_import if (o.domain or "") in domains | {"", "ai.onnx"})
     print(f"note: {source}: output(s) {', '.join(dropped)} dropped (they need ops onnx2torch cannot convert: "
-          f"{', '.join(sorted(bad))}); pruning the model's {', '.join(kept_names)} output")
+          f"{', '.join(sorted(bad))}); importing only {', '.join(kept_names)} (also in the ONNX file written back)")
     return out
 
 
