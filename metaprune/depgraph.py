@@ -25,6 +25,9 @@ Layer types torch-pruning has no rule for are pruned by the custom pruners regis
 """
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import warnings
 from dataclasses import dataclass, field
 
@@ -54,6 +57,42 @@ class UnprunableOpError(ValueError):
     """The network holds a layer with parameters that the pruner has no rule for."""
 
 
+class TraceTimeoutError(RuntimeError):
+    """Tracing a network's dependency graph or expanding its groups ran past ``TRACE_TIME_LIMIT_S``."""
+
+
+# seconds torch-pruning may spend tracing one network, or expanding its groups (None: no bound); a network whose
+# graph takes longer (a recurrent model unrolled over thousands of steps, a huge DenseNet) fails with one sentence
+TRACE_TIME_LIMIT_S: float | None = 600.0
+
+
+@contextlib.contextmanager
+def time_bound(what: str, seconds: float | None = None):
+    """Raise :class:`TraceTimeoutError` naming ``what`` if the block runs past ``seconds`` (default
+    ``TRACE_TIME_LIMIT_S``). Bounded only in the main thread with no other SIGALRM user (elsewhere it just runs)."""
+    seconds = TRACE_TIME_LIMIT_S if seconds is None else seconds
+    usable = (seconds is not None and seconds > 0 and hasattr(signal, "setitimer")
+              and threading.current_thread() is threading.main_thread()
+              and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, None)
+              and signal.getitimer(signal.ITIMER_REAL)[0] == 0)
+    if not usable:
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TraceTimeoutError(f"{what} took longer than {seconds:g} s; prune a smaller input or list the "
+                                "slow part in prune.ignored_layers (metaprune.depgraph.TRACE_TIME_LIMIT_S sets the bound)")
+
+    signal.signal(signal.SIGALRM, expire)
+    # fires again until the block ends: torch-pruning's tracer retries a failed forward under a bare except
+    signal.setitimer(signal.ITIMER_REAL, seconds, min(seconds, 1.0))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+
 @dataclass
 class Slice:
     """Entries of one parameter removed with each channel unit: ``param.index_select(dim, idxs[c])``."""
@@ -69,7 +108,7 @@ class Group:
 
     ``root``: module whose output channels define the group; ``units``: number of channel units;
     ``slices``: every coupled parameter entry (see the module docstring); ``kind``: ``channel`` or
-    ``attention`` (a head dimension of a registry ViT ``Attention``); ``multiple``: kept units must be a
+    ``attention`` (a head dimension of an attention, see :class:`Heads`); ``multiple``: kept units must be a
     multiple of this (``nn.MultiheadAttention``'s heads); ``custom``: a coupled layer is pruned by a custom
     pruner (criteria then score the slices, which torch-pruning's own criteria do not see).
     """
@@ -82,7 +121,7 @@ class Group:
     custom: bool = False
     unit_roots: torch.Tensor | None = field(default=None, repr=False)  # [units, k] root channel ids
     tp_group: object = field(default=None, repr=False)
-    attention: nn.Module | None = field(default=None, repr=False)
+    attention: Heads | None = field(default=None, repr=False)
     cuts: list = field(default_factory=list, repr=False)  # (dependency, target idxs, root idxs), frozen copies
 
     def norms(self, params: dict[str, torch.Tensor], p: int = 2) -> torch.Tensor:
@@ -100,11 +139,73 @@ def group_norms(group: Group, params: dict[str, torch.Tensor], p: int = 2) -> to
     return total.pow(1.0 / p)
 
 
-def _is_attention(m: nn.Module) -> bool:
-    """A registry-ViT style attention: ``qkv`` Linear (3*dim out), ``proj`` Linear, int ``num_heads``."""
-    return (isinstance(getattr(m, "qkv", None), nn.Linear) and isinstance(getattr(m, "proj", None), nn.Linear)
-            and isinstance(getattr(m, "num_heads", None), int)
-            and m.qkv.out_features == 3 * m.proj.in_features)
+@dataclass
+class Heads:
+    """A multi-head attention whose head dimension metaprune prunes (slot ``d`` of every head at once).
+
+    ``outs``: ``(Linear, blocks)`` whose output rows are ``blocks`` stacked ``[heads x head_dim]`` blocks (a fused
+    qkv: 3; separate query/key/value: 1 each); ``proj``: the Linear reading the heads' outputs as input columns;
+    ``module``: the attention module whose width attributes follow the new head dim (its scale stays: pruning
+    head dims must not change the attention temperature)."""
+
+    module: nn.Module
+    outs: list
+    proj: nn.Linear
+    heads: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.proj.in_features // self.heads
+
+    def sync(self) -> None:
+        """Width attributes read in ``forward``: timm's ``head_dim``/``attn_dim``, Hugging Face's
+        ``attention_head_size``/``all_head_size``."""
+        m, hd = self.module, self.head_dim
+        for name, value in (("head_dim", hd), ("attn_dim", hd * self.heads), ("attention_head_size", hd),
+                            ("all_head_size", hd * self.heads)):
+            if isinstance(getattr(m, name, None), int) and not isinstance(getattr(m, name), bool):
+                setattr(m, name, value)
+
+
+def _consumer_linear(DG, lin: nn.Linear, stop: set) -> nn.Linear | None:
+    """The first Linear downstream of ``lin`` in the traced graph (the attention's output projection)."""
+    node = DG.module2node.get(lin)
+    stack, seen = list(node.outputs) if node is not None else [], set()
+    while stack:
+        n = stack.pop(0)
+        if n in seen:
+            continue
+        seen.add(n)
+        if isinstance(n.module, nn.Linear) and n.module not in stop:
+            return n.module
+        if not isinstance(n.module, (nn.Linear, nn.modules.conv._ConvNd)):
+            stack.extend(n.outputs)
+    return None
+
+
+def attention_heads(model: nn.Module, DG=None) -> list[Heads]:
+    """The multi-head attentions of ``model`` whose head dimension can be pruned: a fused ``qkv`` Linear with
+    ``proj`` and ``num_heads`` (metaprune's ViT, timm's ViT/DeiT), or ``query``/``key``/``value`` (or
+    ``q_proj``/``k_proj``/``v_proj``) Linears of equal width with ``num_attention_heads`` (Hugging Face BERT, ViT),
+    whose output projection is found in the traced graph. Grouped-query attention (fewer key/value heads) is not
+    matched: pruning it fails (model unchanged) unless its projections are in ``ignored_layers``."""
+    found = []
+    for m in model.modules():
+        qkv, proj, heads = getattr(m, "qkv", None), getattr(m, "proj", None), getattr(m, "num_heads", None)
+        if isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear) and isinstance(heads, int) \
+                and qkv.out_features == 3 * proj.in_features and proj.in_features % heads == 0 \
+                and isinstance(getattr(m, "q_norm", nn.Identity()), nn.Identity) and getattr(m, "gate", None) is None:
+            found.append(Heads(m, [(qkv, 3)], proj, heads))
+            continue
+        names = ("query", "key", "value") if hasattr(m, "query") else ("q_proj", "k_proj", "v_proj")
+        q, k, v = (getattr(m, n, None) for n in names)
+        heads = getattr(m, "num_attention_heads", getattr(m, "num_heads", None))
+        if DG is not None and all(isinstance(t, nn.Linear) for t in (q, k, v)) and isinstance(heads, int) \
+                and q.out_features == k.out_features == v.out_features and q.out_features % heads == 0:
+            proj = _consumer_linear(DG, v, {q, k, v})
+            if proj is not None and proj.in_features == v.out_features:
+                found.append(Heads(m, [(q, 1), (k, 1), (v, 1)], proj, heads))
+    return found
 
 
 class DepGraph:
@@ -116,7 +217,8 @@ class DepGraph:
     ``apply`` removes channel units in place.
     """
 
-    def __init__(self, model: nn.Module, example_inputs, ignored_layers=(), customized_pruners=None):
+    def __init__(self, model: nn.Module, example_inputs, ignored_layers=(), customized_pruners=None,
+                 protect_outputs: bool = False):
         self.model = model
         self.pruners = merge_pruners(customized_pruners)
         modules = dict(model.named_modules())
@@ -126,12 +228,20 @@ class DepGraph:
                              f"names look like {[n for n in list(modules)[1:6]]}")
         self.ignored = [modules[n] for n in ignored_layers]
         self._check_custom_layers()
-        self.DG = build_dependency_graph(model, example_inputs, self.pruners)
-        self._check_supported()
+        with time_bound(f"tracing the dependency graph of {type(model).__name__}"):
+            self.DG = build_dependency_graph(model, example_inputs, self.pruners)
         self.mod_name = {m: n for n, m in model.named_modules()}
+        # ``protect_outputs``: the layers that write the model's outputs keep their output channels
+        self.output_layers = custom_owner(model, [self.mod_name[m] for m in output_layers(self.DG, self.pruners)
+                                                  if m in self.mod_name], self.pruners)
+        if protect_outputs:
+            self.ignored += [modules[n] for n in self.output_layers if modules[n] not in self.ignored]
+        self._check_supported()
         self.param_name = {p: n for n, p in model.named_parameters()}
         self.unwrapped_dim = {u.parameters: u.pruning_dim for u in self.DG.unwrapped_parameters}
-        self.groups = self._build_groups()
+        self.fixed = []  # roots of groups left alone: torch-pruning's index mapping through them is inconsistent
+        with time_bound(f"building the channel groups of {type(model).__name__}"):
+            self.groups = self._build_groups()
 
     # ------------------------------------------------------------------ checks
     def _check_supported(self) -> None:
@@ -139,10 +249,17 @@ class DepGraph:
         for m in self.ignored:
             ignored.update(m.modules())
         bad = []
+        unwrapped = {u.parameters for u in self.DG.unwrapped_parameters}
         for name, m in self.model.named_modules():
             # raw parameters of container modules (ViT cls token, position embedding) are pruned along a dim;
             # a leaf layer with parameters needs a pruning rule of its own
-            if m in ignored or list(m.children()) or not list(m.parameters(recurse=False)):
+            own = list(m.parameters(recurse=False))
+            if m in ignored or list(m.children()) or not own:
+                continue
+            # a plain holder of raw tensors with no forward of its own (an imported ONNX graph's constant
+            # initializers: a [1, H] bias, a BatchNorm folded into [1, C, 1, 1] scales) is pruned along the traced
+            # channel dim, like a ViT's pos_embed; a layer type with its own forward still needs a rule
+            if type(m) is nn.Module and all(p in unwrapped for p in own):
                 continue
             custom = type(m) in self.pruners
             kind = tp.ops.module2type(m)
@@ -174,12 +291,17 @@ class DepGraph:
     # ------------------------------------------------------------------ groups
     def _build_groups(self) -> list[Group]:
         groups = []
-        attn_qkv = {m.qkv: m for m in self.model.modules() if _is_attention(m)}
+        ignored = {id(sub) for m in self.ignored for sub in m.modules()}
+        attn = {lin: h for h in attention_heads(self.model, self.DG) for lin, _ in h.outs}
+        done = set()
         roots = root_types(self.pruners)
         for g in self.DG.get_all_groups(ignored_layers=self.ignored, root_module_types=roots):
             root = g[0].dep.target.module
-            if root in attn_qkv:
-                groups.append(self._attention_group(attn_qkv[root], g))
+            if root in attn:  # the head dims of q, k, v and the projection's input: one attention group
+                h = attn[root]
+                if id(h) not in done and not any(id(lin) in ignored for lin, _ in h.outs):
+                    done.add(id(h))
+                    groups.append(self._attention_group(h))
                 continue
             grp = self._channel_group(g)
             if grp is not None:
@@ -241,6 +363,12 @@ class DepGraph:
                         picked.setdefault(tuple(idxs.tolist()), idxs)
                 slices += [Slice(pname, dim, idxs) for idxs in picked.values()]
         if not slices:
+            return None
+        shapes = {n: p.shape for n, p in self.model.named_parameters()}
+        if any(len(sl.idxs) and int(sl.idxs.max()) >= shapes[sl.param][sl.dim] for sl in slices if sl.param in shapes):
+            # torch-pruning mapped the channels through an op it cannot follow (a Reshape to a constant head count
+            # in an imported graph): indices past a parameter's end. Leave the group, and its layer, as they are
+            self.fixed.append(self.mod_name.get(root_mod, str(root_mod)))
             return None
         # frozen copies: some torch-pruning criteria sort a group's index lists in place
         cuts = [(item.dep, torch.as_tensor(list(item.idxs), dtype=torch.long),
@@ -308,22 +436,23 @@ class DepGraph:
                     res.append((p(n), 2, ident))
         return res
 
-    def _attention_group(self, attn: nn.Module, g) -> Group:
-        """Head-dimension slots of a registry ViT attention: slot d of every head in q, k, v and proj's input."""
-        heads, dim = attn.num_heads, attn.proj.in_features
-        hd = dim // heads
-        d = torch.arange(hd)
-        qkv_w, proj_w = self.mod_name[attn.qkv], self.mod_name[attn.proj]
+    def _attention_group(self, h: Heads) -> Group:
+        """Head-dimension slots of an attention: slot d of every head in q, k, v and the projection's input."""
+        heads, hd = h.heads, h.head_dim
+        cols = (torch.arange(heads)[:, None] * hd).flatten()  # + d: column of slot d in every head
         slices = []
-        for s in range(3):
-            for h in range(heads):
-                rows = s * dim + h * hd + d
-                slices.append(Slice(f"{qkv_w}.weight", 0, rows))
-                if attn.qkv.bias is not None:
-                    slices.append(Slice(f"{qkv_w}.bias", 0, rows))
-        for h in range(heads):
-            slices.append(Slice(f"{proj_w}.weight", 1, h * hd + d))
-        return Group(root=qkv_w, units=hd, slices=slices, kind="attention", tp_group=None, attention=attn)
+        for lin, blocks in h.outs:
+            name = self.mod_name[lin]
+            for b in range(blocks):
+                for c in cols.tolist():
+                    rows = b * heads * hd + c + torch.arange(hd)
+                    slices.append(Slice(f"{name}.weight", 0, rows))
+                    if lin.bias is not None:
+                        slices.append(Slice(f"{name}.bias", 0, rows))
+        proj = self.mod_name[h.proj]
+        slices += [Slice(f"{proj}.weight", 1, c + torch.arange(hd)) for c in cols.tolist()]
+        return Group(root=self.mod_name[h.outs[0][0]], units=hd, slices=slices, kind="attention", tp_group=None,
+                     attention=h)
 
     # ------------------------------------------------------------------ pruning
     def _replace_parameter(self, old: nn.Parameter, new: nn.Parameter) -> None:
@@ -347,13 +476,14 @@ class DepGraph:
             grp = self.groups[gi]
             units = torch.as_tensor(units, dtype=torch.long)
             if grp.kind == "attention":
-                attn = grp.attention
-                heads, dim = attn.num_heads, attn.proj.in_features
-                hd = dim // heads
-                cols = (torch.arange(heads)[:, None] * hd + units[None, :]).flatten()
-                rows = torch.cat([s * dim + cols for s in range(3)])
-                tpf.prune_linear_out_channels(attn.qkv, sorted(rows.tolist()))
-                tpf.prune_linear_in_channels(attn.proj, sorted(cols.tolist()))
+                h = grp.attention
+                dim = h.proj.in_features
+                cols = (torch.arange(h.heads)[:, None] * h.head_dim + units[None, :]).flatten()
+                for lin, blocks in h.outs:
+                    rows = torch.cat([b * dim + cols for b in range(blocks)])
+                    tpf.prune_linear_out_channels(lin, sorted(rows.tolist()))
+                tpf.prune_linear_in_channels(h.proj, sorted(cols.tolist()))
+                h.sync()
                 continue
             roots = grp.unit_roots[units].flatten()
             for dep, targets, target_roots in grp.cuts:
@@ -372,6 +502,32 @@ class DepGraph:
         _sync_static_attrs(self.model)
 
 
+def output_layers(DG, pruners: dict | None = None) -> list[nn.Module]:
+    """The layers whose output channels are the model's output channels, from the traced graph: walking back from
+    every output through parameter-free ops (reshape, pooling, activation, add, concat), norms and depthwise convs
+    to the first Conv / Linear / custom layer on each path. Layer types are matched with ``isinstance``, so a
+    library's subclass (timm's ``Linear`` classifier) counts; a residual stream that reaches the output yields every
+    layer writing into it."""
+    roots = (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention, nn.RNNBase,
+             *(pruners if pruners is not None else custom_pruners()))
+    stack = [n for n in DG.module2node.values() if not n.outputs]
+    seen, found = set(), []
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        m = node.module
+        if isinstance(m, roots):
+            found.append(m)
+            depthwise = isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and m.groups == m.in_channels \
+                == m.out_channels
+            if not depthwise:  # a depthwise conv's channels are its input's: keep walking
+                continue
+        stack.extend(node.inputs)
+    return list(dict.fromkeys(found))
+
+
 def _sync_static_attrs(model: nn.Module) -> None:
     """Update width attributes some models read in ``forward`` (torchvision ViT's ``hidden_dim``)."""
     for m in model.modules():
@@ -381,6 +537,11 @@ def _sync_static_attrs(model: nn.Module) -> None:
         if isinstance(m, nn.MultiheadAttention):
             m.head_dim = m.embed_dim // m.num_heads
             m.kdim = m.vdim = m.embed_dim
+        proj = getattr(getattr(m, "patch_embed", None), "proj", None)
+        if type(m).__module__.startswith("timm.") and isinstance(proj, nn.Conv2d):  # timm ViT/DeiT: the token width
+            for name in ("embed_dim", "num_features", "head_hidden_size"):
+                if isinstance(getattr(m, name, None), int):
+                    setattr(m, name, proj.out_channels)
 
 
 def _columns(targets: torch.Tensor, unit_ids: torch.Tensor, units: int) -> list[torch.Tensor] | None:

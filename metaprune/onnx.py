@@ -8,7 +8,12 @@ converting anything, converts with onnx2torch, and then makes the result prunabl
 - float constants with more than one element that feed arithmetic (ViT ``cls_token``, ``pos_embed``)
   become ``nn.Parameter`` so torch-pruning prunes them as unwrapped parameters (last non-singleton dim);
 - ``Identity`` copies of initializers and ``Constant`` nodes are folded into initializers first (exporters
-  emit them; onnx2torch needs weights as initializers).
+  emit them; onnx2torch needs weights as initializers);
+- a classifier's extra label output computed by ops onnx2torch cannot convert (skl2onnx's ``ArgMax`` ->
+  ``ai.onnx.ml::ArrayFeatureExtractor``) is dropped with a note, keeping the float ``probabilities`` output.
+
+Other constant initializers (a scikit-learn bias of shape [1, H], a Keras BatchNorm folded into [1, C, 1, 1]
+``Mul``/``Add`` constants) stay raw parameters that torch-pruning slices with the channels they act on.
 
 Conv, Gemm, BatchNormalization and LayerNormalization already become ``nn.Conv2d`` / ``nn.Linear`` /
 ``nn.BatchNorm2d`` / ``nn.LayerNorm``; all other ops stay onnx2torch modules, through which torch-pruning
@@ -80,6 +85,7 @@ def _load_proto(path: Path) -> onnx.ModelProto:
         raise OnnxImportError(f"{path}: not an ONNX model ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     if len(proto.graph.node) == 0 or not proto.opset_import:
         raise OnnxImportError(f"{path}: not an ONNX model (no graph nodes or no opset; is it an ONNX file?)")
+    proto = _drop_label_outputs(proto, path)
     _check_ops(proto, path)  # before the checker, whose message names no node
     try:
         onnx.checker.check_model(proto)
@@ -128,6 +134,65 @@ def _check_weights(proto: onnx.ModelProto, source) -> None:
                 raise OnnxImportError(
                     f"{source}: refused: weight {t.name!r} of {node.op_type} node {node.name!r} is {kind}; integer, "
                     "bool and quantized weights are not imported (they would be cast to float): export the float model")
+
+
+def _unconvertible(proto: onnx.ModelProto) -> set[str]:
+    """Names of the nodes whose op onnx2torch has no converter for."""
+    from onnx2torch.node_converters.registry import get_converter
+
+    opsets = {o.domain or "": o.version for o in proto.opset_import}
+    bad = set()
+    for i, node in enumerate(proto.graph.node):
+        domain = node.domain or ""
+        try:
+            get_converter(operation_type=node.op_type, version=opsets.get(domain, 1), domain=domain)
+        except NotImplementedError:
+            bad.add(node.name or f"#{i}")
+    return bad
+
+
+def _drop_label_outputs(proto: onnx.ModelProto, source) -> onnx.ModelProto:
+    """A classifier exported with its predicted label as an extra output (skl2onnx: ``label`` through
+    ``ArgMax`` -> ``ai.onnx.ml::ArrayFeatureExtractor``) keeps only its float outputs (``probabilities``) when the
+    label branch alone holds ops onnx2torch cannot convert; said in a note. Otherwise the graph is unchanged."""
+    bad = _unconvertible(proto)
+    if not bad:
+        return proto
+    g = proto.graph
+    producer = {o: k for k, n in enumerate(g.node) for o in n.output}
+
+    def ancestors(names) -> set[int]:
+        found, stack = set(), list(names)
+        while stack:
+            k = producer.get(stack.pop())
+            if k is not None and k not in found:
+                found.add(k)
+                stack.extend(g.node[k].input)
+        return found
+
+    keep = [o for o in g.output if not any((g.node[k].name or f"#{k}") in bad for k in ancestors([o.name]))]
+    if not keep or len(keep) == len(g.output) or any(o.type.tensor_type.elem_type not in _FLOAT_TYPES for o in keep):
+        return proto
+    needed = ancestors([o.name for o in keep])
+    out = _copy(proto)
+    nodes = [n for k, n in enumerate(out.graph.node) if k in needed]
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    dropped = [o.name for o in g.output if o not in keep]
+    kept_names = [o.name for o in keep]
+    outputs = [o for o in out.graph.output if o.name in kept_names]
+    del out.graph.output[:]
+    out.graph.output.extend(outputs)
+    used = {i for n in nodes for i in n.input}
+    inits = [t for t in out.graph.initializer if t.name in used]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(inits)
+    domains = {n.domain or "" for n in nodes}
+    del out.opset_import[:]  # the ML domain's opset goes with its ops
+    out.opset_import.extend(o for o in proto.opset_import if (o.domain or "") in domains | {"", "ai.onnx"})
+    print(f"note: {source}: output(s) {', '.join(dropped)} dropped (they need ops onnx2torch cannot convert: "
+          f"{', '.join(sorted(bad))}); importing only {', '.join(kept_names)} (also in the ONNX file written back)")
+    return out
 
 
 def _check_ops(proto: onnx.ModelProto, source) -> None:
@@ -473,11 +538,21 @@ def _write_back(model: nn.Module) -> onnx.ModelProto:
         arr = (t.t() if transpose else t).contiguous().numpy().astype(onnx.helper.tensor_dtype_to_np_dtype(old.data_type))
         proto.graph.initializer[index[init]].CopyFrom(numpy_helper.from_array(arr, init))
         written.add(init)
+    layer_of = {init: key.rpartition(".")[0] for key, (init, _) in where.items() if key.endswith(".weight")}
     for node in proto.graph.node:  # Gemm layers hold alpha/beta already multiplied into their tensors
         if node.op_type == "Gemm" and len(node.input) > 1 and node.input[1] in written:
             for a in node.attribute:
                 if a.name in ("alpha", "beta"):
                     a.f = 1.0
+        # a pruned depthwise conv has fewer groups: the node's ``group`` follows the layer
+        if node.op_type in ("Conv", "ConvTranspose") and len(node.input) > 1 and node.input[1] in layer_of:
+            groups = getattr(model.get_submodule(layer_of[node.input[1]]), "groups", None)
+            attr = next((a for a in node.attribute if a.name == "group"), None)
+            if isinstance(groups, int) and (attr.i if attr is not None else 1) != groups:
+                if attr is None:
+                    node.attribute.append(onnx.helper.make_attribute("group", groups))
+                else:
+                    attr.i = groups
     del proto.graph.value_info[:]  # channel counts changed; runtimes re-infer shapes
     for out in proto.graph.output:
         for d in list(out.type.tensor_type.shape.dim)[1:]:

@@ -208,4 +208,15 @@ def from_graph(graph: NetGraph, model: nn.Module) -> nn.Module:
             raise ValueError(f"graph holds {name} with shape {tuple(v.shape)}, the model has {tuple(t.shape)}")
         v = v.detach().to(t.device).clone(memory_format=torch.contiguous_format)
         memo[id(t)] = nn.Parameter(v, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else v
-    return copy.deepcopy(model, memo)
+    out = copy.deepcopy(model, memo)
+    # torch.fx's GraphModule (an imported ONNX graph) deep-copies by rebuilding itself from its code and drops
+    # every attribute it does not know (metaprune_spec, the ONNX weights): carry them over
+    copies = dict(out.named_modules(remove_duplicate=False))
+    for name, mod in model.named_modules(remove_duplicate=False):
+        new = copies.get(name)
+        if new is None:
+            continue
+        for k, v in mod.__dict__.items():
+            if k not in new.__dict__:
+                new.__dict__[k] = copy.deepcopy(v, memo)
+    return out

@@ -5,9 +5,10 @@ amount that meets a MACs or parameter target, and the load -> transform -> prune
 as parameter slices for differentiable group regularisers; ``run_prune`` is the whole ``prune.py`` run.
 """
 from ..cost import find_output_layers
-from ..depgraph import Group, Slice, UnprunableOpError, group_norms, groups
+from ..depgraph import Group, Slice, TraceTimeoutError, UnprunableOpError, group_norms, groups
 from .importance import Importance, importance
 from .pruner import PruneResult, prune
+from .safety import PruningFailed
 
 __all__ = ["prune", "PruneResult", "groups", "group_norms", "find_output_layers", "Group", "Slice",
-           "importance", "Importance", "UnprunableOpError"]
+           "importance", "Importance", "UnprunableOpError", "PruningFailed", "TraceTimeoutError"]

@@ -67,6 +67,24 @@ def load(cfg, device, data: DataBundle | None = None) -> tuple[nn.Module, DataBu
         model = build_for_data(src.name, data.input_shape, data.num_classes, **dict(src.args or {}))
     else:
         model = load_network(vars(src), data)
+    data = flatten_for(model, data)
     model = model.to(device)
     check_fits_data(model, data, device)
     return model, data
+
+
+def flatten_for(model: nn.Module, data: DataBundle) -> DataBundle:
+    """The data with each example flattened when an imported ONNX graph declares a flat input of exactly that many
+    features (a scikit-learn model exported by skl2onnx reads digits as 64 numbers); said in a note. Otherwise
+    ``data`` as it is."""
+    from ..data import TensorPairs
+
+    shape = getattr(model, "metaprune_spec", {}).get("extra", {}).get("input_shape")
+    splits = (data.train, data.val, data.test)
+    if (not shape or len(shape) != 1 or len(data.input_shape) < 2 or int(torch.Size(data.input_shape).numel()) != shape[0]
+            or not all(isinstance(ds, TensorPairs) and ds.transform is None for ds in splits)):
+        return data
+    print(f"note: the ONNX graph reads {shape[0]} features per example; {data.name} examples of shape "
+          f"{tuple(data.input_shape)} are flattened to match")
+    flat = [TensorPairs(ds.x.flatten(1), ds.y) for ds in splits]
+    return DataBundle(data.name, *flat, data.num_classes, (shape[0],), {**data.info, "flattened": True})

@@ -22,6 +22,7 @@ from ..cost import CostModel, macs_and_params, trace_modules
 from ..depgraph import DepGraph, merge_pruners
 from ..utils import preserve_mode
 from .importance import Importance, importance as make_importance
+from .safety import check_output_shapes, output_shapes, unchanged_on_error
 
 
 @dataclass
@@ -117,7 +118,10 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, target_speedup: float 
     ``customized_pruners``: ``{layer type: pruner}`` for layer types torch-pruning has no rule for, on top of
     those registered with ``metaprune.layers.register_layer``.
     Raises ``ValueError`` when the target is <= 1 or cannot be reached without removing a whole layer
-    (the message names the maximum reachable value).
+    (the message names the maximum reachable value). All or nothing: if pruning fails (also when the pruned
+    model's output shapes differ from the original's), ``model`` is restored exactly and
+    :class:`~metaprune.prune.safety.PruningFailed` names the cause. Groups whose channel mapping torch-pruning
+    cannot follow are left alone and listed in ``protected``.
     """
     t0 = time.perf_counter()
     if (target_speedup is None) == (target_params is None):
@@ -133,10 +137,24 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, target_speedup: float 
     if isinstance(example_inputs, torch.Tensor) and example_inputs.dim() > 1 and example_inputs.shape[0] > 1:
         example_inputs = example_inputs[:1]  # structure and MACs per example; a batch adds nothing but cost
 
+    with unchanged_on_error(model):
+        return _prune(model, example_inputs, target, what, crit, global_pruning, round_to, ignored_layers, calibration,
+                      protect_output, customized_pruners, t0)
+
+
+def _prune(model, example_inputs, target, what, crit, global_pruning, round_to, ignored_layers, calibration,
+           protect_output, customized_pruners, t0) -> PruneResult:
+    shapes = output_shapes(model, example_inputs)
     pruners = merge_pruners(customized_pruners)
     records, heads = trace_modules(model, example_inputs, pruners)
-    protected = list(dict.fromkeys((heads if protect_output else []) + list(ignored_layers)))
-    dg = DepGraph(model, example_inputs, protected, pruners)
+    dg = DepGraph(model, example_inputs, list(ignored_layers), pruners, protect_outputs=protect_output)
+    # the layers writing the traced outputs (isinstance, so library subclasses count); the shape-matched
+    # classifier of the op counter's trace only where the graph names none
+    outputs = (dg.output_layers or heads) if protect_output else []
+    protected = list(dict.fromkeys(outputs + list(ignored_layers)))
+    if protect_output and not dg.output_layers and heads:
+        dg = DepGraph(model, example_inputs, protected, pruners)
+    protected += [n for n in dg.fixed if n not in protected]  # groups DepGraph could not map are left alone
     groups = dg.groups
     if not groups:
         raise ValueError("nothing to prune: the model has no prunable channel groups outside the protected layers")
@@ -189,6 +207,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, target_speedup: float 
     predicted = base_macs - (cost.macs(np.zeros(n_groups)) - cost.macs(removed_at(k)))
     dg.apply(removed)
     del dg
+    check_output_shapes(model, example_inputs, shapes)
     pruned_macs, pruned_params = macs_and_params(model, example_inputs, pruners)
     total_units = sum(g.units for g in groups)
     return PruneResult(

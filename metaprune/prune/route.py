@@ -16,6 +16,7 @@ import torch.nn as nn
 from ..data import DataBundle
 from ..metrics import macs_and_params
 from .pruner import PruneResult, prune
+from .safety import check_output_shapes, output_shapes
 
 
 @dataclass
@@ -60,6 +61,7 @@ def _prune_special(model, x, stage_name, speedup, kw, opts) -> PruneResult:
     """Pruning at initialisation (SNIP / magnitude) or data-free OBS with weight compensation; both step
     through torch-pruning's own pruner and report in the same PruneResult shape as :func:`prune`."""
     base_macs, base_params = macs_and_params(model, x)
+    shapes = output_shapes(model, x)
     ranked_globally = opts.global_pruning if opts.global_pruning is not None else stage_name != "init"  # OBS: global
     t0 = time.perf_counter()
     if stage_name == "init":
@@ -74,6 +76,7 @@ def _prune_special(model, x, stage_name, speedup, kw, opts) -> PruneResult:
 
         rep = obs_prune(model, x, float(speedup), global_pruning=ranked_globally)
         name = "obs"
+    check_output_shapes(model, x, shapes)
     macs, params = macs_and_params(model, x)
     return PruneResult(base_macs=base_macs, pruned_macs=macs, base_params=base_params, pruned_params=params,
                        speedup=base_macs / macs, param_ratio=base_params / params, ratio=float("nan"),

@@ -1,0 +1,180 @@
+"""Models people actually use (timm, Hugging Face) prune to the target with their outputs intact, and a pruning
+that fails leaves the caller's model exactly as it was. Every model is built with random weights (no downloads)."""
+import pytest
+import torch
+import torch.nn as nn
+
+from metaprune.prune import prune
+from metaprune.prune.safety import PruningFailed
+
+
+def _snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", ["mobilenetv3_small_100", "mobilenetv4_conv_small"])
+def test_timm_classifier_keeps_its_classes(name):
+    """timm's classifier is a subclass of nn.Linear: it must still be found and protected (10 classes out)."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    res = prune(model, x, target_speedup=2.0)
+    assert model(x).shape == (2, 10)
+    assert res.protected == ["classifier"]
+    assert res.speedup == pytest.approx(2.0, rel=0.05) and res.pruned_macs < res.base_macs
+
+
+class _Scaled(nn.Linear):
+    """A library-style Linear subclass feeding the output through a parameter-free op."""
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.ReLU(),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = _Scaled(16, 5)
+
+    def forward(self, x):
+        return self.head(self.body(x)) * 2.0  # the output is not the head's own tensor
+
+
+def test_output_layer_found_through_ops_after_it():
+    torch.manual_seed(0)
+    model = _Net().eval()
+    x = torch.randn(1, 3, 12, 12)
+    res = prune(model, x, target_speedup=1.5)
+    assert res.protected == ["head"] and model(x).shape == (1, 5)
+
+
+class _BreaksWhenPruned(_Net):
+    """Forward works at full width and raises once the first conv has been narrowed."""
+
+    def forward(self, x):
+        if self.body[0].out_channels != 16:
+            raise RuntimeError("this layer needs 16 channels")
+        return super().forward(x)
+
+
+def test_failed_prune_leaves_the_model_unchanged():
+    torch.manual_seed(0)
+    model = _BreaksWhenPruned().eval()
+    x = torch.randn(2, 3, 12, 12)
+    before, out_before = _snapshot(model), model(x)
+    params_before = list(model.parameters())
+    with pytest.raises(PruningFailed, match="left unchanged") as e:
+        prune(model, x, target_speedup=1.5)
+    assert "16 channels" in str(e.value) and "\n" not in str(e.value)
+    after = _snapshot(model)
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert all(a is b for a, b in zip(model.parameters(), params_before))  # the same parameter objects
+    assert model.body[0].out_channels == 16 and model.body[0].weight.shape == (16, 3, 3, 3)
+    assert torch.equal(model(x), out_before)
+
+
+def test_changed_output_shape_is_refused_and_undone(monkeypatch):
+    """Whatever slips past protection, a prune whose outputs change shape raises and restores the model."""
+    from metaprune import depgraph
+
+    monkeypatch.setattr(depgraph, "output_layers", lambda DG, pruners=None: [])  # protection finds nothing
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 6, 3), nn.Flatten())
+    x = torch.randn(1, 3, 8, 8)
+    before = _snapshot(model)
+    with pytest.raises(PruningFailed, match="output shapes"):
+        prune(model, x, target_speedup=1.5, protect_output=False)
+    assert all(torch.equal(model.state_dict()[k], before[k]) for k in before) and model(x).shape == (1, 96)
+
+
+def _close_in_onnxruntime(model, x, tmp_path):
+    """The pruned model exports to ONNX, runs in onnxruntime, and imports back with the same outputs."""
+    from metaprune.onnx import export_onnx, import_onnx, verify_onnx
+
+    path = export_onnx(model, x, tmp_path / "pruned.onnx")
+    assert verify_onnx(model, path, x.repeat(3, *[1] * (x.dim() - 1))) <= 1e-4
+    with torch.no_grad():
+        assert torch.allclose(import_onnx(path)(x), model(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "deit_tiny_patch16_224"])
+def test_timm_vit_prunes_head_dims(tmp_path, name):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10, img_size=32, patch_size=8).eval()
+    x = torch.randn(2, 3, 32, 32)
+    res = prune(model, x, target_speedup=2.0)
+    assert res.speedup == pytest.approx(2.0, rel=0.05) and model(x).shape == (2, 10)
+    assert model.embed_dim == model.num_features == model.patch_embed.proj.out_channels < 192
+    for blk in model.blocks:  # every head keeps the same, smaller head dim
+        attn = blk.attn
+        assert attn.head_dim < 64 and attn.qkv.out_features == 3 * attn.num_heads * attn.head_dim == 3 * attn.attn_dim
+        assert attn.proj.in_features == attn.attn_dim
+    model.train()(x).sum().backward()  # finetunable: the training forward runs too
+    _close_in_onnxruntime(model.eval(), x[:1], tmp_path)
+
+
+def test_hf_bert_prunes_head_dims():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=128, max_position_embeddings=32, num_labels=3)
+    model = transformers.BertForSequenceClassification(cfg).eval()
+    ids = torch.randint(0, 100, (2, 16))
+    res = prune(model, ids, target_speedup=2.0)
+    assert res.speedup == pytest.approx(2.0, rel=0.05) and res.protected == ["classifier"]
+    mask = torch.ones_like(ids)
+    mask[1, 10:] = 0
+    assert model(ids, attention_mask=mask).logits.shape == (2, 3)
+    for layer in model.bert.encoder.layer:
+        sa = layer.attention.self
+        assert sa.attention_head_size < 16 and sa.query.out_features == sa.all_head_size == 4 * sa.attention_head_size
+        assert layer.attention.output.dense.in_features == sa.all_head_size
+
+
+def test_hf_vit_prunes_head_dims(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, intermediate_size=128, num_labels=10)
+    model = transformers.ViTForImageClassification(cfg).eval()
+    x = torch.randn(2, 3, 32, 32)
+    res = prune(model, x, target_speedup=2.0)
+    assert res.speedup == pytest.approx(2.0, rel=0.05) and model(x).logits.shape == (2, 10)
+    heads = [m for m in model.modules() if hasattr(m, "num_attention_heads") and hasattr(m, "q_proj")]
+    assert heads and all(m.head_dim < 16 and m.q_proj.out_features == 4 * m.head_dim == m.o_proj.in_features
+                         for m in heads)
+
+    class Logits(nn.Module):  # Hugging Face returns a ModelOutput; ONNX export wants the tensor
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return self.m(x).logits
+
+    _close_in_onnxruntime(Logits(model).eval(), x[:1], tmp_path)
+
+
+class _SlowToTrace(_Net):
+    def forward(self, x):
+        import time
+
+        time.sleep(0.3)
+        return super().forward(x)
+
+
+def test_tracing_has_a_time_bound(monkeypatch):
+    from metaprune import depgraph
+
+    monkeypatch.setattr(depgraph, "TRACE_TIME_LIMIT_S", 0.1)
+    torch.manual_seed(0)
+    model = _SlowToTrace().eval()
+    x = torch.randn(1, 3, 12, 12)
+    before = _snapshot(model)
+    with pytest.raises(depgraph.TraceTimeoutError, match=r"tracing the dependency graph of _SlowToTrace took longer "
+                                                          r"than 0.1 s"):
+        prune(model, x, target_speedup=1.5)
+    assert all(torch.equal(model.state_dict()[k], before[k]) for k in before)
+    monkeypatch.setattr(depgraph, "TRACE_TIME_LIMIT_S", 60.0)
+    assert prune(model, x, target_speedup=1.5).speedup > 1.4  # with time to spare it prunes
