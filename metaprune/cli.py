@@ -153,6 +153,7 @@ def _one_line(e) -> str:
 def friendly_errors(fn):
     """Turn the errors a user can cause into one clear message and a non-zero exit, not a traceback."""
     from .data import DataNotFoundError
+    from .depgraph import TraceTimeoutError
     from .io import CheckpointError
     from .models import UnknownModelError
 
@@ -160,7 +161,8 @@ def friendly_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (UsageError, CheckpointError, DataNotFoundError, UnknownModelError, ValueError) as e:
+        except (UsageError, CheckpointError, DataNotFoundError, UnknownModelError, ValueError,
+                TraceTimeoutError) as e:  # bad input, a model that cannot be pruned (left unchanged), a stuck trace
             print(f"error: {_one_line(e)}", file=sys.stderr)
             sys.exit(2)
         except OSError as e:  # a file or directory we cannot read or write: permissions, a full disk...

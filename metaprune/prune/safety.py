@@ -16,8 +16,9 @@ from ..depgraph import TraceTimeoutError
 from ..utils import preserve_mode
 
 
-class PruningFailed(RuntimeError):
-    """Pruning raised after it started changing the model; the model was restored."""
+class PruningFailed(ValueError):
+    """Pruning raised after it started changing the model; the model was restored. A ValueError: the model handed
+    in is what cannot be pruned, so the command line reports it as one ``error:`` line, not an internal error."""
 
 
 @contextlib.contextmanager
