@@ -147,6 +147,9 @@ def test_paper_presets_run_on_cifar_fixture(tmp_path, experiment, data):
         quality.run_method = computed
     assert ran == [[3.0]] * len(ran) and len(ran) == 3 * len(c["seeds"]) * len(wider["networks"])
     assert wider["summary"]["depgraph"]["2.0"] == r["summary"]["depgraph"]["2.0"]
+    # the table reproduces: the same cells computed afresh (another cells_dir) give the same numbers
+    fresh = quality.run({**c, "cells_dir": str(tmp_path / "cells-again"), "tag": "again"})
+    assert fresh["summary"] == r["summary"] and fresh["paired"] == r["paired"]
     # the result goes to the logger as one benchmark run: means, paired differences and the JSON as an artifact
     import metaprune.logging as mlog
 
