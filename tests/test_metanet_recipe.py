@@ -7,9 +7,8 @@ import sys
 import pytest
 import torch
 
-from metaprune.data import get_data
 from metaprune.metatrain import MetaConfig, meta_train, prepare
-from metaprune.train import evaluate, fit
+from metaprune.train import fit
 from metaprune.train.objectives import group_regulariser, meta_loss
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -20,11 +19,6 @@ from test_zoo import tiny_zoo  # noqa: E402
 @pytest.fixture(scope="module")
 def zoo():
     return tiny_zoo()
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return get_data("digits")
 
 
 def test_sq_l2_pull_has_the_reference_gradient_gamma_times_w():

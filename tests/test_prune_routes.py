@@ -1,6 +1,5 @@
 """prune.py routes beyond the default: data-free OBS without finetuning, pruning at initialisation, ONNX in
 and out, and a measured-latency target (timing faked for the assertion's sake)."""
-import json
 from pathlib import Path
 
 import pytest

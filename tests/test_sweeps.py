@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_zoo import DATA, OPTIM, TINY, TINY_ROOT, tiny_zoo  # noqa: E402
+from test_zoo import OPTIM, TINY, TINY_ROOT, tiny_zoo  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = ["train", "train_meta", "prune", "quality"]

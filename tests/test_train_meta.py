@@ -14,7 +14,7 @@ from metaprune.metatrain import MetaConfig, meta_train
 from metaprune.train.objectives import group_regulariser
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_zoo import DATA, OPTIM, TINY, TINY_ROOT, tiny_zoo  # noqa: E402
+from test_zoo import OPTIM, TINY, TINY_ROOT, tiny_zoo  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = {"steps": 2, "nets_per_step": 2, "batch_size": 32, "warmup_steps": 0, "val_every": 100, "lr": 3e-3}
@@ -77,7 +77,6 @@ def test_relative_regulariser_ignores_uniform_shrinking_and_rewards_concentratio
     assert half.item() == pytest.approx(rel.item(), rel=1e-5)  # shrinking everything does not pay ...
     assert plain_half.item() == pytest.approx(plain.item() / 2, rel=1e-5)  # ... while the plain form halves
     g = groups[0]
-    s = next(s for s in g.slices if params[s.param].dim() == 1)
     weak = int(g.norms(params).argmin())
     sparser = dict(params)
     for t in g.slices:  # zero the weakest unit of the group everywhere: the group concentrates

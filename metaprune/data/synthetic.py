@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from .core import DataBundle, TensorPairs, get_data, register_data

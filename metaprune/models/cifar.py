@@ -5,7 +5,6 @@ constructors serve 8x8 digits, 32x32 CIFAR and larger inputs.
 """
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
