@@ -129,3 +129,26 @@ def test_recovery_after_the_rewrite_defaults_to_what_the_metanetwork_was_selecte
     (tmp_path / "config.json").write_text(json.dumps({"apply": {"finetune_epochs": -2}}))
     with pytest.raises(CheckpointError, match="apply.finetune_epochs=-2"):
         recovery_epochs(tmp_path, "auto")
+
+
+def test_the_fashion_mnist_metanetwork_covers_every_family_of_its_zoo():
+    """Depthwise convs (MobileNetV2), concatenations (DenseNet), 4x4 patch convs (ViT) and the held-out VGG: the
+    shipped metanetwork has an encoder for every neuron and weight type, so `auto` never skips one of them."""
+    from pathlib import Path
+
+    from metaprune.graph import to_graph
+    from metaprune.metanet import load_metanet
+    from metaprune.zoo import load_zoo
+
+    root = Path(__file__).resolve().parents[1] / "checkpoints"
+    if not (root / "metanet/fashion_mnist/metanet.safetensors").is_file():
+        pytest.skip("no Fashion-MNIST metanetwork in this checkout")
+    net, zoo = load_metanet(root / "metanet/fashion_mnist"), load_zoo(root / "zoo/fashion_mnist")
+    x = torch.zeros(1, 1, 28, 28)
+    families = {}
+    for name in zoo.names("train") + zoo.names("heldout"):
+        families.setdefault(zoo.members[name]["family"], name)
+    assert set(families) == {"resnet", "vgg", "vit", "mobilenet_v2", "densenet"}
+    for fam, name in families.items():
+        assert net.unseen_types(to_graph(zoo.load(name), x)) == [], fam
+    assert {"depthwise_conv", "concat"} <= set(net.config["node_types"])
