@@ -251,13 +251,9 @@ def _cells_dir(c: dict) -> Path:
 
 
 def _metanet_digest(path) -> str:
-    """Content hash of a metanetwork checkpoint folder: a retrained metanetwork gets fresh cells."""
-    h = hashlib.sha256()
-    for f in sorted(Path(path).glob("*")):
-        if f.is_file():
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+    """Content hash of a metanetwork's weights: a retrained metanetwork gets fresh cells (notes added to its
+    config.json do not)."""
+    return hashlib.sha256((Path(path) / "metanet.safetensors").read_bytes()).hexdigest()[:16]
 
 
 def _cell_path(cells_dir: Path, name: str, seed: int, method: str, c: dict) -> Path:

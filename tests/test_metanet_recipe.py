@@ -152,3 +152,21 @@ def test_the_fashion_mnist_metanetwork_covers_every_family_of_its_zoo():
     for fam, name in families.items():
         assert net.unseen_types(to_graph(zoo.load(name), x)) == [], fam
     assert {"depthwise_conv", "concat"} <= set(net.config["node_types"])
+
+
+def test_auto_skips_a_shipped_metanetwork_that_lost_on_its_heldout_networks(tmp_path, monkeypatch, capsys):
+    """A metanetwork marked apply.auto=false (it loses to plain pruning) is never applied behind the user's back;
+    named by path it is applied."""
+    import json
+
+    import metaprune.metanet.resolve as R
+
+    shipped = tmp_path / "metanet"
+    (shipped / "fashion_mnist").mkdir(parents=True)
+    (shipped / "fashion_mnist" / "metanet.safetensors").write_bytes(b"0")
+    (shipped / "fashion_mnist" / "config.json").write_text(json.dumps(
+        {"apply": {"auto": False, "why_not_auto": "loses to plain pruning"}}))
+    monkeypatch.setattr(R, "SHIPPED", shipped)
+    assert R.resolve_metanet("auto", "fashion_mnist") is None
+    assert "loses to plain pruning" in capsys.readouterr().out
+    assert R.resolve_metanet(str(shipped / "fashion_mnist"), "fashion_mnist") == shipped / "fashion_mnist"

@@ -19,17 +19,34 @@ SHIPPED = Path("checkpoints/metanet")
 
 def resolve_metanet(checkpoint, data_name: str | None) -> Path | None:
     """The metanetwork directory ``metanet.checkpoint`` names for a run on ``data_name`` (None: none);
-    :class:`CheckpointError` if it does not exist."""
+    :class:`CheckpointError` if it does not exist.
+
+    ``auto`` skips, with a note, a shipped metanetwork whose ``config.json`` says ``apply.auto: false`` (one that
+    lost to plain pruning on its held-out networks): it is applied only when named by path."""
     if checkpoint in (None, "none", False):
         return None
     if checkpoint == "auto":
         own = SHIPPED / str(data_name)
         path = own if (own / "metanet.safetensors").is_file() else SHIPPED / "digits"
+        why = _not_by_default(path)
+        if why:
+            print(f"note: metanet=auto applies no metanetwork: {path} {why}; metanet.checkpoint={path} applies it")
+            return None
     else:
         path = Path(checkpoint)
     if not path.exists():
         raise CheckpointError(f"{path}: metanetwork checkpoint not found")
     return path
+
+
+def _not_by_default(path: Path) -> str | None:
+    """Why ``auto`` must not apply the metanetwork at ``path`` (``apply.auto: false`` and its reason), else None."""
+    cfg_path = path / "config.json"
+    cfg = read_json(cfg_path, what="metanetwork config") if cfg_path.is_file() else {}
+    apply = (cfg.get("apply") or {}) if isinstance(cfg, dict) else {}
+    if apply.get("auto", True) is False:
+        return str(apply.get("why_not_auto") or "is marked apply.auto=false")
+    return None
 
 
 def recovery_epochs(checkpoint: Path, asked) -> int:
