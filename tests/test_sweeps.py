@@ -166,8 +166,11 @@ def test_submitit_tasks_of_one_job_form_a_ddp_group(monkeypatch):
     run joins one process group (as under torchrun) instead of two unrelated runs."""
     from metaprune.cli import join_submitit_tasks
 
+    # a private copy of the environment: what export() writes must not reach later tests' subprocesses (they
+    # would wait for a DDP peer that never comes)
+    monkeypatch.setattr(os, "environ", os.environ.copy())
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE"):
-        monkeypatch.delenv(k, raising=False)  # also removes what export() writes, when the test ends
+        os.environ.pop(k, None)
     join_submitit_tasks()  # not under submitit: nothing set
     assert "WORLD_SIZE" not in os.environ
     for k, v in {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "2", "SLURM_PROCID": "1",
