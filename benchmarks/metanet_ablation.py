@@ -37,7 +37,8 @@ def variant(run: Path, heldout_dir: Path | None) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-    speeds = sorted({s for r in rows for part in r.get("heldout", {}).values() for s in part}, key=lambda s: float(s[:-1]))
+    speeds = sorted({s for r in rows for part in r.get("heldout", {}).values() for s in part},
+                    key=lambda s: float(s[:-1]))
     head = ["variant", "changes", "meta-val pruned acc (best step)", "identity + recovery"]
     head += [f"held-out {s} meta − base (wins)" for s in speeds]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -12,9 +12,9 @@ Every method receives the same trained checkpoint and trains ``pre_epochs + fine
   metaprune         metanetwork rewrite, E epochs of recovery finetuning, prune (global), finetune F
   metaprune_direct  metanetwork rewrite, prune at once (global), finetune E + F
 Accuracy on the test split right after pruning ("no finetune") and after the final finetune, whose epoch is
-kept by **val** accuracy; nothing is selected on test. Each finished (network, seed, method) cell is kept under ``cells_dir``, so an
-interrupted run resumes, a new method reuses the others' cells, and ``shard=I num_shards=N`` splits the cells over N
-processes. Paired differences between methods (per network,
+kept by **val** accuracy; nothing is selected on test. Each finished (network, seed, method) cell is kept under
+``cells_dir``, so an interrupted run resumes, a new method reuses the others' cells, and ``shard=I num_shards=N``
+splits the cells over N processes. Paired differences between methods (per network,
 averaged over pruning seeds) with a 95% t-interval over networks, wins and losses, and per-family means go in
 ``quality-<tag>.json``; ``.png`` plots accuracy against speedup, one line per method with its spread.
 """

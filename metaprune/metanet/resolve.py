@@ -39,24 +39,31 @@ def resolve_metanet(checkpoint, data_name: str | None) -> Path | None:
     return path
 
 
-def _not_by_default(path: Path) -> str | None:
-    """Why ``auto`` must not apply the metanetwork at ``path`` (``apply.auto: false`` and its reason), else None."""
-    cfg_path = path / "config.json"
-    cfg = read_json(cfg_path, what="metanetwork config") if cfg_path.is_file() else {}
-    apply = (cfg.get("apply") or {}) if isinstance(cfg, dict) else {}
+def _apply_settings(checkpoint: Path) -> tuple[Path, dict]:
+    """The ``apply`` settings a metanetwork's ``config.json`` records for prune.py (``{}`` when it names none)."""
+    path = Path(checkpoint) / "config.json"
+    cfg = read_json(path, what="metanetwork config") if path.is_file() else {}
+    return path, ((cfg.get("apply") or {}) if isinstance(cfg, dict) else {})
+
+
+def _not_by_default(checkpoint: Path) -> str | None:
+    """Why ``auto`` must not apply the metanetwork at ``checkpoint`` (``apply.auto: false`` and its reason)."""
+    apply = _apply_settings(checkpoint)[1]
     if apply.get("auto", True) is False:
         return str(apply.get("why_not_auto") or "is marked apply.auto=false")
     return None
 
 
-def recovery_epochs(checkpoint: Path, asked) -> int:
+def recovery_epochs(checkpoint: Path | None, asked) -> int:
     """Epochs of recovery finetuning after the rewrite: ``asked`` when it is a number, else (``auto``) the ones the
-    metanetwork was selected with (``apply.finetune_epochs`` in its ``config.json``; 0 when it names none)."""
+    metanetwork at ``checkpoint`` was selected with (``apply.finetune_epochs`` in its ``config.json``; 0 when it
+    names none, or for a caller's own transform: ``checkpoint`` None)."""
     if asked != "auto":
         return int(asked)
-    path = Path(checkpoint) / "config.json"
-    cfg = read_json(path, what="metanetwork config") if path.is_file() else {}
-    epochs = (cfg.get("apply") or {}).get("finetune_epochs", 0) if isinstance(cfg, dict) else 0
+    if checkpoint is None:
+        return 0
+    path, apply = _apply_settings(checkpoint)
+    epochs = apply.get("finetune_epochs", 0)
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
         raise CheckpointError(f"{path}: apply.finetune_epochs={epochs!r} must be an integer >= 0")
     return epochs

@@ -40,8 +40,8 @@ from ..io import atomic_write_json
 from ..metanet import Metanet, save_metanet
 from ..prune import find_output_layers, groups, prune
 from ..prune.importance import available as importance_names
-from ..train.loop import (check_options, evaluate, fit, load_resume, lr_factor, pick_device, refuse_unknown, save_resume,
-                          seed_everything)
+from ..train.loop import (check_options, evaluate, fit, load_resume, lr_factor, pick_device, refuse_unknown,
+                          save_resume, seed_everything)
 from ..train.objectives import REGULARISERS, meta_loss
 
 

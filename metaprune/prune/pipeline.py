@@ -162,8 +162,7 @@ def apply_metanet_stage(model, data, cfg: PruneConfig, transform, device, stages
         model = model.to(device)
     if skipped:
         return model, f"{label} ({skipped})", None
-    epochs = recovery_epochs(label, cfg.metanet.finetune_epochs) if transform is None else (
-        0 if cfg.metanet.finetune_epochs == "auto" else cfg.metanet.finetune_epochs)
+    epochs = recovery_epochs(None if transform is not None else label, cfg.metanet.finetune_epochs)
     if epochs > 0:
         with stages("transform_finetune"):
             fit(model, data, dataclasses.replace(cfg.finetune, epochs=epochs), desc="after metanet")
