@@ -11,6 +11,9 @@ Every method receives the same trained checkpoint and trains ``pre_epochs + fine
   depgraph_sl       DepGraph sparse learning (GroupNormPruner regulariser) for E, prune, finetune F
   metaprune         metanetwork rewrite, E epochs of recovery finetuning, prune (global), finetune F
   metaprune_direct  metanetwork rewrite, prune at once (global), finetune E + F
+  metaprune_identity  metaprune's pipeline without the rewrite (E epochs of training, prune, F): what the
+                    rewrite itself adds
+``metaprune_global=false`` ranks the metaprune methods per layer (for a metanetwork selected that way).
 Accuracy on the test split right after pruning ("no finetune") and after the final finetune, whose epoch is
 kept by **val** accuracy; nothing is selected on test. Each finished (network, seed, method) cell is kept under
 ``cells_dir``, so an interrupted run resumes, a new method reuses the others' cells, and ``shard=I num_shards=N``
@@ -42,8 +45,9 @@ sys.path.insert(0, str(ROOT))
 from metaprune.cli import friendly_errors, sweep_context, to_dict  # noqa: E402
 from metaprune.io import atomic_write_json  # noqa: E402
 
-METHODS = ("random", "depgraph", "depgraph_local", "depgraph_sl", "metaprune", "metaprune_direct")
-PRE_TRAINED = ("depgraph_sl", "metaprune")  # methods that spend E epochs before pruning
+METHODS = ("random", "depgraph", "depgraph_local", "depgraph_sl", "metaprune", "metaprune_direct",
+           "metaprune_identity")
+PRE_TRAINED = ("depgraph_sl", "metaprune", "metaprune_identity")  # methods that spend E epochs before pruning
 PHASES = ("no_finetune", "finetuned")
 
 
@@ -56,6 +60,8 @@ def _criterion(method: str, c: dict) -> tuple[str, bool]:
     """(importance, global ranking) each method prunes with."""
     if method == "random":
         return "random", False
+    if method.startswith("metaprune"):
+        return c["importance"], bool(c.get("metaprune_global", True))
     return c["importance"], method != "depgraph_local"
 
 
@@ -77,10 +83,11 @@ def run_method(base, data, metanet, c: dict, seed: int, method: str, speedups=No
     if method == "depgraph_sl" and pre:
         hook = sparse_learning_hook(start, x, **c["sparse_learning"])
         fit(start, data, _ft_cfg(c, pre, seed), after_backward=hook, desc="sl")
-    elif method in ("metaprune", "metaprune_direct"):
-        start = apply_metanet(metanet, start, x)
-        out["rewritten_acc"] = acc(start)
-        if method == "metaprune" and pre:
+    elif method.startswith("metaprune"):
+        if method != "metaprune_identity":
+            start = apply_metanet(metanet, start, x)
+            out["rewritten_acc"] = acc(start)
+        if method != "metaprune_direct" and pre:
             fit(start, data, _ft_cfg(c, pre, seed), desc="recovery")
             out["recovered_acc"] = acc(start)
     spent = pre if method in PRE_TRAINED else 0
@@ -258,8 +265,10 @@ def _metanet_digest(path) -> str:
 
 def _cell_path(cells_dir: Path, name: str, seed: int, method: str, c: dict) -> Path:
     own = {"depgraph_sl": c.get("sparse_learning")}.get(method)
-    if method.startswith("metaprune"):
+    if method.startswith("metaprune"):  # the identity arm keys on the metanetwork too: it is its control
         own = _metanet_digest(c["metanet_checkpoint"])
+        if not c.get("metaprune_global", True):
+            own = f"{own}-local"
     suffix = f"-{_recipe_hash(own)}" if own is not None else ""
     return cells_dir / f"{name}-seed{seed}" / f"{method}{suffix}.json"
 

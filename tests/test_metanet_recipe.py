@@ -85,6 +85,53 @@ def test_meta_validation_with_recovery_and_global_ranking(zoo, digits, tmp_path)
         MetaConfig.from_dict({"batches_per_step": 0})
 
 
+def test_meta_validation_scores_after_a_short_finetune_of_the_pruned_network(digits):
+    """Right after pruning to 3x every network sits near chance, so meta-val can score after ``val_finetune_steps``
+    of SGD on the pruned copy: a signal that separates, and the zoo network itself is never trained."""
+    from metaprune.metatrain.loop import pruned_accuracy
+
+    from metaprune.models import build
+
+    torch.manual_seed(0)
+    model = build("resnet", depth=8, width=8, num_classes=10, in_channels=1)
+    fit(model, digits, {"epochs": 4, "lr": 0.05, "batch_size": 64, "device": "cpu", "progress": False})
+    before = copy.deepcopy(model.state_dict())
+    x, loader = digits.example_inputs(), digits.loader("val", 256, shuffle=False)
+    kw = {"importance": "l2_max", "global_pruning": False}
+    cold = pruned_accuracy(model, x, loader, 3.0, **kw)
+    warm = pruned_accuracy(model, x, loader, 3.0, **kw, finetune={"data": digits, "steps": 40, "lr": 0.05,
+                                                                   "batch_size": 64})
+    assert warm["unpruned_acc"] == cold["unpruned_acc"] and warm["speedup"] == cold["speedup"]
+    assert warm["acc"] > cold["acc"] + 0.2, (cold, warm)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(ValueError, match="val_finetune_steps"):
+        MetaConfig.from_dict({"val_finetune_steps": -1})
+
+
+def test_quality_identity_arm_runs_metaprunes_pipeline_without_the_rewrite(zoo, digits, tmp_path):
+    """``metaprune_identity`` is metaprune's control: the same E epochs before pruning and the same ranking, no
+    metanetwork; ``metaprune_global=false`` ranks per layer and keys its own cells."""
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import quality
+
+    c = {"pre_epochs": 1, "finetune_epochs": 0, "importance": "l2_max", "device": "cpu", "metaprune_global": False,
+         "finetune": {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine",
+                      "batch_size": 64}}
+    out = quality.run_method(zoo.load(zoo.names("heldout")[0]), digits, None, c, 0, "metaprune_identity", [2.0])
+    assert "rewritten_acc" not in out and 0 <= out["recovered_acc"] <= 1
+    assert out["2.0"]["epochs_before_prune"] == 1 and out["2.0"]["epochs_after_prune"] == 0
+    assert quality._criterion("metaprune_identity", c) == ("l2_max", False)
+    assert quality._criterion("metaprune", {**c, "metaprune_global": True}) == ("l2_max", True)
+    meta = tmp_path / "m"
+    meta.mkdir()
+    (meta / "metanet.safetensors").write_bytes(b"weights")
+    paths = {quality._cell_path(tmp_path, "n", 0, "metaprune", {**c, "metanet_checkpoint": meta,
+                                                                "metaprune_global": g}) for g in (True, False)}
+    assert len(paths) == 2
+
+
 def test_heldout_benchmark_gives_both_arms_the_same_recovery_and_ranking(zoo, digits, tmp_path):
     """benchmarks/metanet_heldout.py with the reference's recovery and global ranking: every held-out network is
     scored with and without the rewrite, both after the same recovery steps, with the accuracies a user reads."""

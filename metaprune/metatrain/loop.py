@@ -70,6 +70,8 @@ class MetaConfig:
     val_global: bool = False        # rank groups across layers (as prune.py and the benchmark do) or per layer
     val_recovery_steps: int = 0     # SGD steps of recovery finetuning on train after the rewrite, before pruning
     val_recovery_lr: float = 0.01   # (the reference finetunes the rewritten network before it prunes)
+    val_finetune_steps: int = 0     # SGD steps (at val_recovery_lr) after pruning, before scoring: right after
+                                    # pruning to 2-4x every network sits at chance, so 0 steps scores noise
     val_limit: int | None = None    # val samples per evaluation (None: the whole val split)
     save_every: int = 50            # resume checkpoint period (steps)
     log_every: int = 10
@@ -91,6 +93,7 @@ class MetaConfig:
             (cfg.val_importance in importance_names(), "val_importance", " or ".join(importance_names())),
             (cfg.val_recovery_steps >= 0, "val_recovery_steps", ">= 0"),
             (cfg.val_recovery_lr > 0, "val_recovery_lr", "> 0"),
+            (cfg.val_finetune_steps >= 0, "val_finetune_steps", ">= 0"),
             (cfg.log_every >= 1, "log_every", ">= 1"),
         ]
         check_options(cfg, checks, "meta_optim.")
@@ -133,13 +136,16 @@ def prepare(zoo, names, example_inputs, device="cpu", speedup: float | None = No
 
 
 def pruned_accuracy(model: nn.Module, example_inputs, loader, speedup: float, importance: str = "l2",
-                    device="cpu", global_pruning: bool = False) -> dict:
-    """Accuracy of ``model`` before and after pruning a copy to ``speedup`` (no finetuning) on ``loader``."""
+                    device="cpu", global_pruning: bool = False, finetune: dict | None = None) -> dict:
+    """Accuracy of ``model`` before and after pruning a copy to ``speedup`` on ``loader``; with ``finetune``
+    (the keyword arguments of :func:`recover`, with its ``data``), after that short finetune of the pruned copy."""
     model = copy.deepcopy(model).eval()
     for p in model.parameters():  # torch-pruning traces through autograd
         p.requires_grad_(True)
     before = evaluate(model, loader, device)["acc"]
     res = prune(model, example_inputs, target_speedup=speedup, importance=importance, global_pruning=global_pruning)
+    if finetune:
+        recover(model, **finetune)
     after = evaluate(model, loader, device)["acc"]
     return {"acc": after, "unpruned_acc": before, "speedup": res.speedup}
 
@@ -165,13 +171,14 @@ def recover(model: nn.Module, data, steps: int, lr: float = 0.01, batch_size: in
 def validate(metanet, cases, example_inputs, loader, cfg: MetaConfig, device="cpu", baseline=None, data=None,
              seed: int = 0) -> dict:
     """Mean pruned val accuracy of meta-val networks with the metanetwork (``acc``: rewrite, recovery
-    finetune of ``val_recovery_steps`` on ``data``, prune) and, when ``baseline`` is None, without it
-    (computed once: the original networks do not change)."""
-    if cfg.val_recovery_steps and data is None:
-        raise ValueError("val_recovery_steps needs the data to finetune on")
-    prune_kw = {"importance": cfg.val_importance, "device": device, "global_pruning": cfg.val_global}
+    finetune of ``val_recovery_steps`` on ``data``, prune, finetune of ``val_finetune_steps``) and, when
+    ``baseline`` is None, without it (computed once: the original networks do not change)."""
+    if (cfg.val_recovery_steps or cfg.val_finetune_steps) and data is None:
+        raise ValueError("val_recovery_steps and val_finetune_steps need the data to finetune on")
     recovery = {"steps": cfg.val_recovery_steps, "lr": cfg.val_recovery_lr, "batch_size": cfg.batch_size,
                 "seed": seed, "device": device}
+    prune_kw = {"importance": cfg.val_importance, "device": device, "global_pruning": cfg.val_global,
+                "finetune": {**recovery, "data": data, "steps": cfg.val_finetune_steps}}
     per = {c.name: pruned_accuracy(recover(rewrite(metanet, c), data, **recovery), example_inputs, loader,
                                    cfg.val_speedup, **prune_kw) for c in cases}
     if baseline is None:
