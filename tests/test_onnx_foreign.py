@@ -258,3 +258,19 @@ def test_onnx_vit_prunes_with_its_tied_qkv_left_alone(tmp_path):
         res = prune(model, x, target_speedup=1.5)
         assert res.speedup == pytest.approx(1.5, rel=0.1) and set(qkv) <= set(res.protected)
         assert verify_onnx(model, export_onnx(model, x, tmp_path / "p.onnx"), torch.randn(3, 3, 16, 16)) <= 1e-4
+
+
+def test_keras_result_is_recorded():
+    """benchmarks/keras_onnx.py's committed result: a tf2onnx export pruned to 2x by both routes, the written ONNX
+    file scoring like the finetuned PyTorch model (or, where TensorFlow could not run, the reason)."""
+    r = json.loads((REPO / "benchmarks" / "results" / "keras_onnx.json").read_text())
+    if r["status"] != "ok":
+        assert r["status"].startswith("export not run")
+        return
+    assert r["exported_test_acc_onnxruntime"] == pytest.approx(r["export"]["keras_test_acc"], abs=0.005)
+    assert set(r["routes"]) == {"auto", "none"}
+    for route in r["routes"].values():
+        assert route["speedup"] == pytest.approx(2.0, rel=0.05) and route["base_acc"] == r["exported_test_acc_onnxruntime"]
+        assert abs(route["written_onnx_test_acc_onnxruntime"] - route["final_acc"]) <= 0.01
+        assert "BatchNormalization" not in route["written_onnx_ops"]
+
