@@ -494,7 +494,7 @@ def _insert_norms(gm: torch.fx.GraphModule) -> dict[str, str]:
         gm.add_submodule(name, norm)
         with graph.inserting_after(node):
             new = graph.call_module(name, (node,))
-        node.replace_all_uses_with(new, delete_user_cb=lambda u: u is not new)
+        node.replace_all_uses_with(new, delete_user_cb=lambda u, new=new: u is not new)
         added[name] = node.target
     graph.lint()
     gm.recompile()
@@ -517,6 +517,7 @@ def add_norms(model: nn.Module, batches) -> list[str]:
     added = _insert_norms(model)
     if not added:
         return []
+    model.metaprune_spec["args"]["norms"] = True  # saved and rebuilt with them from here on
     sums: dict[str, list] = {}
 
     def record(name):
@@ -535,8 +536,8 @@ def add_norms(model: nn.Module, batches) -> list[str]:
     finally:
         for h in handles:
             h.remove()
-    if len(sums) != len(added):
-        raise ValueError("add_norms needs at least one batch of inputs")
+    if len(sums) != len(added):  # the norms stay, as the identity they were inserted as
+        raise ValueError("add_norms needs at least one batch of inputs to set its norms from")
     with torch.no_grad():
         for name in added:
             norm, (n, s1, s2) = model.get_submodule(name), sums[name]
@@ -546,7 +547,6 @@ def add_norms(model: nn.Module, batches) -> list[str]:
             norm.running_var.copy_(var)
             norm.weight.copy_((var + norm.eps).sqrt())
             norm.bias.copy_(mean)
-    model.metaprune_spec["args"]["norms"] = True
     return list(added.values())
 
 
