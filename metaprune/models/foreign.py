@@ -15,23 +15,17 @@ from typing import Callable
 
 import torch.nn as nn
 
-from .registry import UnknownModelError
-
-PREFIXES = ("timm:", "hf:")
 # timm.create_model arguments that fetch or read weights; the checkpoint's own safetensors hold them
 _TIMM_REFUSED = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir")
 _HF_REFUSED = ("auto_map",)  # names remote code; never followed here, refused so no spec carries it
 
 
-def is_foreign(name: str) -> bool:
-    return isinstance(name, str) and name.startswith(PREFIXES)
-
-
 def constructor(name: str) -> Callable[..., nn.Module]:
-    """The function that builds ``timm:<name>`` or ``hf:<class>`` from its spec arguments."""
+    """The function that builds ``timm:<name>`` or ``hf:<class>`` from its spec arguments; ``ValueError`` for a
+    name the library does not have."""
     lib, _, what = name.partition(":")
     if not what:
-        raise UnknownModelError(f"model {name!r}: give the {'timm model' if lib == 'timm' else 'transformers class'} "
+        raise ValueError(f"model {name!r}: give the {'timm model' if lib == 'timm' else 'transformers class'} "
                          f"name after '{lib}:'")
     return _timm(what) if lib == "timm" else _hf(what)
 
@@ -40,7 +34,7 @@ def _timm(name: str) -> Callable[..., nn.Module]:
     import timm
 
     if not timm.is_model(name):
-        raise UnknownModelError(f"timm has no model {name!r} (timm.list_models() lists them)")
+        raise ValueError(f"timm has no model {name!r} (timm.list_models() lists them)")
 
     def create(**kwargs) -> nn.Module:
         bad = [k for k in _TIMM_REFUSED if kwargs.get(k) not in (None, False)]
@@ -58,7 +52,7 @@ def _hf(cls_name: str) -> Callable[..., nn.Module]:
 
     cls = getattr(transformers, cls_name, None) if not cls_name.startswith("_") else None
     if not (isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel)):
-        raise UnknownModelError(f"transformers has no model class {cls_name!r}")
+        raise ValueError(f"transformers has no model class {cls_name!r}")
 
     def create(config: dict) -> nn.Module:
         if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):

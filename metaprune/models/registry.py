@@ -55,7 +55,10 @@ def constructor(name: str) -> Callable[..., nn.Module]:
     if name.startswith(("timm:", "hf:")):
         from .foreign import constructor as foreign
 
-        return foreign(name)
+        try:
+            return foreign(name)
+        except ValueError as e:
+            raise UnknownModelError(str(e)) from None
     if name in _LAZY and name not in _REGISTRY:
         importlib.import_module(_LAZY[name])  # heavy optional families register on first use
     if name not in _REGISTRY:
