@@ -1,8 +1,10 @@
 """Model registry: ``build(name, **size)`` returns an ``nn.Module`` that remembers how it was built.
 
 Every model carries ``model.metaprune_spec = {"name": ..., "args": {...}}`` so that a checkpoint can
-rebuild it in a fresh process without pickle. Names are the families below, or ``tv:<name>`` for any
-torchvision classification constructor (random init unless the user loads weights).
+rebuild it in a fresh process without pickle. Names are the families below, ``tv:<name>`` for any
+torchvision classification constructor, ``timm:<name>`` for a timm model and ``hf:<class>`` for a Hugging Face
+``transformers`` model class given its config dict (see ``foreign.py``); always random init unless the user loads
+weights.
 """
 from __future__ import annotations
 
@@ -50,11 +52,19 @@ def constructor(name: str) -> Callable[..., nn.Module]:
     """The function ``build(name, ...)`` calls (a torchvision constructor for ``tv:<name>``)."""
     if name.startswith("tv:"):
         return _torchvision_constructor(name[3:])
+    if name.startswith(("timm:", "hf:")):
+        from .foreign import constructor as foreign
+
+        try:
+            return foreign(name)
+        except ValueError as e:
+            raise UnknownModelError(str(e)) from None
     if name in _LAZY and name not in _REGISTRY:
         importlib.import_module(_LAZY[name])  # heavy optional families register on first use
     if name not in _REGISTRY:
         raise UnknownModelError(
-            f"unknown model {name!r}; registered: {', '.join(available())}, or tv:<torchvision name>"
+            f"unknown model {name!r}; registered: {', '.join(available())}, or tv:<torchvision name>, "
+            "timm:<timm name>, hf:<transformers class>"
         )
     return _REGISTRY[name]
 
@@ -66,6 +76,8 @@ def build(name: str, **args) -> nn.Module:
         tv_args = dict(args)
         tv_args.setdefault("weights", None)
         model = fn(**tv_args)
+    elif name.startswith(("timm:", "hf:")):
+        model = fn(**args)  # timm takes any keyword; transformers a config dict
     else:
         sig = inspect.signature(fn)
         unknown = [k for k in args if k not in sig.parameters]
@@ -81,7 +93,7 @@ def build(name: str, **args) -> nn.Module:
 def build_for_data(name: str, input_shape, num_classes: int, **args) -> nn.Module:
     """Build ``name`` fitted to a dataset: fills ``num_classes``, ``in_channels`` and the input size
     (``input_size`` / ``image_size``) when the constructor takes them and they are not given."""
-    if name.startswith("tv:"):
+    if name.startswith(("tv:", "timm:")):
         args.setdefault("num_classes", num_classes)
         return build(name, **args)
     if name not in _REGISTRY:

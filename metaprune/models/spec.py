@@ -17,7 +17,9 @@ from .budget import MAX_PARAMS, check_budget
 from .registry import build, constructor
 
 # the only attributes a spec restores: the integer sizes structural pruning changes
-_INT_ATTRS = ("num_heads", "groups", "head_dim", "hidden_dim", "embed_dim", "num_features", "dim")
+_INT_ATTRS = ("num_heads", "groups", "head_dim", "hidden_dim", "embed_dim", "num_features", "dim",
+              "attn_dim", "head_hidden_size",  # timm
+              "num_attention_heads", "attention_head_size", "all_head_size")  # Hugging Face
 _DOWNLOADS = ("weights", "weights_backbone", "pretrained", "pretrained_backbone")  # torchvision arguments
 
 
@@ -64,11 +66,13 @@ def check_spec(spec: dict) -> None:
 
 
 def model_spec(model: nn.Module) -> dict:
-    spec = getattr(model, "metaprune_spec", None)
+    from .foreign import hf_spec
+
+    spec = getattr(model, "metaprune_spec", None) or hf_spec(model)
     if spec is None:
         raise ValueError(
-            "model has no metaprune spec; build it with metaprune.models.build(name, ...) "
-            "or set model.metaprune_spec = {'name': ..., 'args': {...}}"
+            "model has no metaprune spec; build it with metaprune.models.build(name, ...) (a timm model: "
+            "build('timm:<name>', ...)) or set model.metaprune_spec = {'name': ..., 'args': {...}}"
         )
     shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
     attrs = {}

@@ -70,7 +70,24 @@ def load(cfg, device, data: DataBundle | None = None) -> tuple[nn.Module, DataBu
     data = flatten_for(model, data)
     model = model.to(device)
     check_fits_data(model, data, device)
+    if cfg.stage != "trained_nofinetune":
+        add_norms_for_training(model, data, device)
     return model, data
+
+
+def add_norms_for_training(model: nn.Module, data: DataBundle, device, examples: int = 1024) -> None:
+    """An imported ONNX graph whose convs feed no norm (its exporter folded BatchNorm into them) gets a BatchNorm
+    after each, the identity on ``examples`` training examples, so it finetunes like the network it was exported
+    from (see :func:`metaprune.onnx.add_norms`); said in a note. Other models are left as they are."""
+    if getattr(model, "onnx_weights", None) is None:
+        return
+    from ..onnx import add_norms
+
+    batches = (x.to(device) for x, _ in data.loader("train", 256, shuffle=False, limit=examples))
+    convs = add_norms(model, batches)
+    if convs:
+        print(f"note: {len(convs)} conv(s) of the ONNX graph feed no norm (BatchNorm folded by the exporter?): each "
+              "gets a trainable BatchNorm, the identity on the training data, folded back into it in pruned/model.onnx")
 
 
 def flatten_for(model: nn.Module, data: DataBundle) -> DataBundle:
