@@ -73,8 +73,9 @@ def test_groups_match_torch_pruning_gat():
         g = to_graph(model, x, groups=True)
         roots = {grp.root: grp for grp in g.groups}
         assert list(roots) == ["conv1"]  # conv2 is the classifier
-        # a unit is one head dimension, removed from every head at once: channels c and C + c
-        _check_group(model, x, g, roots["conv1"], [1, 4])
+        # a unit is one head dimension, removed from every head at once: unit 1 is channels 1 and C + 1 = 4
+        assert roots["conv1"].nodes.shape == (3, 2)
+        _check_group(model, x, g, roots["conv1"], [1])
 
 
 def test_permuting_lstm_hidden_units_permutes_nodes():
@@ -136,6 +137,9 @@ class _Scale(nn.Module):
 
 
 class _ScalePruner(tp.pruner.function.BasePruningFunc):
+    def param_slices(self, layer, out: bool):  # channel c owns gain[c] and shift[c] (graph groups need it)
+        return [("gain", 0, [lambda t: t]), ("shift", 0, [lambda t: t])]
+
     def prune_out_channels(self, layer, idxs):
         keep = torch.tensor(sorted(set(range(layer.gain.numel())) - set(idxs)))
         layer.gain = self._prune_parameter_and_grad(layer.gain, keep, 0)
