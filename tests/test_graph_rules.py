@@ -193,6 +193,27 @@ def test_user_rule_round_trip_and_failures():
         to_graph(model, _seq(2, 3))
 
 
+def test_graph_groups_need_what_pruning_needs():
+    """Graph groups are metaprune's groups: a layer whose pruner cannot list the entries one channel owns converts,
+    but asking for its groups is one clear error (pruning it would fail the same way)."""
+    class _BareScalePruner(_ScalePruner):
+        param_slices = None
+
+    def rule(layer, g):
+        inp = g.input_nodes(layer.gain.numel())
+        out = g.nodes(inp.numel(), "product")
+        g.constant(inp, out, "product")
+        g.feature("gain", out, "norm_weight")
+        g.feature("shift", out, "norm_bias")
+        return out, out
+
+    register_layer(_Scale, pruner=_BareScalePruner(), graph_rule=rule)
+    model = _scale_model()
+    assert to_graph(model, _seq(2, 3)).num_nodes > 0
+    with pytest.raises(GraphConversionError, match=r"channel groups of Sequential cannot be built: .*param_slices"):
+        to_graph(model, _seq(2, 3), groups=True)
+
+
 def test_register_layer_checks_its_arguments():
     with pytest.raises(TypeError, match="nn.Module subclass"):
         register_layer(int, graph_rule=lambda m, g: None)
