@@ -1,5 +1,8 @@
 """Hardware-aware pruning: measured channel multiples and the latency-target search (timing faked: tests
 assert the search's behaviour, benchmarks/latency.py measures real time)."""
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -72,3 +75,25 @@ def test_measured_round_to_is_lowered_only_where_the_target_needs_it():
     assert all(m.out_channels % 4 == 0 for m in narrow.modules() if isinstance(m, torch.nn.Conv2d))
     wide = build("resnet", depth=20, width=16, num_classes=10, in_channels=1)
     assert prune_measured_round_to(wide, x, target_speedup=3.0, round_to=8).round_to == 8
+
+
+def test_prune_run_with_round_to_auto_lowers_a_multiple_the_network_cannot_use(tmp_path, digits, monkeypatch):
+    """prune.py prune.round_to=auto on the demo ResNet (16/32/64 channels) where the device measured 64: no group
+    could shrink at 64, so the run prunes at the largest multiple that reaches 2x and its report says which."""
+    from hydra import compose, initialize_config_dir
+
+    import metaprune.hardware
+    from metaprune.cli import to_dict
+    from metaprune.prune.pipeline import run_prune
+
+    monkeypatch.setattr(metaprune.hardware, "default_round_to", lambda device, dtype: 64)
+    configs = str(Path(__file__).resolve().parents[1] / "configs")
+    with initialize_config_dir(config_dir=configs, version_base="1.3"):
+        cfg = to_dict(compose("prune", overrides=[f"output_dir={tmp_path / 'out'}", "logger=none", "metanet.checkpoint=none",
+                                                  "stage=trained_nofinetune", "prune.round_to=auto"]))
+    with pytest.warns(UserWarning, match=r"measured channel multiple 64.*round_to=(32|16|8)\b"):
+        report = run_prune(cfg, data=digits, progress=False)
+    used = report["pruning"]["round_to"]
+    assert used in (32, 16, 8) and report["speedup"] == pytest.approx(2.0, rel=0.05)
+    pruned = json.loads((tmp_path / "out" / "pruned" / "spec.json").read_text())["shapes"]
+    assert all(shape[0] % used == 0 for name, shape in pruned.items() if name.endswith("conv2.weight"))
