@@ -50,24 +50,36 @@ def _remove_if_empty(path: Path) -> None:
         path.rmdir()
 
 
-def _metanet_choice(argv: list[str]) -> list[str]:
-    """``metanet=X`` picks how a metanetwork is applied (``configs/apply_metanet/X.yaml``, the config's
-    ``apply_metanet@metanet`` entry); ``configs/metanet/`` holds train_meta.py's architecture presets."""
-    presets = sorted(p.stem for p in (Path(__file__).parent / "configs" / "apply_metanet").glob("*.yaml"))
+# prune.py's own presets behind keys train_meta.py also takes: key -> (its entry in prune.yaml, its folder, what the
+# folder of the same name holds for train_meta.py)
+PRESETS = {"metanet": ("apply_metanet@metanet", "apply_metanet", "train_meta.py's architecture presets",
+                       "give metanet.checkpoint=PATH for another metanetwork"),
+           "experiment": ("prune_experiment", "prune_experiment", "train_meta.py's and quality.py's experiments",
+                          "prune.py's are in configs/prune_experiment/")}
+
+
+def _preset_choices(argv: list[str]) -> list[str]:
+    """``metanet=X`` picks how a metanetwork is applied (``configs/apply_metanet/X.yaml``) and ``experiment=X`` a
+    complete prune run (``configs/prune_experiment/X.yaml``); ``configs/metanet/`` and ``configs/experiment/`` hold
+    train_meta.py's presets of those names. A name that is not a prune.py preset is one clear error."""
     out = []
     for arg in argv:
-        if arg.startswith("metanet="):
-            choice = arg.split("=", 1)[1]
+        key, _, choice = arg.partition("=")
+        if key in PRESETS:
+            entry, folder, other, hint = PRESETS[key]
+            presets = sorted(p.stem for p in (Path(__file__).parent / "configs" / folder).glob("*.yaml"))
             if not set(choice.split(",")) <= set(presets):  # one preset, or a multirun sweep over several
-                print(f"error: metanet={choice} is not a prune.py preset ({', '.join(presets)}); give "
-                      "metanet.checkpoint=PATH for another metanetwork (configs/metanet/ holds train_meta.py's "
-                      "architecture presets)", file=sys.stderr)
+                print(f"error: {key}={choice} is not a prune.py preset ({', '.join(presets)}); {hint} "
+                      f"(configs/{key}/ holds {other})", file=sys.stderr)
                 sys.exit(2)
-            arg = f"apply_metanet@metanet={choice}"
+            arg = f"{entry}={choice}"
         out.append(arg)
     return out
 
 
+_metanet_choice = _preset_choices  # the name the tests and older notes use
+
+
 if __name__ == "__main__":
-    sys.argv[1:] = _metanet_choice(sys.argv[1:])
+    sys.argv[1:] = _preset_choices(sys.argv[1:])
     main()

@@ -3,7 +3,9 @@
     python benchmarks/latency_zoo.py [--targets 1.5 2 3] [--batch 1024] [--runs 15] [--epochs 5] [--lr 0.02]
 
 For each held-out zoo network and each target s, two routes prune the same trained network with the same
-criterion (group L2) and rounding (``round_to`` measured for the device, as ``target.latency_speedup`` uses):
+criterion (group L2) and rounding (``round_to`` measured for the device, as ``target.latency_speedup`` uses;
+where a narrow network cannot reach s at that multiple, the smaller one the MACs route falls back to, as
+``prune.round_to=auto`` does, is used by both routes and recorded per cell):
   macs     ``prune(target_speedup=s)``
   latency  ``prune_to_latency(target_latency_speedup=s)`` at ``--batch``; where the device cannot give s, the
            fastest candidate the search measured is taken and the cell is marked ``reached: false``
@@ -34,7 +36,7 @@ from metaprune.hardware import default_round_to  # noqa: E402
 from metaprune.io import atomic_write_json  # noqa: E402
 from metaprune.metrics import device_name  # noqa: E402
 from metaprune.prune import prune  # noqa: E402
-from metaprune.prune.latency import prune_to_latency  # noqa: E402
+from metaprune.prune.latency import prune_measured_round_to, prune_to_latency  # noqa: E402
 from metaprune.train import TrainConfig, evaluate, fit, seed_everything, split_data_cfg  # noqa: E402
 from metaprune.zoo import load_zoo  # noqa: E402
 
@@ -46,9 +48,9 @@ def prune_route(route: str, base, x, s: float, args, round_to) -> tuple[torch.nn
     """A pruned copy of ``base`` by ``route`` at target ``s``, and what the pruning reached."""
     m = copy.deepcopy(base)
     kw = dict(importance="l2", round_to=round_to, seed=args.seed)
-    if route == "macs":
-        r = prune(m, x, target_speedup=s, **kw)
-        return m, {"macs_speedup": r.speedup, "params_ratio": r.param_ratio}
+    if route == "macs":  # the measured multiple, lowered where this network cannot reach s at it
+        r = prune_measured_round_to(m, x, target_speedup=s, **kw)
+        return m, {"macs_speedup": r.speedup, "params_ratio": r.param_ratio, "round_to": r.round_to}
     timer = LoggedTimer(x)
     try:
         r, search = prune_to_latency(m, x, s, batch_size=args.batch, runs=args.runs, timer=timer, **kw)
@@ -58,7 +60,7 @@ def prune_route(route: str, base, x, s: float, args, round_to) -> tuple[torch.nn
         m = copy.deepcopy(base)
         r, search = prune(m, x, target_speedup=best["macs_speedup"], **kw), {"latency_speedup": best["latency_speedup"]}
         reached = False
-    return m, {"macs_speedup": r.speedup, "params_ratio": r.param_ratio, "reached": reached,
+    return m, {"macs_speedup": r.speedup, "params_ratio": r.param_ratio, "round_to": round_to, "reached": reached,
                "search_latency_speedup": search["latency_speedup"], "search": timer.calls}
 
 
@@ -66,9 +68,11 @@ def run_network(base, data, x, args, ft: dict, round_to) -> dict:
     test = data.loader("test", 512, shuffle=False)
     out = {"base_acc": evaluate(base, test, "cpu")["acc"]}
     for s in args.targets:
+        rounding = round_to
         for route in ROUTES:
             t0 = time.perf_counter()
-            m, cell = prune_route(route, base, x, s, args, round_to)
+            m, cell = prune_route(route, base, x, s, args, rounding)
+            rounding = cell["round_to"]  # the latency route rounds as the MACs route did: one rounding for both
             cell["no_finetune_acc"] = evaluate(m, test, "cpu")["acc"]
             fit(m, data, TrainConfig.from_dict(ft), desc=f"{route} {s}x")
             cell["test_acc"] = evaluate(m, test, "cpu")["acc"]

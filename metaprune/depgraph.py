@@ -214,11 +214,13 @@ class DepGraph:
     ``ignored_layers``: module names whose output channels stay untouched (their input channels may
     still shrink with the layer before them). ``customized_pruners``: ``{layer type: pruner}`` used on top
     of the registered ones (``metaprune.layers.custom_pruners()``). Build it on the model you will prune;
-    ``apply`` removes channel units in place.
+    ``apply`` removes channel units in place. ``dependency_graph``: torch-pruning's graph of ``model`` already
+    traced by :func:`build_dependency_graph` with the same pruners (the graph converter's trace), used instead of
+    tracing again (``example_inputs`` is then unused).
     """
 
     def __init__(self, model: nn.Module, example_inputs, ignored_layers=(), customized_pruners=None,
-                 protect_outputs: bool = False):
+                 protect_outputs: bool = False, dependency_graph=None):
         self.model = model
         self.pruners = merge_pruners(customized_pruners)
         modules = dict(model.named_modules())
@@ -228,8 +230,11 @@ class DepGraph:
                              f"names look like {[n for n in list(modules)[1:6]]}")
         self.ignored = [modules[n] for n in ignored_layers]
         self._check_custom_layers()
-        with time_bound(f"tracing the dependency graph of {type(model).__name__}"):
-            self.DG = build_dependency_graph(model, example_inputs, self.pruners)
+        if dependency_graph is not None:
+            self.DG = dependency_graph
+        else:
+            with time_bound(f"tracing the dependency graph of {type(model).__name__}"):
+                self.DG = build_dependency_graph(model, example_inputs, self.pruners)
         self.mod_name = {m: n for n, m in model.named_modules()}
         # ``protect_outputs``: the layers that write the model's outputs keep their output channels
         self.output_layers = custom_owner(model, [self.mod_name[m] for m in output_layers(self.DG, self.pruners)

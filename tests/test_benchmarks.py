@@ -207,6 +207,8 @@ def test_latency_zoo_script_gives_both_routes_one_budget(tmp_path):
                   "--runs", "1", "--batch", "64", "--out", str(tmp_path)])
     (net,) = r["per_network"].values()
     assert net["macs"]["1.5"]["finetune"] == net["latency"]["1.5"]["finetune"] == r["config"]["finetune"]
+    # one rounding for both routes: the device's measured multiple, or the smaller one a narrow net needs for 1.5x
+    assert net["macs"]["1.5"]["round_to"] == net["latency"]["1.5"]["round_to"] <= r["config"]["round_to"]
     assert r["summary"]["latency"]["1.5"]["test_acc"]["n"] == 1 and (tmp_path / "latency_zoo-digits.png").is_file()
 
 

@@ -20,7 +20,7 @@ from metaprune.graph import (
     graph_params,
     to_graph,
 )
-from metaprune.depgraph import build_dependency_graph
+from metaprune.depgraph import DepGraph, build_dependency_graph
 from metaprune.models import build
 
 GEN = torch.Generator().manual_seed(0)
@@ -436,16 +436,26 @@ def prune_group(model: nn.Module, example_inputs, root: str, idxs) -> nn.Module:
 
 
 def _check_group(model, x, g, grp, idxs):
-    pruned = prune_group(copy.deepcopy(model), x, grp.root, idxs)
+    """Removing the nodes of units ``idxs`` of graph group ``grp`` gives the graph of the network pruned by
+    metaprune (``DepGraph.apply`` on the ``metaprune.depgraph`` group it is derived from) and, for a channel
+    group, by torch-pruning's own pruning of those units' root channels."""
+    dep = DepGraph(copy.deepcopy(model), x, protect_outputs=True)
+    i, ref = next((i, r) for i, r in enumerate(dep.groups) if r.root == grp.root and r.kind == grp.kind)
+    assert ref.units == len(grp)
+    dep.apply({i: torch.as_tensor(idxs)})
+    references = [dep.model]
+    if ref.kind == "channel":
+        references.append(prune_group(copy.deepcopy(model), x, grp.root, ref.unit_roots[idxs].flatten().tolist()))
     reduced = g.remove_nodes(grp.node_ids(idxs))
-    fresh = to_graph(pruned, x)
-    for f in _GRAPH_FIELDS:
-        assert torch.equal(getattr(reduced, f), getattr(fresh, f)), (grp.root, f)
-    rebuilt = from_graph(reduced, pruned)
-    sd, sd2 = pruned.state_dict(), rebuilt.state_dict()
-    assert list(sd) == list(sd2) and all(torch.equal(sd[k], sd2[k]) for k in sd)
-    with torch.no_grad():
-        assert torch.equal(pruned(x), rebuilt(x))
+    for pruned in references:
+        fresh = to_graph(pruned, x)
+        for f in _GRAPH_FIELDS:
+            assert torch.equal(getattr(reduced, f), getattr(fresh, f)), (grp.root, f)
+        rebuilt = from_graph(reduced, pruned)
+        sd, sd2 = pruned.state_dict(), rebuilt.state_dict()
+        assert list(sd) == list(sd2) and all(torch.equal(sd[k], sd2[k]) for k in sd)
+        with torch.no_grad():
+            assert torch.equal(pruned(x), rebuilt(x))
 
 
 def test_groups_match_torch_pruning_resnet20():
@@ -484,9 +494,58 @@ def test_groups_match_torch_pruning_vit():
         _check_group(model, x, g, roots[root], [1, 5])
     emb = roots["blocks.1.mlp.2"]
     assert emb.nodes.shape == (32, 9)  # patch conv + per block: proj, mlp.2 and two residual sums
-    # torch-pruning's plain DepGraph group of qkv removes q/k/v rows one by one; present with its nodes
+    # qkv roots the attention's head-dimension group (metaprune.depgraph's): unit d removes row d of every head
+    # in q, k and v, all qkv rows once over; removing them is pruning that head slot
     qkv = roots["blocks.0.attn.qkv"]
-    assert torch.equal(qkv.nodes[:, 0], _layout(g, "blocks.0.attn.qkv.weight").out_nodes)
+    rows = _layout(g, "blocks.0.attn.qkv.weight").out_nodes
+    assert qkv.kind == "attention" and qkv.nodes.shape == (16, 6)  # head dim 16; 3 (q, k, v) x 2 heads
+    assert torch.equal(qkv.nodes.sort(1).values, rows.view(6, 16).t())
+    _check_group(model, x, g, qkv, [0, 7])
+
+
+def _owners(g) -> dict:
+    """Per graph node, the parameter entries ``(name, dim, index)`` it holds: its per-neuron features and the
+    weight rows it is the output neuron of (edges into it from other nodes are not counted)."""
+    owner = {}
+    for e in g.layout:
+        if e.is_buffer:
+            continue
+        if e.kind == "nodes":
+            own, dim = e.nodes, 0
+        elif e.kind == "edges" and e.out_nodes is not None:
+            own, dim = e.out_nodes, e.out_axis
+        else:
+            continue
+        for i, n in enumerate(own.tolist()):
+            owner.setdefault(n, []).append((e.name, dim, i))
+    return owner
+
+
+@pytest.mark.parametrize("name", ["resnet20", "densenet", "vit"])
+def test_graph_groups_are_the_groups_of_depgraph(name):
+    """``graph.groups`` is ``metaprune.depgraph.groups`` (the output layers ignored) on the graph: the same roots,
+    kinds and units in the same order, and unit c's nodes hold exactly the weight rows and per-channel
+    parameters its slices list (a CNN with residuals, a channel-concatenating DenseNet, a ViT whose attentions
+    are head-dimension groups)."""
+    from metaprune.cost import find_output_layers
+    from metaprune.depgraph import groups
+
+    model, x = (SMALL[name]() if name in SMALL else
+                (build("densenet", blocks=(2, 2), growth=4, in_channels=1), _x(2, 1, 8, 8)))
+    model = _randomize(model)
+    g = to_graph(model, x, groups=True)
+    ref = groups(model, x, find_output_layers(model, x))
+    assert [(n.root, n.kind, len(n)) for n in g.groups] == [(r.root, r.kind, r.units) for r in ref]
+    assert {r.kind for r in ref} == ({"channel", "attention"} if name == "vit" else {"channel"})
+    owner = _owners(g)
+    owning = {(name, dim) for entries in owner.values() for name, dim, _ in entries}
+    for node_group, group in zip(g.groups, ref):
+        slices = [(s.param, s.dim, s.idxs.tolist()) for s in group.slices if (s.param, s.dim) in owning]
+        for c in range(group.units):
+            held = {t for n in node_group.node_ids([c]).tolist() for t in owner.get(n, ())}
+            assert held == {(p, d, idxs[c]) for p, d, idxs in slices}, (group.root, c)
+    if name == "densenet":  # the stem's channels run through both dense blocks' concatenations
+        _check_group(model, x, g, next(n for n in g.groups if n.root == "stem"), [0, 5])
 
 
 # --- failures ------------------------------------------------------------------------------------

@@ -73,8 +73,9 @@ def test_groups_match_torch_pruning_gat():
         g = to_graph(model, x, groups=True)
         roots = {grp.root: grp for grp in g.groups}
         assert list(roots) == ["conv1"]  # conv2 is the classifier
-        # a unit is one head dimension, removed from every head at once: channels c and C + c
-        _check_group(model, x, g, roots["conv1"], [1, 4])
+        # a unit is one head dimension, removed from every head at once: unit 1 is channels 1 and C + 1 = 4
+        assert roots["conv1"].nodes.shape == (3, 2)
+        _check_group(model, x, g, roots["conv1"], [1])
 
 
 def test_permuting_lstm_hidden_units_permutes_nodes():
@@ -136,6 +137,9 @@ class _Scale(nn.Module):
 
 
 class _ScalePruner(tp.pruner.function.BasePruningFunc):
+    def param_slices(self, layer, out: bool):  # channel c owns gain[c] and shift[c] (graph groups need it)
+        return [("gain", 0, [lambda t: t]), ("shift", 0, [lambda t: t])]
+
     def prune_out_channels(self, layer, idxs):
         keep = torch.tensor(sorted(set(range(layer.gain.numel())) - set(idxs)))
         layer.gain = self._prune_parameter_and_grad(layer.gain, keep, 0)
@@ -187,6 +191,27 @@ def test_user_rule_round_trip_and_failures():
     register_layer(_Scale, graph_rule=lambda layer, g: g.nodes(4, "my_neuron"))
     with pytest.raises(GraphConversionError, match="my_neuron.*NODE_TYPES"):
         to_graph(model, _seq(2, 3))
+
+
+def test_graph_groups_need_what_pruning_needs():
+    """Graph groups are metaprune's groups: a layer whose pruner cannot list the entries one channel owns converts,
+    but asking for its groups is one clear error (pruning it would fail the same way)."""
+    class _BareScalePruner(_ScalePruner):
+        param_slices = None
+
+    def rule(layer, g):
+        inp = g.input_nodes(layer.gain.numel())
+        out = g.nodes(inp.numel(), "product")
+        g.constant(inp, out, "product")
+        g.feature("gain", out, "norm_weight")
+        g.feature("shift", out, "norm_bias")
+        return out, out
+
+    register_layer(_Scale, pruner=_BareScalePruner(), graph_rule=rule)
+    model = _scale_model()
+    assert to_graph(model, _seq(2, 3)).num_nodes > 0
+    with pytest.raises(GraphConversionError, match=r"channel groups of Sequential cannot be built: .*param_slices"):
+        to_graph(model, _seq(2, 3), groups=True)
 
 
 def test_register_layer_checks_its_arguments():

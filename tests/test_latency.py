@@ -1,12 +1,17 @@
 """Hardware-aware pruning: measured channel multiples and the latency-target search (timing faked: tests
 assert the search's behaviour, benchmarks/latency.py measures real time)."""
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
 from metaprune import build
 from metaprune.hardware import best_multiple
 from metaprune.metrics import macs_and_params
-from metaprune.prune.latency import paired_speedup, prune_to_latency
+from metaprune.prune import prune
+from metaprune.prune.latency import paired_speedup, prune_measured_round_to, prune_to_latency
+from metaprune.prune.pruner import UnreachableTarget
 
 
 def test_best_multiple_picks_smallest_fast_multiple():
@@ -54,3 +59,41 @@ def test_paired_timing_of_identical_models_is_near_one():
     model = build("resnet", depth=20, width=8, num_classes=10, in_channels=1)
     b, c, ratio = paired_speedup(model, model, (1, 8, 8), batch_size=4, runs=5)
     assert b > 0 and c > 0 and 0.2 < ratio < 5  # same network: no systematic difference (loose: shared CI)
+
+
+def test_measured_round_to_is_lowered_only_where_the_target_needs_it():
+    """A ResNet of width 8 kept at multiples of a measured 8 reaches about 2.1x, so 3x is unreachable. As
+    ``round_to=auto`` the largest smaller multiple that reaches it is used, with a warning; an explicit
+    ``round_to=8`` stays the user's constraint and fails naming it; a target reachable at 8 keeps 8."""
+    x = torch.randn(1, 1, 8, 8)
+    narrow = build("resnet", depth=20, width=8, num_classes=10, in_channels=1)
+    with pytest.raises(UnreachableTarget, match="round_to=8"):
+        prune(narrow, x, target_speedup=3.0, round_to=8)
+    with pytest.warns(UserWarning, match=r"measured channel multiple 8.*round_to=4"):
+        result = prune_measured_round_to(narrow, x, target_speedup=3.0, round_to=8)
+    assert result.round_to == 4 and result.speedup == pytest.approx(3.0, rel=0.05) and narrow(x).shape == (1, 10)
+    assert all(m.out_channels % 4 == 0 for m in narrow.modules() if isinstance(m, torch.nn.Conv2d))
+    wide = build("resnet", depth=20, width=16, num_classes=10, in_channels=1)
+    assert prune_measured_round_to(wide, x, target_speedup=3.0, round_to=8).round_to == 8
+
+
+def test_prune_run_with_round_to_auto_lowers_a_multiple_the_network_cannot_use(tmp_path, digits, monkeypatch):
+    """prune.py prune.round_to=auto on the demo ResNet (16/32/64 channels) where the device measured 64: no group
+    could shrink at 64, so the run prunes at the largest multiple that reaches 2x and its report says which."""
+    from hydra import compose, initialize_config_dir
+
+    import metaprune.hardware
+    from metaprune.cli import to_dict
+    from metaprune.prune.pipeline import run_prune
+
+    monkeypatch.setattr(metaprune.hardware, "default_round_to", lambda device, dtype: 64)
+    configs = str(Path(__file__).resolve().parents[1] / "configs")
+    with initialize_config_dir(config_dir=configs, version_base="1.3"):
+        cfg = to_dict(compose("prune", overrides=[f"output_dir={tmp_path / 'out'}", "logger=none", "metanet.checkpoint=none",
+                                                  "stage=trained_nofinetune", "prune.round_to=auto"]))
+    with pytest.warns(UserWarning, match=r"measured channel multiple 64.*round_to=(32|16|8)\b"):
+        report = run_prune(cfg, data=digits, progress=False)
+    used = report["pruning"]["round_to"]
+    assert used in (32, 16, 8) and report["speedup"] == pytest.approx(2.0, rel=0.05)
+    pruned = json.loads((tmp_path / "out" / "pruned" / "spec.json").read_text())["shapes"]
+    assert all(shape[0] % used == 0 for name, shape in pruned.items() if name.endswith("conv2.weight"))

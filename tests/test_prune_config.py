@@ -121,15 +121,59 @@ def test_metanet_presets_of_the_other_entry_point_are_one_clear_error():
     assert "Could not find 'metanet/shipped'" in proc.stderr and "large" in proc.stderr, proc.stderr
 
 
-def test_prune_py_metanet_none_still_selects_the_preset():
+def _prune_entry():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("prune_entry", REPO / "prune.py")
     entry = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(entry)
+    return entry
+
+
+def test_prune_py_metanet_none_still_selects_the_preset():
+    entry = _prune_entry()
     args = entry._metanet_choice(["metanet=none", "metanet.finetune_epochs=2", "target.speedup=3"])
     assert args == ["apply_metanet@metanet=none", "metanet.finetune_epochs=2", "target.speedup=3"]
     cfg = PruneConfig.from_dict(_compose("prune", *args, "output_dir=x"))
     assert cfg.metanet_checkpoint is None and cfg.metanet.finetune_epochs == 2
     assert entry._metanet_choice(["metanet=none,shipped"]) == ["apply_metanet@metanet=none,shipped"]  # multirun
     assert _compose("quality")["metanet"]["hidden"] == 16  # quality.yaml still composes an architecture preset
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "configs" / "prune_experiment").glob("*.yaml")))
+def test_every_prune_experiment_composes_and_validates(name, tmp_path):
+    """prune.py experiment=X selects configs/prune_experiment/X.yaml (as prune.py maps it), which composes into a
+    config the run accepts, with files that exist."""
+    args = _prune_entry()._preset_choices([f"experiment={name}", "target.speedup=4"])
+    assert args == [f"prune_experiment={name}", "target.speedup=4"]
+    cfg = PruneConfig.from_dict(_compose("prune", *args, f"output_dir={tmp_path}"))
+    assert cfg.raw["data"]["name"] == "fashion_mnist" and cfg.target == {"speedup": 4.0}  # the override wins
+    assert (REPO / cfg.raw["model"]["checkpoint"] / "spec.json").is_file()
+
+
+def test_fashion_mnist_experiments_are_the_protocol_with_and_without_the_metanetwork(tmp_path):
+    """The README's Fashion-MNIST protocol: the shipped metanetwork (named: auto does not apply it), 1 recovery +
+    1 finetune epoch, global l2_max to 3x; the baseline prunes the same network the same way with 2 finetune epochs."""
+    meta = PruneConfig.from_dict(_compose("prune", "prune_experiment=fashion_mnist", f"output_dir={tmp_path}"))
+    base = PruneConfig.from_dict(_compose("prune", "prune_experiment=fashion_mnist_depgraph", f"output_dir={tmp_path}"))
+    assert meta.metanet_checkpoint == Path("checkpoints/metanet/fashion_mnist") and base.metanet_checkpoint is None
+    assert meta.finetune.epochs == 1 and base.finetune.epochs == 2 and meta.target == base.target == {"speedup": 3.0}
+    assert meta.prune == base.prune and meta.prune.importance == "l2_max" and meta.prune.global_pruning
+    assert meta.raw["model"] == base.raw["model"]
+
+
+def test_experiment_of_the_other_entry_point_is_one_clear_error(capsys):
+    """configs/experiment/ = train_meta.py's (and quality.py's) experiments, configs/prune_experiment/ = prune.py's:
+    prune.py names where each kind lives instead of Hydra's 'Could not override' about a zoo it has no slot for;
+    train_meta.py lists its own experiments."""
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(SystemExit) as e:
+        _prune_entry()._preset_choices(["target.speedup=2", "experiment=resnet56_cifar10"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(
+        "error: experiment=resnet56_cifar10 is not a prune.py preset (fashion_mnist, fashion_mnist_depgraph)"), err
+    assert "configs/experiment/ holds train_meta.py's and quality.py's experiments" in err
+    with pytest.raises(MissingConfigException, match=r"Could not find 'experiment/fashion_mnist_depgraph'"):
+        _compose("train_meta", "experiment=fashion_mnist_depgraph")
+    assert _compose("train_meta", "experiment=fashion_mnist")["zoo"]["name"] == "fashion_mnist"  # still composes

@@ -7,9 +7,9 @@ slots named by ``NODE_FEATURES`` (bias, norm weight / bias, running mean / var),
 slots that hold one. ``edge_index`` [2, E] (row 0 = input neuron, row 1 = output neuron) is sorted by
 ``edge_type``; ``edge_attr`` is FLAT: the edges of type t form one block and each carries
 ``edge_feature_size(name)`` values (a kxk kernel, a scalar, ...); read it with ``graph.edge_features(t)``.
-``to_graph(model, example_inputs, groups=True)`` also fills ``graph.groups``: torch-pruning's DepGraph groups
-(output layer ignored) as :class:`NodeGroup` whose ``nodes[c]`` are the graph nodes that pruning channel c of
-the group removes (-1 padded); the groups themselves, as parameter slices, are ``metaprune.depgraph.groups``.
+``to_graph(model, example_inputs, groups=True)`` also fills ``graph.groups``: the channel groups of
+``metaprune.depgraph.groups`` (output layers ignored; same roots, kinds and units, in the same order) as
+:class:`NodeGroup` whose ``nodes[c]`` are the graph nodes that removing unit c of the group removes (-1 padded).
 The private layout makes the conversion bijective and bit-exact for every parameter and buffer.
 """
 from . import rules  # noqa: F401  (registers the LSTM and GATConv rules)

@@ -556,11 +556,11 @@ class _Builder:
         return g
 
     def groups(self) -> list:
-        """Per DepGraph group: LongTensor [C_g, m_g] of the nodes that pruning channel c removes."""
+        """Per channel group (``metaprune.depgraph.groups``): LongTensor [units, m] of the nodes unit c removes."""
         out = []
-        for root, size, items in self.tr.groups:
+        for root, size, kind, items in self.tr.groups:
             rows, cols = [], []
-            for op, idxs, root_idxs in items:
+            for op, idxs, unit_ids in items:
                 made = self.created.get(op)
                 if made is None:
                     continue
@@ -569,7 +569,7 @@ class _Builder:
                         f"DepGraph group rooted at {root!r} addresses channel {int(idxs.max())} of "
                         f"{self.tr.ops[op].name!r}, which has {made.shape[0]}")
                 nodes = made[idxs]  # [k, m]
-                rows.append(root_idxs[:, None].expand_as(nodes).reshape(-1))
+                rows.append(unit_ids[:, None].expand_as(nodes).reshape(-1))
                 cols.append(nodes.reshape(-1))
             if not rows:
                 continue
@@ -581,7 +581,7 @@ class _Builder:
             table = torch.full((size, m), -1, dtype=torch.long)
             pos = torch.arange(r.numel()) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
             table[r, pos] = c
-            out.append(NodeGroup(root, table))
+            out.append(NodeGroup(root, table, kind))
         return out
 
 
@@ -645,11 +645,12 @@ class LayerGraph:
 
 
 class NodeGroup:
-    """One DepGraph pruning group: ``nodes[c]`` are the graph nodes removed with group channel c
-    (padded with -1 when channels remove different numbers of nodes)."""
+    """The graph view of one :class:`metaprune.depgraph.Group` (same ``root``, ``kind`` and unit count):
+    ``nodes[c]`` are the graph nodes removed with unit c of the group (padded with -1 when units remove
+    different numbers of nodes). Removing them is what ``DepGraph.apply`` does to the network."""
 
-    def __init__(self, root: str, nodes: torch.Tensor):
-        self.root, self.nodes = root, nodes
+    def __init__(self, root: str, nodes: torch.Tensor, kind: str = "channel"):
+        self.root, self.nodes, self.kind = root, nodes, kind
 
     def __len__(self):
         return self.nodes.shape[0]
@@ -659,20 +660,22 @@ class NodeGroup:
         return t[t >= 0]
 
     def __repr__(self):
-        return f"NodeGroup(root={self.root!r}, channels={self.nodes.shape[0]}, nodes_per_channel={self.nodes.shape[1]})"
+        return (f"NodeGroup(root={self.root!r}, kind={self.kind!r}, units={self.nodes.shape[0]}, "
+                f"nodes_per_unit={self.nodes.shape[1]})")
 
 
 def to_graph(model: nn.Module, example_inputs, groups: bool = False) -> NetGraph:
     """Convert ``model`` (traced on ``example_inputs``) to a :class:`NetGraph`.
 
-    ``groups``: also list the DepGraph groups as :class:`NodeGroup` (``graph.groups``; without it the graph
-    has no ``groups``). They take a large share of the conversion time and only graph-space pruning reads them.
+    ``groups``: also list the channel groups of ``metaprune.depgraph.groups`` (the network's output layers
+    ignored, as pruning protects them) as :class:`NodeGroup` (``graph.groups``; without it the graph has no
+    ``groups``). They take a large share of the conversion time and only graph-space pruning reads them.
     Raises :class:`GraphConversionError` naming the module path and op for anything it cannot represent.
     """
     tr = trace(model, example_inputs)
     b = _Builder(model, tr)
     b.run()
     if groups:
-        compute_groups(tr)
+        compute_groups(tr, model)
     release(tr)  # free autograd's graph before the big allocations
     return b.assemble(groups)

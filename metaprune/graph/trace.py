@@ -1,12 +1,12 @@
-"""The graph converter's view of torch-pruning: trace a model into ops and DepGraph pruning groups.
+"""The graph converter's view of torch-pruning: trace a model into ops, and find the ops of its channel groups.
 
 The dependency graph is built by ``metaprune.depgraph.build_dependency_graph`` (the one place metaprune
 builds one, with the registered custom pruners); the converter reads the neutral :class:`Trace` returned
 here, never torch-pruning itself. The trace is torch-pruning's ``DependencyGraph`` (module nodes
 plus functional ops such as add, cat, reshape), re-expressed as a topologically ordered list of
 :class:`Op` with the output index of every input (needed for split / unbind), the shapes of every
-intermediate tensor (recorded with a ``TorchFunctionMode`` during the same forward pass) and the
-pruning groups at channel resolution.
+intermediate tensor (recorded with a ``TorchFunctionMode`` during the same forward pass). On request,
+:func:`compute_groups` places the groups of ``metaprune.depgraph`` (the one group type) on those ops.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
-from ..depgraph import OPTYPE, build_dependency_graph, root_types
+from ..depgraph import OPTYPE, DepGraph, UnprunableOpError, build_dependency_graph
 from ..layers import graph_rule_for
 
 
@@ -70,8 +70,7 @@ class Op:
 class Trace:
     ops: list  # [Op] in topological order
     shapes: dict  # (grad_fn, output_nr) -> tuple shape of that tensor
-    groups: list  # [(root, channels, [(op id, idxs, root_idxs)])], filled by compute_groups
-    output_layers: list  # module paths of layers ignored for grouping (the network outputs)
+    groups: list  # [(root, units, kind, [(op id, idxs, unit of each idx)])], filled by compute_groups
     _dg: object = None
     _order: list = None
     _names: dict = None  # module -> path
@@ -241,34 +240,40 @@ def _from_dependency_graph(dg, module_names, param_names, shapes) -> Trace:
             if src not in seen:
                 op.inputs.append((op_of[src], 0))
 
-    tr = Trace(ops, shapes, [], _output_layers(order, module_names))
+    tr = Trace(ops, shapes, [])
     tr._dg, tr._order, tr._names = dg, order, module_names
     return tr
 
 
-def compute_groups(tr: Trace) -> list:
-    """DepGraph's pruning groups (output layers ignored, as torch-pruning's pruners do), keeping only
-    the output-channel removals, at channel resolution: per group ``(root module path, channels, items)``
-    with items ``(op id whose output channels go, LongTensor idxs in that output, LongTensor group channel of
-    each idx)``. Separate from :func:`trace` so a model the converter refuses fails before torch-pruning's
-    (sometimes expensive) group expansion, and only run when graph groups are asked for."""
-    dg, order = tr._dg, tr._order
-    op_of = {n: k for k, n in enumerate(order)}
-    module_names = tr._names
-    ignored = [n.module for n in order
-               if isinstance(n.module, nn.Module) and module_names.get(n.module) in tr.output_layers]
+def compute_groups(tr: Trace, model: nn.Module) -> list:
+    """The channel groups of ``model`` as :func:`metaprune.depgraph.groups` gives them (the network's output
+    layers ignored, as pruning protects them), built on the trace's own dependency graph, with the traced ops
+    whose output channels each unit removes: per group ``(root, units, kind, items)``, items ``(op id, LongTensor
+    idxs in that op's output, LongTensor unit of each idx)``. A channel group's ops are those of its coupled
+    channels (convs, norms, residual sums, concatenations); an attention group's are the q, k, v rows of its
+    head-dimension slot (the projection loses input columns: edges). Separate from :func:`trace` so a model the
+    converter refuses fails before the (sometimes expensive) group expansion, and only run when graph groups are
+    asked for."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dep = DepGraph(model, None, protect_outputs=True, dependency_graph=tr._dg)
+    except UnprunableOpError as e:
+        raise GraphConversionError(f"the channel groups of {type(model).__name__} cannot be built: {e}") from e
+    op_of = {n: k for k, n in enumerate(tr._order)}
+    op_of_module = {op.name: op.id for op in tr.ops if isinstance(op.module, nn.Module)}
     groups = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for g in dg.get_all_groups(ignored_layers=ignored, root_module_types=root_types()):
-            root = g[0].dep.target.module
-            items = []
-            for it in g:
-                if not dg.is_out_channel_pruning_fn(it.dep.handler):
-                    continue
-                items.append((op_of[it.dep.target], torch.as_tensor(it.idxs, dtype=torch.long),
-                              torch.as_tensor(it.root_idxs, dtype=torch.long)))
-            groups.append((module_names.get(root, "?"), len(g[0].idxs), items))
+    for grp in dep.groups:
+        if grp.kind == "attention":
+            units = torch.arange(grp.units)
+            items = [(op_of_module[sl.param[:-len(".weight")]], sl.idxs, units) for sl in grp.slices
+                     if sl.dim == 0 and sl.param.endswith(".weight")]
+        else:
+            unit_of_root = torch.empty(grp.unit_roots.numel(), dtype=torch.long)
+            unit_of_root[grp.unit_roots.flatten()] = torch.arange(grp.units).repeat_interleave(grp.unit_roots.shape[1])
+            items = [(op_of[d.target], targets, unit_of_root[roots]) for d, targets, roots in grp.cuts
+                     if tr._dg.is_out_channel_pruning_fn(d.handler)]
+        groups.append((grp.root, grp.units, grp.kind, items))
     tr.groups = groups
     return groups
 
@@ -279,22 +284,3 @@ def release(tr: Trace) -> None:
     tr.shapes = None
     for op in tr.ops:
         op.grad_fn = None
-
-
-def _output_layers(order, module_names) -> list:
-    """Module paths of the conv / linear layers that produce the network outputs (never pruned):
-    walk back from every node without consumers through parameter-free ops."""
-    layers = (OPTYPE.CONV, OPTYPE.LINEAR, OPTYPE.DEPTHWISE_CONV, OPTYPE.MHA,
-              OPTYPE.CUSTOMIZED)
-    out = []
-    stack, seen = [n for n in order if not n.outputs], set()
-    while stack:
-        m = stack.pop()
-        if m in seen:
-            continue
-        seen.add(m)
-        if m.type in layers:
-            out.append(module_names.get(m.module, "?"))
-        elif m.type != OPTYPE.PARAMETER:
-            stack.extend(m.inputs)
-    return out

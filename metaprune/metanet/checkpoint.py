@@ -10,6 +10,7 @@ import torch.nn as nn
 from ..io import (MAX_CONFIG_BYTES, CheckpointError, atomic_dir, atomic_write_json, read_json, read_safetensors,
                   save_tensors)
 from ..models.budget import check_budget
+from ..utils import preserve_mode
 from .model import Metanet
 
 WEIGHTS, CONFIG, SPLIT = "metanet.safetensors", "config.json", "zoo_split.json"
@@ -56,7 +57,8 @@ class UnseenTypesError(ValueError):
 @torch.no_grad()
 def apply_metanet(metanet: Metanet | str | os.PathLike, model: nn.Module, example_inputs,
                   seen_only: bool = False) -> nn.Module:
-    """``model`` with the weights the metanetwork writes (model -> NetGraph -> metanet -> model), in place.
+    """A copy of ``model`` with the weights the metanetwork writes (model -> NetGraph -> metanet -> model), in the
+    train/eval mode ``model`` is in (per submodule); ``model`` and the metanetwork keep theirs.
 
     ``metanet`` is a :class:`Metanet` or the directory of a saved one. ``seen_only``: raise
     :class:`UnseenTypesError` instead of rewriting a network with node or edge types the metanetwork has no
@@ -65,11 +67,10 @@ def apply_metanet(metanet: Metanet | str | os.PathLike, model: nn.Module, exampl
 
     if not isinstance(metanet, nn.Module):
         metanet = load_metanet(metanet)
-    was_training = model.training
-    graph = to_graph(model, example_inputs)
+    with preserve_mode(model):  # the copy from_graph makes keeps every submodule's train/eval mode
+        graph = to_graph(model, example_inputs)
     unseen = metanet.unseen_types(graph) if seen_only else []
     if unseen:
         raise UnseenTypesError(f"the metanetwork was never trained on {', '.join(unseen)}")
-    out = from_graph(metanet.eval().transform(graph), model)
-    out.train(was_training)
-    return out
+    with preserve_mode(metanet):
+        return from_graph(metanet.eval().transform(graph), model)

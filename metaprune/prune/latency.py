@@ -4,19 +4,23 @@ MACs are a poor proxy for time: odd channel counts fall off vectorised and tenso
 search variable is still the MACs target of :func:`metaprune.prune.prune` (so grouping, criteria and
 rounding are the same), but each candidate is pruned on a copy and *timed* at the requested batch size and
 dtype; bisection finds the smallest MACs reduction whose measured latency ratio reaches the target.
+:func:`prune_measured_round_to` is :func:`prune` with the channel multiple measured for the device
+(``prune.round_to=auto``), lowered where a narrow network cannot reach the target at it.
 """
 from __future__ import annotations
 
 import copy
 import statistics
 import time
+import warnings
 
 import torch
 import torch.nn as nn
 
+from ..hardware import CANDIDATES
 from ..metrics import autocast_for, batch_of, sync
 from ..utils import preserve_mode
-from .pruner import PruneResult, prune
+from .pruner import PruneResult, UnreachableTarget, prune
 
 
 @torch.no_grad()
@@ -40,6 +44,28 @@ def paired_speedup(base: nn.Module, cand: nn.Module, inputs, batch_size=1, devic
                     times[j].append((time.perf_counter() - t0) * 1e3)
     b, c = statistics.median(times[0]), statistics.median(times[1])
     return b, c, b / c
+
+
+def prune_measured_round_to(model: nn.Module, example_inputs, round_to: int | None, **prune_kwargs) -> PruneResult:
+    """:func:`prune` with ``round_to`` measured for the device (``metaprune.hardware.default_round_to``, what
+    ``prune.round_to=auto`` asks for). The measured multiple is a speed preference, not the user's constraint:
+    where the target cannot be reached at it (narrow layers: a 12-channel layer kept at a multiple of 8 can lose
+    only 4 channels), the largest smaller candidate multiple that reaches it is used, with a warning naming both;
+    ``result.round_to`` records the multiple used. An explicit ``round_to`` is never lowered: call :func:`prune`.
+    """
+    tried = []
+    for r in [round_to] + [c for c in sorted(CANDIDATES, reverse=True) if round_to and c < round_to]:
+        try:
+            result = prune(model, example_inputs, round_to=r, **prune_kwargs)  # all or nothing: retrying is safe
+        except UnreachableTarget:
+            tried.append(r)
+            if r is None or r <= 1:
+                raise
+            continue
+        if tried:
+            warnings.warn(f"round_to=auto: the target is unreachable at the measured channel multiple {round_to} "
+                          f"(this network's layers are too narrow), so round_to={r} is used", stacklevel=2)
+        return result
 
 
 def prune_to_latency(model: nn.Module, example_inputs: torch.Tensor, target_latency_speedup: float,

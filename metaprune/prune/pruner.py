@@ -25,6 +25,10 @@ from .importance import Importance, importance as make_importance
 from .safety import check_output_shapes, output_shapes, unchanged_on_error
 
 
+class UnreachableTarget(ValueError):
+    """The target cannot be reached without removing a whole layer; the message names the most reachable."""
+
+
 @dataclass
 class PruneResult:
     base_macs: int            # torch-pruning's counter plus custom layers (cost.macs_and_params)
@@ -187,7 +191,7 @@ def _prune(model, example_inputs, target, what, crit, global_pruning, round_to, 
     k_max = len(rows)
     max_reach = reached(k_max) if k_max else 1.0
     if target > max_reach * (1 + 1e-9):
-        raise ValueError(
+        raise UnreachableTarget(
             f"target {what}={target:g} is unreachable without removing a whole layer: the most this model "
             f"reaches is about {max_reach:.2f}x (every group down to {max(1, round_to or 1)} channel(s)"
             f"{', round_to=' + str(round_to) if round_to else ''}, protected: {', '.join(protected) or 'none'})")
