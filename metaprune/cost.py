@@ -164,6 +164,10 @@ class CostModel:
             for d, s in enumerate(p.shape):
                 self._var[(name, d)] = len(sizes)
                 sizes.append(float(s))
+        canonical = {id(p): name for name, p in params.items()}
+        for name, p in model.named_parameters(remove_duplicate=False):  # a tied parameter: one set of variables
+            for d in range(p.dim()):
+                self._var.setdefault((name, d), self._var[(canonical[id(p)], d)])
         self.sizes = np.array(sizes)
         # A[v, g]: entries of variable v removed per unit removed from group g
         self.A = np.zeros((len(sizes), len(groups)))

@@ -141,34 +141,98 @@ def group_norms(group: Group, params: dict[str, torch.Tensor], p: int = 2) -> to
 
 @dataclass
 class Heads:
-    """A multi-head attention whose head dimension metaprune prunes (slot ``d`` of every head at once).
+    """A multi-head attention whose heads metaprune prunes, one unit at a time.
 
-    ``outs``: ``(Linear, blocks)`` whose output rows are ``blocks`` stacked ``[heads x head_dim]`` blocks (a fused
-    qkv: 3; separate query/key/value: 1 each); ``proj``: the Linear reading the heads' outputs as input columns;
-    ``module``: the attention module whose width attributes follow the new head dim (its scale stays: pruning
-    head dims must not change the attention temperature)."""
+    ``outs``: ``(layer, blocks, heads)``: the layer's output rows are ``blocks`` stacked ``[heads x head_dim]`` blocks
+    (a fused qkv: 3 blocks of ``heads``; separate query/key/value: 1 each, keys and values with ``kv_heads`` under
+    grouped-query attention); ``proj``: the layer reading the query heads' outputs as input columns; ``module``: the
+    attention module whose width attributes follow. Layers are ``nn.Linear`` or a registered custom layer (GPT-2's
+    ``Conv1D``). ``unit``: ``dim`` removes slot ``d`` of every head (the head dim shrinks; the scale stays, pruning
+    must not change the attention temperature); ``head`` removes one key/value head with the query heads sharing it
+    (whole heads: where a rotary embedding pairs the dims of a head, or keys and values have fewer heads)."""
 
     module: nn.Module
     outs: list
-    proj: nn.Linear
+    proj: nn.Module
     heads: int
+    head_dim: int
+    kv_heads: int
+    unit: str = "dim"
 
     @property
-    def head_dim(self) -> int:
-        return self.proj.in_features // self.heads
+    def units(self) -> int:
+        return self.head_dim if self.unit == "dim" else self.kv_heads
+
+    def rows(self, heads: int, units: torch.Tensor) -> torch.Tensor:
+        """Indices, in a ``[heads x head_dim]`` block, of the entries ``units`` own (sorted)."""
+        units = torch.as_tensor(units, dtype=torch.long).flatten()
+        hd = self.head_dim
+        if self.unit == "dim":
+            idx = torch.arange(heads)[:, None] * hd + units[None, :]
+        else:  # key/value head g: query heads g*r .. g*r + r - 1 of a block of heads = r * kv_heads
+            r = heads // self.kv_heads
+            head = (units[:, None] * r + torch.arange(r)[None, :]).flatten()
+            idx = head[:, None] * hd + torch.arange(hd)[None, :]
+        return idx.flatten().sort().values
+
+    def cut(self, units: torch.Tensor, pruners: dict) -> None:
+        """Remove ``units`` from every projection, then update the counts and the module's width attributes."""
+        for lin, blocks, heads in self.outs:
+            width = heads * self.head_dim
+            rows = torch.cat([b * width + self.rows(heads, units) for b in range(blocks)])
+            _cut(lin, rows.tolist(), True, pruners)
+        _cut(self.proj, self.rows(self.heads, units).tolist(), False, pruners)
+        n = len(units)
+        if self.unit == "dim":
+            self.head_dim -= n
+        else:
+            self.heads -= n * (self.heads // self.kv_heads)
+            self.outs = [(lin, b, h - n * (h // self.kv_heads)) for lin, b, h in self.outs]
+            self.kv_heads -= n
+        self.sync()
 
     def sync(self) -> None:
-        """Width attributes read in ``forward``: timm's ``head_dim``/``attn_dim``, Hugging Face's
-        ``attention_head_size``/``all_head_size``."""
-        m, hd = self.module, self.head_dim
-        for name, value in (("head_dim", hd), ("attn_dim", hd * self.heads), ("attention_head_size", hd),
-                            ("all_head_size", hd * self.heads)):
+        """Width attributes read in ``forward``: timm's ``head_dim``/``attn_dim``/``num_heads``, Hugging Face's
+        ``attention_head_size``/``all_head_size``/``num_attention_heads``/``num_key_value_heads``, GPT-2's
+        ``split_size`` (the width of each of q, k, v)."""
+        m, hd, width = self.module, self.head_dim, self.head_dim * self.heads
+        for name, value in (("head_dim", hd), ("attn_dim", width), ("attention_head_size", hd),
+                            ("all_head_size", width), ("split_size", width), ("num_heads", self.heads),
+                            ("num_attention_heads", self.heads), ("num_key_value_heads", self.kv_heads)):
             if isinstance(getattr(m, name, None), int) and not isinstance(getattr(m, name), bool):
                 setattr(m, name, value)
 
 
-def _consumer_linear(DG, lin: nn.Linear, stop: set) -> nn.Linear | None:
-    """The first Linear downstream of ``lin`` in the traced graph (the attention's output projection)."""
+def _width(layer: nn.Module, out: bool, pruners: dict) -> int | None:
+    """Output (``out``) or input width of a Linear or a layer with a custom pruner."""
+    if isinstance(layer, nn.Linear):
+        return layer.out_features if out else layer.in_features
+    pruner = pruners.get(type(layer))
+    if pruner is None:
+        return None
+    return pruner.get_out_channels(layer) if out else pruner.get_in_channels(layer)
+
+
+def _cut(layer: nn.Module, idxs: list, out: bool, pruners: dict) -> None:
+    if isinstance(layer, nn.Linear):
+        (tpf.prune_linear_out_channels if out else tpf.prune_linear_in_channels)(layer, idxs)
+    else:
+        pruner = pruners[type(layer)]
+        (pruner.prune_out_channels if out else pruner.prune_in_channels)(layer, idxs)
+
+
+def _layer_slices(name: str, layer: nn.Module, out: bool, idxs: torch.Tensor, pruners: dict) -> list[Slice]:
+    """The parameter entries of output rows (``out``) or input columns ``idxs`` of a Linear or custom layer."""
+    if isinstance(layer, nn.Linear):
+        spec = [("weight", 0 if out else 1)] + ([("bias", 0)] if out and layer.bias is not None else [])
+    else:
+        spec = [(n, d) for n, d, _ in pruners[type(layer)].param_slices(layer, out)]
+    return [Slice(f"{name}.{n}", d, idxs) for n, d in spec]
+
+
+def _consumer(DG, lin: nn.Module, stop: set, kinds: tuple) -> nn.Module | None:
+    """The first layer of type ``kinds`` downstream of ``lin`` in the traced graph (the attention's output
+    projection)."""
     node = DG.module2node.get(lin)
     stack, seen = list(node.outputs) if node is not None else [], set()
     while stack:
@@ -176,35 +240,62 @@ def _consumer_linear(DG, lin: nn.Linear, stop: set) -> nn.Linear | None:
         if n in seen:
             continue
         seen.add(n)
-        if isinstance(n.module, nn.Linear) and n.module not in stop:
+        if isinstance(n.module, kinds) and n.module not in stop:
             return n.module
-        if not isinstance(n.module, (nn.Linear, nn.modules.conv._ConvNd)):
+        if not isinstance(n.module, (nn.Linear, nn.modules.conv._ConvNd) + kinds):
             stack.extend(n.outputs)
     return None
 
 
-def attention_heads(model: nn.Module, DG=None) -> list[Heads]:
-    """The multi-head attentions of ``model`` whose head dimension can be pruned: a fused ``qkv`` Linear with
-    ``proj`` and ``num_heads`` (metaprune's ViT, timm's ViT/DeiT), or ``query``/``key``/``value`` (or
-    ``q_proj``/``k_proj``/``v_proj``) Linears of equal width with ``num_attention_heads`` (Hugging Face BERT, ViT),
-    whose output projection is found in the traced graph. Grouped-query attention (fewer key/value heads) is not
-    matched: pruning it fails (model unchanged) unless its projections are in ``ignored_layers``."""
+def _rotary(m: nn.Module) -> bool:
+    """Does attention ``m`` rotate queries and keys (Llama-style ``position_embeddings`` passed to its forward)?"""
+    return _takes(m, "position_embeddings")
+
+
+def attention_heads(model: nn.Module, DG=None, pruners: dict | None = None) -> list[Heads]:
+    """The multi-head attentions of ``model`` whose heads can be pruned:
+
+    - a fused ``qkv`` Linear with ``proj`` and ``num_heads`` (metaprune's ViT, timm's ViT/DeiT): head dims;
+    - a fused ``c_attn`` with ``c_proj``, ``num_heads`` and ``split_size`` (Hugging Face GPT-2, ``Conv1D``): head dims;
+    - ``query``/``key``/``value`` (or ``q_proj``/``k_proj``/``v_proj``) with ``num_attention_heads`` or ``head_dim``,
+      whose output projection is found in the traced graph (Hugging Face BERT, ViT: head dims; Llama-style
+      attention with rotary embeddings or grouped-query attention, ``num_key_value_heads < num_attention_heads``:
+      whole key/value heads with their query heads).
+    """
+    pruners = merge_pruners() if pruners is None else pruners
+    layer_types = (nn.Linear, *pruners)
     found = []
     for m in model.modules():
-        qkv, proj, heads = getattr(m, "qkv", None), getattr(m, "proj", None), getattr(m, "num_heads", None)
-        if isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear) and isinstance(heads, int) \
-                and qkv.out_features == 3 * proj.in_features and proj.in_features % heads == 0 \
-                and isinstance(getattr(m, "q_norm", nn.Identity()), nn.Identity) and getattr(m, "gate", None) is None:
-            found.append(Heads(m, [(qkv, 3)], proj, heads))
-            continue
-        names = ("query", "key", "value") if hasattr(m, "query") else ("q_proj", "k_proj", "v_proj")
-        q, k, v = (getattr(m, n, None) for n in names)
-        heads = getattr(m, "num_attention_heads", getattr(m, "num_heads", None))
-        if DG is not None and all(isinstance(t, nn.Linear) for t in (q, k, v)) and isinstance(heads, int) \
-                and q.out_features == k.out_features == v.out_features and q.out_features % heads == 0:
-            proj = _consumer_linear(DG, v, {q, k, v})
-            if proj is not None and proj.in_features == v.out_features:
-                found.append(Heads(m, [(q, 1), (k, 1), (v, 1)], proj, heads))
+        for qkv_name, proj_name in (("qkv", "proj"), ("c_attn", "c_proj")):
+            qkv, proj, heads = getattr(m, qkv_name, None), getattr(m, proj_name, None), getattr(m, "num_heads", None)
+            if not (isinstance(qkv, layer_types) and isinstance(proj, layer_types) and isinstance(heads, int)):
+                continue
+            width, fused = _width(proj, False, pruners), _width(qkv, True, pruners)
+            if qkv_name == "c_attn" and getattr(m, "split_size", None) != width:
+                continue  # GPT-2 cross attention (c_attn holds keys and values only)
+            if width and fused == 3 * width and width % heads == 0 \
+                    and isinstance(getattr(m, "q_norm", nn.Identity()), nn.Identity) and getattr(m, "gate", None) is None:
+                found.append(Heads(m, [(qkv, 3, heads)], proj, heads, width // heads, heads))
+                break
+        else:
+            names = ("query", "key", "value") if hasattr(m, "query") else ("q_proj", "k_proj", "v_proj")
+            q, k, v = (getattr(m, n, None) for n in names)
+            if DG is None or not all(isinstance(t, layer_types) for t in (q, k, v)):
+                continue
+            wq, wk, wv = (_width(t, True, pruners) for t in (q, k, v))
+            heads = getattr(m, "num_attention_heads", getattr(m, "num_heads", None))
+            hd = getattr(m, "head_dim", None)
+            if not isinstance(hd, int) or isinstance(hd, bool):
+                hd = wq // heads if isinstance(heads, int) and heads and wq % heads == 0 else None
+            if not hd or wk != wv or wq % hd or wk % hd or (wq // hd) % (wk // hd):
+                continue
+            heads, kv_heads = wq // hd, wk // hd
+            proj = _consumer(DG, v, {q, k, v}, layer_types)
+            if proj is None or _width(proj, False, pruners) != wq:
+                continue
+            unit = "head" if kv_heads != heads or _rotary(m) else "dim"
+            found.append(Heads(m, [(q, 1, heads), (k, 1, kv_heads), (v, 1, kv_heads)], proj, heads, hd, kv_heads,
+                               unit))
     return found
 
 
@@ -243,6 +334,8 @@ class DepGraph:
             self.ignored += [modules[n] for n in self.output_layers if modules[n] not in self.ignored]
         self._check_supported()
         self.param_name = {p: n for n, p in model.named_parameters()}
+        # a parameter shared by several layers (tied embeddings) is named once, as named_parameters() names it
+        self.canonical = {n: self.param_name[p] for n, p in model.named_parameters(remove_duplicate=False)}
         self.unwrapped_dim = {u.parameters: u.pruning_dim for u in self.DG.unwrapped_parameters}
         self.fixed = []  # roots of groups left alone: torch-pruning's index mapping through them is inconsistent
         with time_bound(f"building the channel groups of {type(model).__name__}"):
@@ -295,23 +388,23 @@ class DepGraph:
 
     # ------------------------------------------------------------------ groups
     def _build_groups(self) -> list[Group]:
-        groups = []
         ignored = {id(sub) for m in self.ignored for sub in m.modules()}
-        attn = {lin: h for h in attention_heads(self.model, self.DG) for lin, _ in h.outs}
-        done = set()
-        roots = root_types(self.pruners)
-        for g in self.DG.get_all_groups(ignored_layers=self.ignored, root_module_types=roots):
-            root = g[0].dep.target.module
-            if root in attn:  # the head dims of q, k, v and the projection's input: one attention group
-                h = attn[root]
-                if id(h) not in done and not any(id(lin) in ignored for lin, _ in h.outs):
-                    done.add(id(h))
-                    groups.append(self._attention_group(h))
-                continue
+        order = {m: i for i, m in enumerate(self.DG.module2node)}
+        found = []  # (position of the root in the traced graph, group)
+        attn_layers = []
+        for h in attention_heads(self.model, self.DG, self.pruners):
+            layers = [lin for lin, _, _ in h.outs]
+            attn_layers += layers
+            if not any(id(lin) in ignored for lin in layers):  # the heads of q, k, v and the projection's input
+                found.append((min(order.get(lin, len(order)) for lin in layers), self._attention_group(h)))
+        # q, k, v root no channel group of torch-pruning's: their heads are one attention group above (and under
+        # grouped-query attention its index mapping through the repeated key/value heads grows without bound)
+        skip = [m for m in attn_layers if m not in self.ignored]
+        for g in self.DG.get_all_groups(ignored_layers=self.ignored + skip, root_module_types=root_types(self.pruners)):
             grp = self._channel_group(g)
             if grp is not None:
-                groups.append(grp)
-        return groups
+                found.append((order.get(g[0].dep.target.module, len(order)), grp))
+        return [grp for _, grp in sorted(found, key=lambda t: t[0])]
 
     def _channel_groups_of(self, g) -> int:
         """How many interleaved channel blocks the root splits into (grouped convs), as torch-pruning does."""
@@ -391,7 +484,11 @@ class DepGraph:
         prefix = self.mod_name.get(m)
         if prefix is None:
             return []
-        p = lambda n: f"{prefix}.{n}" if prefix else n  # noqa: E731
+
+        def p(n):
+            full = f"{prefix}.{n}" if prefix else n
+            return self.canonical.get(full, full)
+
         out = self.DG.is_out_channel_pruning_fn(fn)
         custom = self.pruners.get(type(m))
         if custom is not None:  # the rule lists what one channel owns (checked in _check_custom_layers)
@@ -442,22 +539,22 @@ class DepGraph:
         return res
 
     def _attention_group(self, h: Heads) -> Group:
-        """Head-dimension slots of an attention: slot d of every head in q, k, v and the projection's input."""
-        heads, hd = h.heads, h.head_dim
-        cols = (torch.arange(heads)[:, None] * hd).flatten()  # + d: column of slot d in every head
+        """The units of an attention (see :class:`Heads`): each owns the same number of rows in q, k, v (in every
+        block of a fused qkv) and of input columns of the projection; slice ``j`` holds the ``j``-th of each unit."""
         slices = []
-        for lin, blocks in h.outs:
-            name = self.mod_name[lin]
+        for layer, blocks, heads in h.outs:
+            own = torch.stack([h.rows(heads, [u]) for u in range(h.units)])  # [units, k]
+            width = heads * h.head_dim
             for b in range(blocks):
-                for c in cols.tolist():
-                    rows = b * heads * hd + c + torch.arange(hd)
-                    slices.append(Slice(f"{name}.weight", 0, rows))
-                    if lin.bias is not None:
-                        slices.append(Slice(f"{name}.bias", 0, rows))
-        proj = self.mod_name[h.proj]
-        slices += [Slice(f"{proj}.weight", 1, c + torch.arange(hd)) for c in cols.tolist()]
-        return Group(root=self.mod_name[h.outs[0][0]], units=hd, slices=slices, kind="attention", tp_group=None,
-                     attention=h)
+                for col in (b * width + own).t():
+                    slices += _layer_slices(self.mod_name[layer], layer, True, col, self.pruners)
+        own = torch.stack([h.rows(h.heads, [u]) for u in range(h.units)])
+        for col in own.t():
+            slices += _layer_slices(self.mod_name[h.proj], h.proj, False, col, self.pruners)
+        for sl in slices:
+            sl.param = self.canonical.get(sl.param, sl.param)
+        return Group(root=self.mod_name[h.outs[0][0]], units=h.units, slices=slices, kind="attention", tp_group=None,
+                     attention=h, custom=any(type(m) in self.pruners for m, _, _ in h.outs))
 
     # ------------------------------------------------------------------ pruning
     def _replace_parameter(self, old: nn.Parameter, new: nn.Parameter) -> None:
@@ -472,8 +569,10 @@ class DepGraph:
     def apply(self, removed: dict[int, torch.Tensor]) -> None:
         """Remove channel units in place: ``removed[i]`` = unit ids of ``self.groups[i]`` to drop.
 
-        Call once per DepGraph: indices refer to the model as it was when the graph was built.
+        Call once per DepGraph: indices refer to the model as it was when the graph was built. A parameter shared by
+        several layers (a language model's embedding tied to its output layer) is shared again afterwards.
         """
+        tied = _tied_parameters(self.model)
         ops = {}
         for gi, units in removed.items():
             if len(units) == 0:
@@ -481,14 +580,7 @@ class DepGraph:
             grp = self.groups[gi]
             units = torch.as_tensor(units, dtype=torch.long)
             if grp.kind == "attention":
-                h = grp.attention
-                dim = h.proj.in_features
-                cols = (torch.arange(h.heads)[:, None] * h.head_dim + units[None, :]).flatten()
-                for lin, blocks in h.outs:
-                    rows = torch.cat([b * dim + cols for b in range(blocks)])
-                    tpf.prune_linear_out_channels(lin, sorted(rows.tolist()))
-                tpf.prune_linear_in_channels(h.proj, sorted(cols.tolist()))
-                h.sync()
+                grp.attention.cut(units, self.pruners)
                 continue
             roots = grp.unit_roots[units].flatten()
             for dep, targets, target_roots in grp.cuts:
@@ -504,7 +596,29 @@ class DepGraph:
                 self._replace_parameter(dep.target.module, dep(idxs))
             else:
                 dep(idxs)
+        _retie(self.model, tied)
         _sync_static_attrs(self.model)
+
+
+def _tied_parameters(model: nn.Module) -> list[list[tuple[nn.Module, str]]]:
+    """``(module, attribute)`` places of every parameter held by more than one place."""
+    places = {}
+    for m in model.modules():
+        for n, p in m._parameters.items():
+            if p is not None:
+                places.setdefault(id(p), []).append((m, n))
+    return [v for v in places.values() if len(v) > 1]
+
+
+def _retie(model: nn.Module, tied) -> None:
+    """Share each group of ``tied`` places again (pruning replaced each place's parameter by its own pruned copy)."""
+    for places in tied:
+        first = getattr(*places[0])
+        for m, n in places[1:]:
+            if getattr(m, n).shape != first.shape:
+                raise RuntimeError(f"tied parameter {type(m).__name__}.{n} was pruned to {tuple(getattr(m, n).shape)} "
+                                   f"but its twin to {tuple(first.shape)}")
+            setattr(m, n, first)
 
 
 def output_layers(DG, pruners: dict | None = None) -> list[nn.Module]:
@@ -542,6 +656,12 @@ def _sync_static_attrs(model: nn.Module) -> None:
         if isinstance(m, nn.MultiheadAttention):
             m.head_dim = m.embed_dim // m.num_heads
             m.kdim = m.vdim = m.embed_dim
+        wte = getattr(m, "wte", None)  # Hugging Face GPT-2: the token width (read by nothing in forward; kept true)
+        if isinstance(wte, nn.Embedding) and isinstance(getattr(m, "embed_dim", None), int):
+            m.embed_dim = wte.embedding_dim
+        if isinstance(getattr(m, "split_size", None), int) and isinstance(getattr(m, "embed_dim", None), int) \
+                and hasattr(m, "c_proj"):
+            m.embed_dim = m.c_proj.weight.shape[-1]
         proj = getattr(getattr(m, "patch_embed", None), "proj", None)
         if type(m).__module__.startswith("timm.") and isinstance(proj, nn.Conv2d):  # timm ViT/DeiT: the token width
             for name in ("embed_dim", "num_features", "head_hidden_size"):
@@ -572,6 +692,10 @@ def build_dependency_graph(model: nn.Module, example_inputs, pruners: dict | Non
     (a ``no_grad`` caller or frozen layers would hide every layer); each module's train/eval mode and every
     ``requires_grad`` flag are restored afterwards, also when tracing fails."""
     frozen = [p for p in model.parameters() if not p.requires_grad]
+    if forward_fn is None and _takes(model, "use_cache"):
+        # a decoder traced without its key/value cache: the cache's concatenation along the sequence is no channel
+        # op, and the cache is no output
+        forward_fn = _forward_without_cache
     try:
         for p in frozen:
             p.requires_grad_(True)
@@ -580,11 +704,38 @@ def build_dependency_graph(model: nn.Module, example_inputs, pruners: dict | Non
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
             warnings.filterwarnings("ignore", category=UserWarning, module="torch_pruning")
             return tp.DependencyGraph().build_dependency(
-                model, example_inputs=example_inputs, forward_fn=forward_fn, verbose=False,
+                model, example_inputs=example_inputs, forward_fn=forward_fn, output_transform=output_tensors,
+                verbose=False,
                 customized_pruners=custom_pruners() if pruners is None else pruners)
     finally:
         for p in frozen:
             p.requires_grad_(False)
+
+
+def output_tensors(out) -> list[torch.Tensor]:
+    """The tensors a forward returned, through tuples, lists and dicts (Hugging Face's ``ModelOutput``): the outputs
+    the tracer starts from. A decoder's key/value cache is state for the next call, not an output: a ``Cache``
+    object is skipped, as are the ``past_key_values`` of older ``transformers`` versions (tuples of tensors)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        return [t for k, v in out.items() if k not in ("past_key_values", "cache") for t in output_tensors(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in output_tensors(v)]
+    return []
+
+
+def _takes(model: nn.Module, arg: str) -> bool:
+    import inspect
+
+    try:
+        return arg in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _forward_without_cache(model: nn.Module, example_inputs):
+    return model(example_inputs, use_cache=False)
 
 
 def root_types(pruners: dict | None = None) -> tuple:

@@ -11,16 +11,24 @@ listing the entries one channel owns, and optionally ``macs_terms(layer, inputs,
 cost model). ``graph_rule`` tells the network <-> graph converter where each parameter entry of the
 layer lives (see ``metaprune.graph.rules``). Either may be registered alone and the other added later; a second
 registration of the same part replaces the first. The built-in rules (``nn.LSTM`` of any depth, torch-geometric's
-``GATConv``) are registered the same way by ``metaprune.models``/``metaprune.graph``. See ``docs/custom_layers.md``.
+``GATConv``, ``nn.RMSNorm``) are registered the same way by ``metaprune.models``/``metaprune.graph``. See
+``docs/custom_layers.md``.
+
+Layer types of a library metaprune does not import (Hugging Face's GPT-2 ``Conv1D``, every ``*RMSNorm`` of its
+decoder models) are registered by name with ``register_layer_by_name``: each class of a matching library module
+gets the pruner once that module is loaded, so ``import metaprune`` never imports ``transformers``.
 """
 from __future__ import annotations
 
+import sys
 from typing import Callable
 
 import torch.nn as nn
 
 _PRUNERS: dict[type, object] = {}
 _GRAPH_RULES: dict[type, Callable] = {}
+_BY_NAME: list[tuple[str, str, object]] = []  # (module name prefix, class name suffix, pruner)
+_SCANNED = [0]  # len(sys.modules) at the last scan for classes matching _BY_NAME
 
 
 def register_layer(layer_type: type, pruner=None, graph_rule: Callable | None = None) -> None:
@@ -38,6 +46,30 @@ def register_layer(layer_type: type, pruner=None, graph_rule: Callable | None = 
         _GRAPH_RULES[layer_type] = graph_rule
 
 
+def register_layer_by_name(module_prefix: str, class_suffix: str, pruner) -> None:
+    """Register ``pruner`` for every ``nn.Module`` class defined in a loaded module whose name starts with
+    ``module_prefix`` (``"transformers.models."``) and whose class name ends with ``class_suffix`` (``"RMSNorm"``).
+    Classes are looked up when pruners are asked for; a type registered with ``register_layer`` keeps its pruner."""
+    check_pruner(f"{module_prefix}*{class_suffix}", pruner)
+    _BY_NAME.append((module_prefix, class_suffix, pruner))
+    _SCANNED[0] = 0
+
+
+def _register_loaded_by_name() -> None:
+    """Register the classes matching ``register_layer_by_name`` rules among the modules loaded since the last scan."""
+    if not _BY_NAME or len(sys.modules) == _SCANNED[0]:
+        return
+    _SCANNED[0] = len(sys.modules)
+    for mod_name, mod in list(sys.modules.items()):
+        for prefix, suffix, pruner in _BY_NAME:
+            if mod is None or not mod_name.startswith(prefix):
+                continue
+            for cls_name, cls in list(vars(mod).items()):
+                if cls_name.endswith(suffix) and isinstance(cls, type) and issubclass(cls, nn.Module) \
+                        and cls.__module__ == mod_name:
+                    _PRUNERS.setdefault(cls, pruner)
+
+
 def check_pruner(layer_type: type, pruner) -> None:
     """Raise ``TypeError`` naming ``layer_type`` unless ``pruner`` has torch-pruning's four pruner methods."""
     for method in ("prune_out_channels", "prune_in_channels", "get_out_channels", "get_in_channels"):
@@ -48,11 +80,13 @@ def check_pruner(layer_type: type, pruner) -> None:
 
 def custom_pruners() -> dict[type, object]:
     """``{layer type: pruner}`` of every registered type (torch-pruning's ``customized_pruners``)."""
+    _register_loaded_by_name()
     return dict(_PRUNERS)
 
 
 def pruner_for(module: nn.Module):
     """The registered pruner of ``module``'s exact type, or None."""
+    _register_loaded_by_name()
     return _PRUNERS.get(type(module))
 
 
