@@ -572,7 +572,7 @@ class DepGraph:
         Call once per DepGraph: indices refer to the model as it was when the graph was built. A parameter shared by
         several layers (a language model's embedding tied to its output layer) is shared again afterwards.
         """
-        tied = _tied_parameters(self.model)
+        tied = tied_parameters(self.model)
         ops = {}
         for gi, units in removed.items():
             if len(units) == 0:
@@ -596,11 +596,11 @@ class DepGraph:
                 self._replace_parameter(dep.target.module, dep(idxs))
             else:
                 dep(idxs)
-        _retie(self.model, tied)
+        retie(self.model, tied)
         _sync_static_attrs(self.model)
 
 
-def _tied_parameters(model: nn.Module) -> list[list[tuple[nn.Module, str]]]:
+def tied_parameters(model: nn.Module) -> list[list[tuple[nn.Module, str]]]:
     """``(module, attribute)`` places of every parameter held by more than one place."""
     places = {}
     for m in model.modules():
@@ -610,7 +610,7 @@ def _tied_parameters(model: nn.Module) -> list[list[tuple[nn.Module, str]]]:
     return [v for v in places.values() if len(v) > 1]
 
 
-def _retie(model: nn.Module, tied) -> None:
+def retie(model: nn.Module, tied) -> None:
     """Share each group of ``tied`` places again (pruning replaced each place's parameter by its own pruned copy)."""
     for places in tied:
         first = getattr(*places[0])

@@ -2,11 +2,12 @@
 ids: GPT-2 (``Conv1D`` layers, fused qkv: head dims), Llama (``LlamaRMSNorm``, rotary embeddings: whole heads;
 grouped-query attention: whole key/value heads with their query heads). The logits keep the full vocabulary, the
 tied embedding stays tied, and ``generate`` (key/value cache) gives the same tokens as greedy decoding by full
-forwards of the pruned model."""
+forwards of the pruned model; the pruned model saves as a metaprune checkpoint and reloads to the same logits."""
 import pytest
 import torch
 import torch.nn as nn
 
+from metaprune.io import load_model, save_model
 from metaprune.prune import prune
 
 transformers = pytest.importorskip("transformers")
@@ -23,7 +24,7 @@ def _greedy(model, ids, n):
     return ids
 
 
-def _prunes_and_generates(model, n_new=4):
+def _prunes_and_generates(model, tmp_path, n_new=4):
     ids = torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(1))
     res = prune(model, ids, target_speedup=2.0)
     assert res.speedup == pytest.approx(2.0, rel=0.05) and res.protected == ["lm_head"]
@@ -31,15 +32,21 @@ def _prunes_and_generates(model, n_new=4):
     assert model(ids).logits.shape == (2, 8, VOCAB)  # the full vocabulary
     out = model.generate(ids[:1], max_new_tokens=n_new, do_sample=False)
     assert out.shape == (1, 8 + n_new) and torch.equal(out, _greedy(model, ids[:1], n_new))
-    return res
+    save_model(model, tmp_path / "lm")
+    again = load_model(tmp_path / "lm")
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, model(ids).logits)
+    assert sum(p.numel() for p in again.parameters()) == res.pruned_params
+    return res, again
 
 
-def test_gpt2_prunes_head_dims_and_generates():
+def test_gpt2_prunes_head_dims_and_generates(tmp_path):
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=VOCAB, n_positions=32,
                                   bos_token_id=None, eos_token_id=None)
     model = transformers.GPT2LMHeadModel(cfg).eval()
-    res = _prunes_and_generates(model)
+    res, again = _prunes_and_generates(model, tmp_path)
+    assert again.lm_head.weight is again.transformer.wte.weight
     width = model.transformer.wte.embedding_dim
     assert width < 64 and model.lm_head.weight is model.transformer.wte.weight  # still tied, one parameter
     assert res.pruned_params == sum(p.numel() for p in model.parameters())
@@ -52,14 +59,14 @@ def test_gpt2_prunes_head_dims_and_generates():
 
 
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (8, 4)])
-def test_llama_prunes_whole_heads_and_generates(heads, kv_heads):
+def test_llama_prunes_whole_heads_and_generates(tmp_path, heads, kv_heads):
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=heads,
                                    num_key_value_heads=kv_heads, intermediate_size=128, max_position_embeddings=64,
                                    bos_token_id=None, eos_token_id=None)
     model = transformers.LlamaForCausalLM(cfg).eval()
     hd = 64 // heads
-    res = _prunes_and_generates(model)
+    res, _ = _prunes_and_generates(model, tmp_path)
     assert res.seconds < 120  # grouped-query attention once made torch-pruning's grouping run for minutes
     width = model.model.embed_tokens.embedding_dim
     assert width < 64 and all(m.weight.shape == (width,) for m in model.modules() if type(m).__name__ == "LlamaRMSNorm")

@@ -13,13 +13,15 @@ import math
 import torch
 import torch.nn as nn
 
+from ..depgraph import retie, tied_parameters
 from .budget import MAX_PARAMS, check_budget
 from .registry import build, constructor
 
 # the only attributes a spec restores: the integer sizes structural pruning changes
 _INT_ATTRS = ("num_heads", "groups", "head_dim", "hidden_dim", "embed_dim", "num_features", "dim",
               "attn_dim", "head_hidden_size",  # timm
-              "num_attention_heads", "attention_head_size", "all_head_size")  # Hugging Face
+              "num_attention_heads", "attention_head_size", "all_head_size",  # Hugging Face
+              "num_key_value_heads", "split_size", "nf", "nx")  # Hugging Face GPT-2 attention and Conv1D
 _DOWNLOADS = ("weights", "weights_backbone", "pretrained", "pretrained_backbone")  # torchvision arguments
 
 
@@ -99,6 +101,7 @@ def _resize_param(module: nn.Module, pname: str, shape) -> None:
 def resize_to(model: nn.Module, shapes: dict, attrs: dict | None = None) -> nn.Module:
     """Shrink (or grow) every parameter/buffer of ``model`` to ``shapes`` and fix layer attributes."""
     attrs = attrs or {}
+    tied = tied_parameters(model)  # a language model's tied embedding is resized once, and stays tied
     unknown = sorted(set(attrs) - {n for n, _ in model.named_modules()})
     if unknown:
         raise ValueError(f"attrs.{unknown[0]}: refused: the model has no module of that name")
@@ -133,6 +136,7 @@ def resize_to(model: nn.Module, shapes: dict, attrs: dict | None = None) -> nn.M
             m.embed_dim = m.out_proj.weight.shape[0]
             m.head_dim = m.embed_dim // m.num_heads
             m.kdim = m.vdim = m.embed_dim
+    retie(model, tied)
     return model
 
 
