@@ -106,3 +106,28 @@ def test_a_channel_shuffle_torch_pruning_cannot_map_is_named():
                                             r"layer stage\d\.\d\.branch\d\.\d+ \(\w+\) \(ZeroDivisionError"):
         prune(model, x, target_speedup=2.0)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+class _Affine(torch.nn.Module):
+    """A learned scale and shift of the whole tensor (timm's LearnableAffineBlock): one number each."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor([1.5]))
+        self.bias = torch.nn.Parameter(torch.tensor([0.1]))
+
+    def forward(self, x):
+        return self.scale * x + self.bias
+
+
+def test_a_layer_of_scalar_parameters_needs_no_rule():
+    from metaprune.prune import prune
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), _Affine(), torch.nn.ReLU(), torch.nn.Conv2d(16, 16, 3),
+                                _Affine(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(16, 4)).eval()
+    x = torch.randn(2, 3, 12, 12)
+    res = prune(model, x, target_speedup=2.0)
+    assert res.speedup == pytest.approx(2.0, rel=0.05) and model[0].out_channels < 16
+    assert model(x).shape == (2, 4) and model[1].scale.shape == (1,)
