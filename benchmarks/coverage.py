@@ -358,6 +358,8 @@ PATTERNS = [
     (r"Attn|Attention|attention|num_heads|head",
      "attention (the head count or head size does not follow the pruned projections)"),
     (r"running_mean|running_var", "normalisation statistics left at the old width"),
+    (r"BlurPool", "a fixed filter buffer at the old width (BlurPool2d's blur kernel is a buffer, not cut)"),
+    (r"index \d+ is out of bounds", "a channel index past a layer's width (a grouped conv multiplying the channels)"),
     (r"cannot prune layer|no structural pruning rule|Conv1D|RMSNorm", "a layer type with no pruning rule"),
     (r"took longer than|no result within", "tracing or group enumeration runs past the time limit"),
     (r"reached only", "the target is out of reach"),
