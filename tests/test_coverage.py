@@ -36,26 +36,23 @@ def test_timm_model_records_prune_and_graph_round_trip():
     assert rec["graph"]["of"] == "pruned" and rec["graph"]["ok"] is True and rec["graph"]["edges"] > 0
 
 
-def test_failure_is_recorded_with_its_pattern(tmp_path):
-    """GPT-2's Conv1D has no rule in metaprune: a failed record, the model left as built (its round trip still
-    works), and the aggregate names the pattern in one sentence."""
-    pytest.importorskip("transformers")
+def test_failure_is_recorded_with_its_pattern():
+    """ShuffleNetV2's channel shuffle defeats both tools: failed records, the model left as built for the round
+    trip, and the aggregate names the pattern and a layer in one sentence."""
     bench = _bench()
-    rec = bench.run_one("hf", "gpt2", "metaprune", threads=None)
-    if rec["status"] == "ok":
-        pytest.skip("GPT-2 prunes now (Conv1D got a rule): no known failure left in this model")
-    assert rec["status"] == "failed" and rec["stage"] == "prune" and "Conv1D" in rec["error"]
-    assert rec["graph"]["of"] == "unpruned"
-    fake_tp = {"suite": "hf", "model": "gpt2", "tool": "torch_pruning", "status": "failed", "stage": "prune",
-               "error": "ValueError: torch-pruning reached only 1.00x MACs after 30 steps up to pruning_ratio 0.9"}
-    summary = bench.aggregate({("hf", "gpt2", "metaprune"): rec, ("hf", "gpt2", "torch_pruning"): fake_tp},
-                              {"hf": ["gpt2"]}, {})
-    hf = summary["suites"]["hf"]
-    assert hf["counts"]["both_fail"] == 1 and hf["metaprune_ok_pct"] == 0.0
-    why = hf["results"][0]["why"]
-    assert why.startswith("A layer type with no pruning rule at transformer.h.0.attn.c_attn (Conv1D)")
-    assert "\n" not in why
-    assert "| hf | 1 | 0 | 0 | 0 | 1 |" in bench.markdown(summary)
+    recs = {("torchvision", "shufflenet_v2_x0_5", tool): bench.run_one("torchvision", "shufflenet_v2_x0_5", tool,
+                                                                       threads=None) for tool in bench.TOOLS}
+    ours = recs[("torchvision", "shufflenet_v2_x0_5", "metaprune")]
+    assert ours["status"] == "failed" and ours["stage"] == "prune" and "left unchanged" in ours["error"]
+    assert ours["graph"]["of"] == "unpruned" and ours["params"] > 0 and ours["input"] == [1, 3, 64, 64]
+    assert recs[("torchvision", "shufflenet_v2_x0_5", "torch_pruning")]["status"] == "failed"
+    summary = bench.aggregate(recs, {"torchvision": ["shufflenet_v2_x0_5"]}, {})
+    tv = summary["suites"]["torchvision"]
+    assert tv["counts"]["both_fail"] == 1 and tv["metaprune_ok_pct"] == 0.0
+    assert tv["silent_wrong_outputs"] == {"metaprune": [], "torch_pruning": []}
+    why = tv["results"][0]["why"]
+    assert why.startswith("Channel shuffle (a reshape regroups channels) at stage") and "\n" not in why
+    assert "| torchvision | 1 | 0 | 0 | 0 | 1 |" in bench.markdown(summary)
 
 
 def test_records_resume(tmp_path):
