@@ -15,6 +15,8 @@ Models above ``--max-params`` are skipped with the reason recorded (memory and t
         [--out benchmarks/results/torchvision_sweep-cpu.json]
 
 ``--update`` re-runs only the ``--only`` models and replaces their records in ``--out``, keeping the others.
+The same constructors under a parameter cap also run in ``benchmarks/coverage.py --suites torchvision`` (its
+constructor arguments and input sizes come from here), pruned there by metaprune and by torch-pruning side by side.
 """
 from __future__ import annotations
 

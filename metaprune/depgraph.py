@@ -354,6 +354,10 @@ class DepGraph:
             own = list(m.parameters(recurse=False))
             if m in ignored or list(m.children()) or not own:
                 continue
+            # one number per parameter (timm's LearnableAffineBlock: a learned scale and shift of the whole tensor)
+            # does not depend on the width: nothing to cut
+            if all(p.numel() == 1 for p in own):
+                continue
             # a plain holder of raw tensors with no forward of its own (an imported ONNX graph's constant
             # initializers: a [1, H] bias, a BatchNorm folded into [1, C, 1, 1] scales) is pruned along the traced
             # channel dim, like a ViT's pos_embed; a layer type with its own forward still needs a rule

@@ -3,11 +3,13 @@
 ``unchanged_on_error(model)``: if the block raises, every module of ``model`` gets back its attributes, submodules,
 parameters (the same objects, with their old shapes, values and gradients) and buffers, so the caller's model is
 exactly as handed over. ``output_shapes`` / ``check_output_shapes``: the shapes of every output a forward returns,
-compared before and after pruning.
+compared before and after pruning. A failure names the innermost layer of ``model`` it was raised in (from the
+traceback), so the message points at the block whose pattern the pruner got wrong.
 """
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -25,9 +27,10 @@ class PruningFailed(ValueError):
 def unchanged_on_error(model: nn.Module, what: str = "pruning"):
     """Restore ``model`` exactly (structure, attributes, parameter objects and values) if the block raises.
 
-    The error is re-raised as :class:`PruningFailed`, one sentence that names the cause and says the model is
-    unchanged; a ``ValueError`` or ``TypeError`` (metaprune's own refusals: a target out of reach, a layer with no
-    pruning rule) and a :class:`~metaprune.depgraph.TraceTimeoutError` pass through as they are."""
+    The error is re-raised as :class:`PruningFailed`, one sentence that names the cause, where it arose (see
+    :func:`failing_layer`) and says the model is unchanged; a ``ValueError`` or ``TypeError`` raised by metaprune's
+    own code (its refusals: a target out of reach, a layer with no pruning rule) and a
+    :class:`~metaprune.depgraph.TraceTimeoutError` pass through as they are."""
     modules = list(model.modules())
     attrs = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules)) for m in modules]
     tensors = {}
@@ -43,11 +46,79 @@ def unchanged_on_error(model: nn.Module, what: str = "pruning"):
         yield model
     except BaseException as e:
         _restore(attrs, tensors)
-        if isinstance(e, (ValueError, TypeError, PruningFailed, TraceTimeoutError)) or not isinstance(e, Exception):
+        if (isinstance(e, (PruningFailed, TraceTimeoutError)) or not isinstance(e, Exception)
+                or (isinstance(e, (ValueError, TypeError)) and _raised_here(e))):
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise PruningFailed(f"{what} {type(model).__name__} failed ({type(e).__name__}: {msg}); "
+        where = failing_layer(model, e)
+        where = f" {where}" if where and where not in msg else ""
+        raise PruningFailed(f"{what} {type(model).__name__} failed{where} ({type(e).__name__}: {msg}); "
                             "the model was left unchanged") from e
+
+
+_PACKAGE = str(Path(__file__).resolve().parents[1])
+
+
+def _raised_here(error: BaseException) -> bool:
+    """Was ``error`` raised by metaprune's own code (its innermost frame in the package), not inside a library or
+    the model?"""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and str(Path(tb.tb_frame.f_code.co_filename).resolve()).startswith(_PACKAGE)
+
+
+# torch-pruning's functions that map channels through a parameter-free op, and the op's pattern: an error raised in
+# one of them means it could not follow the channels through that op
+_CHANNEL_OPS = {"update_reshape_index_mapping": "a reshape that regroups channels (channel shuffle, or a view into "
+                                                "groups)",
+                "update_slice_index_mapping": "a slice of the channels (channel split by indexing)",
+                "update_split_index_mapping": "a split of the channels (channel split)",
+                "update_concat_index_mapping": "a concatenation of channels",
+                "update_unbind_index_mapping": "an unbind of the channels",
+                "update_expand_index_mapping": "an expand of the channels",
+                "update_flatten_index_mapping": "a flatten into a Linear"}
+
+
+def failing_layer(model: nn.Module, error: BaseException) -> str | None:
+    """Where ``error`` arose, in words naming a layer of ``model``: ``in layer name (Type)`` for the innermost
+    submodule on its traceback (a frame of its own code, or of a pruning function handed it as ``layer``/``module``),
+    ``at <pattern> after layer name (Type)`` when torch-pruning could not map channels through a parameter-free op;
+    follows the exceptions it was raised from; None when neither is on the traceback."""
+    names = {id(m): n for n, m in model.named_modules() if n}
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        found, tb = None, error.__traceback__
+        while tb is not None:
+            local, code = tb.tb_frame.f_locals, tb.tb_frame.f_code.co_name
+            owner = next((local[k] for k in ("self", "layer", "module") if id(local.get(k)) in names), None)
+            if owner is not None:
+                found = f"in layer {names[id(owner)]} ({type(owner).__name__})"
+            node = next((v for k, v in local.items() if k.endswith("node") and hasattr(v, "inputs")), None)
+            if code in _CHANNEL_OPS and node is not None:
+                before = _named_input(node, names)
+                found = f"at {_CHANNEL_OPS[code]}" + (f" after layer {before}" if before else "")
+            tb = tb.tb_next
+        if found is not None:
+            return found
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _named_input(node, names: dict, limit: int = 50) -> str | None:
+    """``name (Type)`` of the nearest layer of the model feeding torch-pruning's graph ``node``."""
+    queue, seen = list(node.inputs), set()
+    while queue and len(seen) < limit:
+        n = queue.pop(0)
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        m = getattr(n, "module", None)
+        if id(m) in names:
+            return f"{names[id(m)]} ({type(m).__name__})"
+        queue += list(getattr(n, "inputs", []))
+    return None
 
 
 @torch.no_grad()
@@ -87,7 +158,10 @@ def check_output_shapes(model: nn.Module, example_inputs, before: list[tuple]) -
     try:
         after = output_shapes(model, example_inputs)
     except Exception as e:
-        raise RuntimeError(f"the pruned model's forward fails ({type(e).__name__}: {e})") from e
+        where = failing_layer(model, e)
+        where = f" {where}" if where else ""
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise RuntimeError(f"the pruned model's forward fails{where} ({type(e).__name__}: {msg})") from e
     if after != before:
         raise RuntimeError(f"pruning changed the model's output shapes from {before} to {after}: a layer writing an "
                            "output was pruned; list it in prune.ignored_layers")
