@@ -265,8 +265,8 @@ def _metanet_digest(path) -> str:
 
 def _cell_path(cells_dir: Path, name: str, seed: int, method: str, c: dict) -> Path:
     own = {"depgraph_sl": c.get("sparse_learning")}.get(method)
-    if method.startswith("metaprune"):  # the identity arm keys on the metanetwork too: it is its control
-        own = _metanet_digest(c["metanet_checkpoint"])
+    if method.startswith("metaprune"):  # the identity arm uses no metanetwork: only the ranking keys it
+        own = "identity" if method == "metaprune_identity" else _metanet_digest(c["metanet_checkpoint"])
         if not c.get("metaprune_global", True):
             own = f"{own}-local"
     suffix = f"-{_recipe_hash(own)}" if own is not None else ""

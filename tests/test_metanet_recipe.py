@@ -130,6 +130,11 @@ def test_quality_identity_arm_runs_metaprunes_pipeline_without_the_rewrite(zoo, 
     paths = {quality._cell_path(tmp_path, "n", 0, "metaprune", {**c, "metanet_checkpoint": meta,
                                                                 "metaprune_global": g}) for g in (True, False)}
     assert len(paths) == 2
+    identity = lambda: quality._cell_path(tmp_path, "n", 0, "metaprune_identity",  # noqa: E731
+                                          {**c, "metanet_checkpoint": meta})
+    before = identity()
+    (meta / "metanet.safetensors").write_bytes(b"retrained")  # the control does not depend on the metanetwork
+    assert identity() == before
 
 
 def test_heldout_benchmark_gives_both_arms_the_same_recovery_and_ranking(zoo, digits, tmp_path):
