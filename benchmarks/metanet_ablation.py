@@ -5,7 +5,9 @@ for the report, its held-out result from ``benchmarks/metanet_heldout.py``.
 
 ``RUN_DIR``: a metanetwork directory ``train_meta.py`` wrote (its ``config.json`` holds the settings, the best
 val step and the whole val curve). ``--heldout-dir``: where ``metanet_heldout-<run name>.json`` files live.
-Every variant is listed, the ones that lost included; the winner is the best meta-val score.
+Every variant is listed, the ones that lost included. Variants may score meta-val differently (e.g.
+``val_finetune_steps`` or ``val_global``), so the winner is the largest gain of the best step over the identity
+metanetwork (step 0) scored the same way, not the largest raw score.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import sys
 from pathlib import Path
 
 KEYS = {"meta_optim": ("reg", "lam", "alpha", "prune_loss", "batches_per_step", "steps", "lr", "val_recovery_steps",
-                       "val_importance", "val_global", "val_speedup"),
+                       "val_finetune_steps", "val_importance", "val_global", "val_speedup"),
         "metanet": ("hidden", "layers", "aggr", "scale")}
 
 
@@ -36,10 +38,16 @@ def variant(run: Path, heldout_dir: Path | None) -> dict:
     return row
 
 
+def _gain(row: dict) -> float:
+    """Best meta-val score minus the identity metanetwork's (step 0), both scored by the run's own protocol."""
+    best, ident = row["val_best"] or {}, row["val_identity"] or {}
+    return best.get("pruned_acc", float("nan")) - ident.get("pruned_acc", float("nan"))
+
+
 def markdown(rows: list[dict]) -> str:
     speeds = sorted({s for r in rows for part in r.get("heldout", {}).values() for s in part},
                     key=lambda s: float(s[:-1]))
-    head = ["variant", "changes", "meta-val pruned acc (best step)", "identity + recovery"]
+    head = ["variant", "changes", "meta-val pruned acc (best step)", "identity + recovery", "gain"]
     head += [f"held-out {s} meta − base (wins)" for s in speeds]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base = rows[0]["settings"]
@@ -47,7 +55,7 @@ def markdown(rows: list[dict]) -> str:
         diff = ", ".join(f"{k}={v}" for k, v in r["settings"].items() if v != base.get(k)) or "(reference)"
         best, ident = r["val_best"] or {}, r["val_identity"] or {}
         cells = [r["variant"], diff, f"{100 * best.get('pruned_acc', float('nan')):.1f} ({best.get('step')})",
-                 f"{100 * ident.get('pruned_acc', float('nan')):.1f}"]
+                 f"{100 * ident.get('pruned_acc', float('nan')):.1f}", f"{100 * _gain(r):+.1f}"]
         for s in speeds:
             parts = [p[s] for p in r.get("heldout", {}).values() if s in p]
             if not parts:
@@ -73,9 +81,9 @@ def main(argv=None) -> dict:
     if missing:
         raise SystemExit(f"error: not metanetwork runs (no config.json): {', '.join(missing)}")
     rows = [variant(r, args.heldout_dir) for r in args.runs]
-    scored = [r for r in rows if r["val_best"]]
+    scored = [r for r in rows if r["val_best"] and r["val_identity"]]
     result = {"benchmark": "metanet_ablation", "variants": rows,
-              "selected": max(scored, key=lambda r: r["val_best"]["pruned_acc"])["variant"] if scored else None,
+              "selected": max(scored, key=_gain)["variant"] if scored else None,
               "table": markdown(rows)}
     atomic_write_json(args.out, result)
     print(result["table"])
