@@ -178,3 +178,65 @@ def test_tracing_has_a_time_bound(monkeypatch):
     assert all(torch.equal(model.state_dict()[k], before[k]) for k in before)
     monkeypatch.setattr(depgraph, "TRACE_TIME_LIMIT_S", 60.0)
     assert prune(model, x, target_speedup=1.5).speedup > 1.4  # with time to spare it prunes
+
+
+class _Ghost(nn.Module):
+    """GhostNet's module: a cheap depthwise conv copies the primary conv's channels, ``cat(...)[:, :out]``."""
+
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.out = cout
+        init = (cout + 1) // 2
+        self.primary = nn.Sequential(nn.Conv2d(cin, init, 1, bias=False), nn.BatchNorm2d(init), nn.ReLU())
+        self.cheap = nn.Sequential(nn.Conv2d(init, init, 3, padding=1, groups=init, bias=False), nn.BatchNorm2d(init),
+                                   nn.ReLU())
+
+    def forward(self, x):
+        a = self.primary(x)
+        return torch.cat([a, self.cheap(a)], 1)[:, :self.out]
+
+
+class _GhostNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.g1, self.g2 = _Ghost(8, 5), _Ghost(5, 8)  # g1 slices a channel off, g2 keeps all 8
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.head((self.g2(self.g1(x)) + x).mean((2, 3)))
+
+
+def test_ghost_module_units_and_function():
+    """The residual stream's channels i and init + i are one unit (the cheap conv copies primary channel i); the
+    group through the channel-dropping slice is left alone; removing a unit whose entries are all zero leaves the
+    outputs exactly as they were (the cut matches the grouping)."""
+    from metaprune.depgraph import DepGraph
+
+    torch.manual_seed(0)
+    model = _GhostNet().eval()
+    x = torch.randn(2, 3, 16, 16)
+    dg = DepGraph(model, x, ["head"])
+    assert dg.fixed == ["g1.cheap.0"]
+    (stream,) = [g for g in dg.groups if g.root == "stem"]
+    assert stream.units == 4 and stream.unit_roots.tolist() == [[0, 4], [1, 5], [2, 6], [3, 7]]
+    params = dg.params()
+    with torch.no_grad():
+        for s in stream.slices:
+            params[s.param].index_fill_(s.dim, s.idxs[1:2], 0.0)
+    before = model(x)
+    dg.apply({dg.groups.index(stream): torch.tensor([1])})
+    assert model.stem.out_channels == 6 and model.g2.primary[0].out_channels == 3
+    torch.testing.assert_close(model(x), before)
+
+
+@pytest.mark.slow
+def test_timm_ghostnet_prunes():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("ghostnet_050", pretrained=False, num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    res = prune(model, x, target_speedup=2.0)
+    assert model(x).shape == (1, 10) and torch.isfinite(model(x)).all()
+    assert res.speedup == pytest.approx(2.0, rel=0.05)
