@@ -37,6 +37,7 @@ import torch_pruning as tp
 from torch_pruning.pruner import function as tpf
 
 from .layers import check_pruner, custom_pruners
+from .layers import register_layer_by_name as _register_by_name
 from .utils import preserve_mode
 
 # torch-pruning's public names the rest of metaprune builds on (nothing else imports torch_pruning)
@@ -872,3 +873,42 @@ def groups(model: nn.Module, example_inputs, ignored=(), customized_pruners=None
     shapes change.
     """
     return DepGraph(model, example_inputs, ignored, customized_pruners).groups
+
+
+class LayerScalePruner(BasePruningFunc):
+    """Removes channels of a layer scale (timm's ``LayerScale``/``LayerScale2d``: ``x * gamma``, one learned scale per
+    channel): entries of its one-dimensional ``gamma``. Input and output channels are the same channels."""
+
+    @staticmethod
+    def _gamma(layer):
+        g = getattr(layer, "gamma", None)
+        own = [n for n, _ in layer.named_parameters(recurse=False)]
+        if not isinstance(g, nn.Parameter) or g.dim() != 1 or own != ["gamma"]:
+            raise NotImplementedError(f"a layer scale is pruned through a one-dimensional gamma alone; "
+                                      f"{type(layer).__name__} holds {own}")
+        return g
+
+    def param_slices(self, layer, out: bool):
+        self._gamma(layer)
+        return [("gamma", 0, [lambda t: t])]
+
+    def prune_out_channels(self, layer, idxs) -> nn.Module:
+        g = self._gamma(layer)
+        keep = sorted(set(range(g.shape[0])) - set(int(i) for i in idxs))
+        layer.gamma = self._prune_parameter_and_grad(g, torch.as_tensor(keep, dtype=torch.long, device=g.device), 0)
+        return layer
+
+    prune_in_channels = prune_out_channels
+
+    def get_out_channels(self, layer):
+        return self._gamma(layer).shape[0]
+
+    get_in_channels = get_out_channels
+
+    def macs_terms(self, layer, inputs, output):
+        """One multiply per element."""
+        return [(float(inputs[0].numel() // self._gamma(layer).shape[0]), [("gamma", 0)])]
+
+
+_register_by_name("timm.", "LayerScale", LayerScalePruner())
+_register_by_name("timm.", "LayerScale2d", LayerScalePruner())

@@ -240,3 +240,41 @@ def test_timm_ghostnet_prunes():
     res = prune(model, x, target_speedup=2.0)
     assert model(x).shape == (1, 10) and torch.isfinite(model(x)).all()
     assert res.speedup == pytest.approx(2.0, rel=0.05)
+
+
+def test_timm_layer_scale_prunes_with_its_channels():
+    """timm's ``LayerScale2d`` (one learned scale per channel) is cut with its channels: a unit whose entries are all
+    zero is removed with the outputs unchanged."""
+    pytest.importorskip("timm")
+    from timm.layers import LayerScale2d
+
+    from metaprune.depgraph import DepGraph
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.conv = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+            self.ls, self.head = LayerScale2d(8, init_values=0.5), nn.Linear(8, 4)
+
+        def forward(self, x):
+            x = self.stem(x)
+            return self.head((x + self.ls(self.conv(x))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    nn.init.normal_(model.ls.gamma)
+    x = torch.randn(2, 3, 8, 8)
+    dg = DepGraph(model, x, ["head"])
+    (stream,) = [g for g in dg.groups if any(s.param == "ls.gamma" for s in g.slices)]
+    params = dg.params()
+    with torch.no_grad():
+        for s in stream.slices:
+            params[s.param].index_fill_(s.dim, s.idxs[2:4], 0.0)
+    before = model(x)
+    dg.apply({dg.groups.index(stream): torch.tensor([2, 3])})
+    assert model.ls.gamma.shape == (6,) and model.stem.out_channels == 6 and model.conv.out_channels == 6
+    torch.testing.assert_close(model(x), before)
+    model2 = Net().eval()
+    res = prune(model2, x, target_speedup=1.5)
+    assert model2(x).shape == (2, 4) and model2.ls.gamma.shape[0] == model2.conv.out_channels < 8
+    assert res.speedup > 1.3
