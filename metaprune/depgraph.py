@@ -912,3 +912,39 @@ class LayerScalePruner(BasePruningFunc):
 
 _register_by_name("timm.", "LayerScale", LayerScalePruner())
 _register_by_name("timm.", "LayerScale2d", LayerScalePruner())
+
+
+class ChannelBufferPruner(BasePruningFunc):
+    """Removes channels of a parameter-free per-channel filter (timm's ``BlurPool2d``: a fixed blur kernel buffer
+    ``filt`` of one row per channel, applied as a depthwise conv with ``groups=channels``): the buffer's rows and the
+    ``channels`` count. Input and output channels are the same channels; nothing is learned, so no entry is scored."""
+
+    @staticmethod
+    def _filt(layer):
+        f = getattr(layer, "filt", None)
+        if not isinstance(f, torch.Tensor) or list(layer.parameters(recurse=False)):
+            raise NotImplementedError(f"{type(layer).__name__} is pruned through a per-channel filter buffer alone")
+        return f
+
+    def param_slices(self, layer, out: bool):
+        self._filt(layer)
+        return []
+
+    def prune_out_channels(self, layer, idxs) -> nn.Module:
+        f = self._filt(layer)
+        if getattr(layer, "channels", None) is None:  # one filter for any width: nothing to cut
+            return layer
+        keep = sorted(set(range(f.shape[0])) - set(int(i) for i in idxs))
+        layer.filt = f.index_select(0, torch.as_tensor(keep, dtype=torch.long, device=f.device))
+        layer.channels = len(keep)
+        return layer
+
+    prune_in_channels = prune_out_channels
+
+    def get_out_channels(self, layer):
+        return getattr(layer, "channels", None)
+
+    get_in_channels = get_out_channels
+
+
+_register_by_name("timm.layers.blur_pool", "BlurPool2d", ChannelBufferPruner())

@@ -278,3 +278,35 @@ def test_timm_layer_scale_prunes_with_its_channels():
     res = prune(model2, x, target_speedup=1.5)
     assert model2(x).shape == (2, 4) and model2.ls.gamma.shape[0] == model2.conv.out_channels < 8
     assert res.speedup > 1.3
+
+
+def test_timm_blur_pool_filter_follows_its_channels():
+    """timm's ``BlurPool2d`` (a fixed blur filter buffer, one row per channel) loses the rows of removed channels; a
+    removed unit whose entries are all zero leaves the outputs unchanged."""
+    pytest.importorskip("timm")
+    from timm.layers import BlurPool2d
+
+    from metaprune.depgraph import DepGraph
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.blur = nn.Conv2d(3, 8, 3, padding=1), BlurPool2d(8)
+            self.b, self.head = nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.head(self.b(self.blur(torch.relu(self.a(x)))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    x = torch.randn(2, 3, 16, 16)
+    dg = DepGraph(model, x, ["head"])
+    (grp,) = [g for g in dg.groups if any(s.param == "a.weight" for s in g.slices)]
+    params = dg.params()
+    with torch.no_grad():
+        for s in grp.slices:
+            params[s.param].index_fill_(s.dim, s.idxs[1:3], 0.0)
+    before = model(x)
+    dg.apply({dg.groups.index(grp): torch.tensor([1, 2])})
+    assert model.blur.filt.shape == (6, 1, 3, 3) and model.blur.channels == 6 == model.a.out_channels
+    torch.testing.assert_close(model(x), before)
