@@ -894,7 +894,7 @@ class LayerScalePruner(BasePruningFunc):
 
     def prune_out_channels(self, layer, idxs) -> nn.Module:
         g = self._gamma(layer)
-        keep = sorted(set(range(g.shape[0])) - set(int(i) for i in idxs))
+        keep = sorted(set(range(g.shape[0])) - {int(i) for i in idxs})
         layer.gamma = self._prune_parameter_and_grad(g, torch.as_tensor(keep, dtype=torch.long, device=g.device), 0)
         return layer
 
@@ -934,7 +934,7 @@ class ChannelBufferPruner(BasePruningFunc):
         f = self._filt(layer)
         if getattr(layer, "channels", None) is None:  # one filter for any width: nothing to cut
             return layer
-        keep = sorted(set(range(f.shape[0])) - set(int(i) for i in idxs))
+        keep = sorted(set(range(f.shape[0])) - {int(i) for i in idxs})
         layer.filt = f.index_select(0, torch.as_tensor(keep, dtype=torch.long, device=f.device))
         layer.channels = len(keep)
         return layer
