@@ -37,6 +37,7 @@ import torch_pruning as tp
 from torch_pruning.pruner import function as tpf
 
 from .layers import check_pruner, custom_pruners
+from .layers import register_layer_by_name as _register_by_name
 from .utils import preserve_mode
 
 # torch-pruning's public names the rest of metaprune builds on (nothing else imports torch_pruning)
@@ -436,10 +437,20 @@ class DepGraph:
         units = n_root // ch
         # unit j holds root channels j, j + units, j + 2 units, ... (torch-pruning's channel grouping)
         unit_roots = torch.arange(n_root).view(ch, units).t().contiguous()
-        unit_of_root = torch.empty(n_root, dtype=torch.long)
-        unit_of_root[unit_roots.flatten()] = torch.arange(units).repeat_interleave(ch)
         if any(item.root_idxs is None or any(r is None for r in item.root_idxs) for item in g if len(item.idxs)):
             return None  # an index mapping torch-pruning cannot trace back to the root: leave the group alone
+        unit_roots = _coupled_roots(g, unit_roots)
+        if unit_roots is None:  # root channels coupled in sets of unequal size: no channel unit fits them all
+            self.fixed.append(self.mod_name.get(root_mod, str(root_mod)))
+            return None
+        units = len(unit_roots)
+        unit_of_root = torch.empty(n_root, dtype=torch.long)
+        unit_of_root[unit_roots.flatten()] = torch.arange(units).repeat_interleave(unit_roots.shape[1])
+        if any(_drops_channels(item.dep.target) or _drops_channels(item.dep.source) for item in g):
+            # channels pass a slice that drops some (GhostNet's ``cat([a, b])[:, :n]``): its bounds are constants of
+            # the forward, so after a cut other channels would slide into the kept range. Leave the group alone
+            self.fixed.append(self.mod_name.get(root_mod, str(root_mod)))
+            return None
         slices, seen, multiple, custom = [], set(), 1, False
         for item in g:
             m, fn = item.dep.target.module, item.dep.handler
@@ -673,6 +684,85 @@ def _sync_static_attrs(model: nn.Module) -> None:
                     setattr(m, name, proj.out_channels)
 
 
+def _coupled_roots(g, unit_roots: torch.Tensor) -> torch.Tensor | None:
+    """``unit_roots`` ([units, k] root channel ids) merged with the root channels that one layer channel is reached
+    from by two paths of group ``g``.
+
+    torch-pruning records one root channel per layer channel: the first path that reached it. Where a channel is
+    reachable from two root channels (GhostNet: its cheap depthwise conv copies channel ``i`` of the primary conv to
+    channel ``init + i`` of ``cat([primary, cheap])``, so a residual stream's channels ``i`` and ``init + i`` are one
+    unit), removing one root channel alone leaves the layers on the other path at their old width. Each dependency's
+    index mapping is replayed on its source's channels and every root channel it lands on joins the recorded one.
+    Returns None when the merged sets differ in size."""
+    parent = list(range(int(unit_roots.max()) + 1))
+
+    def find(a):
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    def union(a, b):
+        a, b = find(a), find(b)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+
+    for row in unit_roots.tolist():
+        for r in row[1:]:
+            union(row[0], r)
+    # (target node, pruning fn) -> {channel: root channel} as torch-pruning recorded it
+    recorded = {}
+    for item in g:
+        rec = recorded.setdefault((item.dep.target, item.dep.handler), {})
+        for i, r in zip(item.idxs, item.root_idxs):
+            if i in rec:
+                union(rec[i], r)
+            else:
+                rec[i] = r
+    merged = False
+    for item in g:
+        dep = item.dep
+        src = recorded.get((dep.source, dep.trigger))
+        if not src or dep.source is dep.target:
+            continue
+        mapped = [tp._helpers._HybridIndex(idx=i, root_idx=r) for i, r in src.items()]
+        for mapping in dep.index_mapping:
+            if mapping is not None:
+                mapped = mapping(mapped)
+        rec = recorded[(dep.target, dep.handler)]
+        for h in mapped:
+            r = rec.get(h.idx)
+            if r is not None and find(r) != find(h.root_idx):
+                union(r, h.root_idx)
+                merged = True
+    if not merged:
+        return unit_roots
+    sets = {}
+    for r in unit_roots.flatten().tolist():
+        sets.setdefault(find(r), []).append(r)
+    sizes = {len(v) for v in sets.values()}
+    if len(sizes) != 1:
+        return None
+    return torch.tensor(sorted(sorted(v) for v in sets.values()), dtype=torch.long)
+
+
+def _drops_channels(node) -> bool:
+    """Is ``node`` a slice of the channel dim that keeps only part of it (``x[:, :n]`` of more than ``n`` channels,
+    ``x[:, k:]``, a step)? The channel dim is torch-pruning's: dim 1 of a 2-D or 4-D tensor, the last of a 3-D one."""
+    if getattr(node, "type", None) != tp.ops.OPTYPE.SLICE:
+        return False
+    op, sizes = node.module, getattr(node.grad_fn, "_saved_self_sym_sizes", None)
+    if sizes is None:
+        return True  # unknown extent: assume it drops channels
+    channel_dim = 2 if len(sizes) == 3 else 1
+    if op.dim not in (channel_dim, channel_dim - len(sizes)):
+        return False
+    size = int(sizes[op.dim])
+    start = int(op.start or 0)
+    end = size if op.end is None else int(op.end)
+    return (start % size if start < 0 else start) != 0 or op.step != 1 or (end % size if end < 0 else end) < size
+
+
 def _columns(targets: torch.Tensor, unit_ids: torch.Tensor, units: int) -> list[torch.Tensor] | None:
     """Split target indices into k columns of length ``units`` (column j: the j-th target of each unit)."""
     counts = torch.bincount(unit_ids, minlength=units)
@@ -783,3 +873,78 @@ def groups(model: nn.Module, example_inputs, ignored=(), customized_pruners=None
     shapes change.
     """
     return DepGraph(model, example_inputs, ignored, customized_pruners).groups
+
+
+class LayerScalePruner(BasePruningFunc):
+    """Removes channels of a layer scale (timm's ``LayerScale``/``LayerScale2d``: ``x * gamma``, one learned scale per
+    channel): entries of its one-dimensional ``gamma``. Input and output channels are the same channels."""
+
+    @staticmethod
+    def _gamma(layer):
+        g = getattr(layer, "gamma", None)
+        own = [n for n, _ in layer.named_parameters(recurse=False)]
+        if not isinstance(g, nn.Parameter) or g.dim() != 1 or own != ["gamma"]:
+            raise NotImplementedError(f"a layer scale is pruned through a one-dimensional gamma alone; "
+                                      f"{type(layer).__name__} holds {own}")
+        return g
+
+    def param_slices(self, layer, out: bool):
+        self._gamma(layer)
+        return [("gamma", 0, [lambda t: t])]
+
+    def prune_out_channels(self, layer, idxs) -> nn.Module:
+        g = self._gamma(layer)
+        keep = sorted(set(range(g.shape[0])) - {int(i) for i in idxs})
+        layer.gamma = self._prune_parameter_and_grad(g, torch.as_tensor(keep, dtype=torch.long, device=g.device), 0)
+        return layer
+
+    prune_in_channels = prune_out_channels
+
+    def get_out_channels(self, layer):
+        return self._gamma(layer).shape[0]
+
+    get_in_channels = get_out_channels
+
+    def macs_terms(self, layer, inputs, output):
+        """One multiply per element."""
+        return [(float(inputs[0].numel() // self._gamma(layer).shape[0]), [("gamma", 0)])]
+
+
+_register_by_name("timm.", "LayerScale", LayerScalePruner())
+_register_by_name("timm.", "LayerScale2d", LayerScalePruner())
+
+
+class ChannelBufferPruner(BasePruningFunc):
+    """Removes channels of a parameter-free per-channel filter (timm's ``BlurPool2d``: a fixed blur kernel buffer
+    ``filt`` of one row per channel, applied as a depthwise conv with ``groups=channels``): the buffer's rows and the
+    ``channels`` count. Input and output channels are the same channels; nothing is learned, so no entry is scored."""
+
+    @staticmethod
+    def _filt(layer):
+        f = getattr(layer, "filt", None)
+        if not isinstance(f, torch.Tensor) or list(layer.parameters(recurse=False)):
+            raise NotImplementedError(f"{type(layer).__name__} is pruned through a per-channel filter buffer alone")
+        return f
+
+    def param_slices(self, layer, out: bool):
+        self._filt(layer)
+        return []
+
+    def prune_out_channels(self, layer, idxs) -> nn.Module:
+        f = self._filt(layer)
+        if getattr(layer, "channels", None) is None:  # one filter for any width: nothing to cut
+            return layer
+        keep = sorted(set(range(f.shape[0])) - {int(i) for i in idxs})
+        layer.filt = f.index_select(0, torch.as_tensor(keep, dtype=torch.long, device=f.device))
+        layer.channels = len(keep)
+        return layer
+
+    prune_in_channels = prune_out_channels
+
+    def get_out_channels(self, layer):
+        return getattr(layer, "channels", None)
+
+    get_in_channels = get_out_channels
+
+
+_register_by_name("timm.layers.blur_pool", "BlurPool2d", ChannelBufferPruner())

@@ -15,7 +15,8 @@ registration of the same part replaces the first. The built-in rules (``nn.LSTM`
 ``docs/custom_layers.md``.
 
 Layer types of a library metaprune does not import (Hugging Face's GPT-2 ``Conv1D``, every ``*RMSNorm`` of its
-decoder models) are registered by name with ``register_layer_by_name``: each class of a matching library module
+decoder models; timm's ``LayerScale``/``LayerScale2d`` and ``BlurPool2d``, whose pruners live in
+``metaprune.depgraph``) are registered by name with ``register_layer_by_name``: each class of a matching library module
 gets the pruner once that module is loaded, so ``import metaprune`` never imports ``transformers``.
 """
 from __future__ import annotations

@@ -178,3 +178,135 @@ def test_tracing_has_a_time_bound(monkeypatch):
     assert all(torch.equal(model.state_dict()[k], before[k]) for k in before)
     monkeypatch.setattr(depgraph, "TRACE_TIME_LIMIT_S", 60.0)
     assert prune(model, x, target_speedup=1.5).speedup > 1.4  # with time to spare it prunes
+
+
+class _Ghost(nn.Module):
+    """GhostNet's module: a cheap depthwise conv copies the primary conv's channels, ``cat(...)[:, :out]``."""
+
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.out = cout
+        init = (cout + 1) // 2
+        self.primary = nn.Sequential(nn.Conv2d(cin, init, 1, bias=False), nn.BatchNorm2d(init), nn.ReLU())
+        self.cheap = nn.Sequential(nn.Conv2d(init, init, 3, padding=1, groups=init, bias=False), nn.BatchNorm2d(init),
+                                   nn.ReLU())
+
+    def forward(self, x):
+        a = self.primary(x)
+        return torch.cat([a, self.cheap(a)], 1)[:, :self.out]
+
+
+class _GhostNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.g1, self.g2 = _Ghost(8, 5), _Ghost(5, 8)  # g1 slices a channel off, g2 keeps all 8
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.head((self.g2(self.g1(x)) + x).mean((2, 3)))
+
+
+def test_ghost_module_units_and_function():
+    """The residual stream's channels i and init + i are one unit (the cheap conv copies primary channel i); the
+    group through the channel-dropping slice is left alone; removing a unit whose entries are all zero leaves the
+    outputs exactly as they were (the cut matches the grouping)."""
+    from metaprune.depgraph import DepGraph
+
+    torch.manual_seed(0)
+    model = _GhostNet().eval()
+    x = torch.randn(2, 3, 16, 16)
+    dg = DepGraph(model, x, ["head"])
+    assert dg.fixed == ["g1.cheap.0"]
+    (stream,) = [g for g in dg.groups if g.root == "stem"]
+    assert stream.units == 4 and stream.unit_roots.tolist() == [[0, 4], [1, 5], [2, 6], [3, 7]]
+    params = dg.params()
+    with torch.no_grad():
+        for s in stream.slices:
+            params[s.param].index_fill_(s.dim, s.idxs[1:2], 0.0)
+    before = model(x)
+    dg.apply({dg.groups.index(stream): torch.tensor([1])})
+    assert model.stem.out_channels == 6 and model.g2.primary[0].out_channels == 3
+    torch.testing.assert_close(model(x), before)
+
+
+@pytest.mark.slow
+def test_timm_ghostnet_prunes():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("ghostnet_050", pretrained=False, num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    res = prune(model, x, target_speedup=2.0)
+    assert model(x).shape == (1, 10) and torch.isfinite(model(x)).all()
+    assert res.speedup == pytest.approx(2.0, rel=0.05)
+
+
+def test_timm_layer_scale_prunes_with_its_channels():
+    """timm's ``LayerScale2d`` (one learned scale per channel) is cut with its channels: a unit whose entries are all
+    zero is removed with the outputs unchanged."""
+    pytest.importorskip("timm")
+    from timm.layers import LayerScale2d
+
+    from metaprune.depgraph import DepGraph
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.conv = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+            self.ls, self.head = LayerScale2d(8, init_values=0.5), nn.Linear(8, 4)
+
+        def forward(self, x):
+            x = self.stem(x)
+            return self.head((x + self.ls(self.conv(x))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    nn.init.normal_(model.ls.gamma)
+    x = torch.randn(2, 3, 8, 8)
+    dg = DepGraph(model, x, ["head"])
+    (stream,) = [g for g in dg.groups if any(s.param == "ls.gamma" for s in g.slices)]
+    params = dg.params()
+    with torch.no_grad():
+        for s in stream.slices:
+            params[s.param].index_fill_(s.dim, s.idxs[2:4], 0.0)
+    before = model(x)
+    dg.apply({dg.groups.index(stream): torch.tensor([2, 3])})
+    assert model.ls.gamma.shape == (6,) and model.stem.out_channels == 6 and model.conv.out_channels == 6
+    torch.testing.assert_close(model(x), before)
+    model2 = Net().eval()
+    res = prune(model2, x, target_speedup=1.5)
+    assert model2(x).shape == (2, 4) and model2.ls.gamma.shape[0] == model2.conv.out_channels < 8
+    assert res.speedup > 1.3
+
+
+def test_timm_blur_pool_filter_follows_its_channels():
+    """timm's ``BlurPool2d`` (a fixed blur filter buffer, one row per channel) loses the rows of removed channels; a
+    removed unit whose entries are all zero leaves the outputs unchanged."""
+    pytest.importorskip("timm")
+    from timm.layers import BlurPool2d
+
+    from metaprune.depgraph import DepGraph
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.blur = nn.Conv2d(3, 8, 3, padding=1), BlurPool2d(8)
+            self.b, self.head = nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.head(self.b(self.blur(torch.relu(self.a(x)))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    x = torch.randn(2, 3, 16, 16)
+    dg = DepGraph(model, x, ["head"])
+    (grp,) = [g for g in dg.groups if any(s.param == "a.weight" for s in g.slices)]
+    params = dg.params()
+    with torch.no_grad():
+        for s in grp.slices:
+            params[s.param].index_fill_(s.dim, s.idxs[1:3], 0.0)
+    before = model(x)
+    dg.apply({dg.groups.index(grp): torch.tensor([1, 2])})
+    assert model.blur.filt.shape == (6, 1, 3, 3) and model.blur.channels == 6 == model.a.out_channels
+    torch.testing.assert_close(model(x), before)
