@@ -43,6 +43,13 @@ from .utils import preserve_mode
 # torch-pruning's public names the rest of metaprune builds on (nothing else imports torch_pruning)
 OPTYPE = tp.ops.OPTYPE  # op kinds of a traced node (the graph converter reads them)
 BasePruningFunc = tpf.BasePruningFunc  # base class of custom pruners (LSTM, GATConv, user layers)
+
+
+def kept_indices(n: int, idxs) -> torch.Tensor:
+    """The indices of ``range(n)`` a custom pruner keeps when it removes ``idxs`` (sorted)."""
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[torch.as_tensor(list(idxs), dtype=torch.long)] = False
+    return mask.nonzero().flatten()
 prune_conv_in_channels, prune_linear_in_channels = tpf.prune_conv_in_channels, tpf.prune_linear_in_channels
 TPImportance = tp.importance.Importance  # base class of criteria torch-pruning's own pruners accept
 GroupMagnitudeImportance = tp.importance.GroupMagnitudeImportance
@@ -894,8 +901,7 @@ class LayerScalePruner(BasePruningFunc):
 
     def prune_out_channels(self, layer, idxs) -> nn.Module:
         g = self._gamma(layer)
-        keep = sorted(set(range(g.shape[0])) - {int(i) for i in idxs})
-        layer.gamma = self._prune_parameter_and_grad(g, torch.as_tensor(keep, dtype=torch.long, device=g.device), 0)
+        layer.gamma = self._prune_parameter_and_grad(g, kept_indices(g.shape[0], idxs).to(g.device), 0)
         return layer
 
     prune_in_channels = prune_out_channels
@@ -934,8 +940,8 @@ class ChannelBufferPruner(BasePruningFunc):
         f = self._filt(layer)
         if getattr(layer, "channels", None) is None:  # one filter for any width: nothing to cut
             return layer
-        keep = sorted(set(range(f.shape[0])) - {int(i) for i in idxs})
-        layer.filt = f.index_select(0, torch.as_tensor(keep, dtype=torch.long, device=f.device))
+        keep = kept_indices(f.shape[0], idxs).to(f.device)
+        layer.filt = f.index_select(0, keep)
         layer.channels = len(keep)
         return layer
 

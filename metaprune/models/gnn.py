@@ -20,10 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..depgraph import BasePruningFunc
+from ..depgraph import BasePruningFunc, kept_indices
 from ..layers import register_layer
 from .registry import register
-from .sequence import _keep
 
 
 def _gatconv():
@@ -94,7 +93,7 @@ class GATConvPruner(BasePruningFunc):
 
     def prune_in_channels(self, layer, idxs) -> nn.Module:
         self._check(layer)
-        keep = _keep(layer.in_channels, idxs)
+        keep = kept_indices(layer.in_channels, idxs)
         layer.lin.weight = self._prune_parameter_and_grad(layer.lin.weight, keep, 1)
         layer.lin.in_features = len(keep)
         layer.in_channels = len(keep)

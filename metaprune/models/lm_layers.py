@@ -15,9 +15,8 @@ import math
 
 import torch.nn as nn
 
-from ..depgraph import BasePruningFunc
+from ..depgraph import BasePruningFunc, kept_indices
 from ..layers import register_layer, register_layer_by_name
-from .sequence import _keep
 
 _IDENT = [lambda t: t]
 
@@ -36,7 +35,7 @@ class Conv1DPruner(BasePruningFunc):
         return [("weight", 1, _IDENT)] + ([("bias", 0, _IDENT)] if layer.bias is not None else [])
 
     def prune_out_channels(self, layer, idxs) -> nn.Module:
-        keep = _keep(layer.nf, idxs)
+        keep = kept_indices(layer.nf, idxs)
         layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 1)
         if layer.bias is not None:
             layer.bias = self._prune_parameter_and_grad(layer.bias, keep, 0)
@@ -44,7 +43,7 @@ class Conv1DPruner(BasePruningFunc):
         return layer
 
     def prune_in_channels(self, layer, idxs) -> nn.Module:
-        keep = _keep(layer.nx, idxs)
+        keep = kept_indices(layer.nx, idxs)
         layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 0)
         layer.nx = len(keep)
         return layer
@@ -82,7 +81,7 @@ class RMSNormPruner(BasePruningFunc):
         w = self._weight(layer)
         if w is None:
             return layer
-        keep = _keep(w.shape[0], idxs)
+        keep = kept_indices(w.shape[0], idxs)
         layer.weight = self._prune_parameter_and_grad(w, keep, 0)
         if isinstance(getattr(layer, "normalized_shape", None), tuple):  # nn.RMSNorm normalises over this shape
             layer.normalized_shape = (len(keep),)

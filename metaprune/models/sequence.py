@@ -16,15 +16,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..depgraph import BasePruningFunc
+from ..depgraph import BasePruningFunc, kept_indices
 from ..layers import register_layer
 from .registry import register
-
-
-def _keep(n: int, idxs) -> torch.Tensor:
-    mask = torch.ones(n, dtype=torch.bool)
-    mask[torch.as_tensor(list(idxs), dtype=torch.long)] = False
-    return mask.nonzero().flatten()
 
 
 class LSTMPruner(BasePruningFunc):
@@ -62,7 +56,7 @@ class LSTMPruner(BasePruningFunc):
     def prune_out_channels(self, layer: nn.LSTM, idxs) -> nn.Module:
         self._check(layer)
         H = layer.hidden_size
-        keep = _keep(H, idxs)
+        keep = kept_indices(H, idxs)
         for name, dim, maps in self.param_slices(layer, out=True):
             rows = torch.cat([m(keep) for m in maps])
             setattr(layer, name, self._prune_parameter_and_grad(getattr(layer, name), rows, dim))
@@ -72,7 +66,7 @@ class LSTMPruner(BasePruningFunc):
 
     def prune_in_channels(self, layer: nn.LSTM, idxs) -> nn.Module:
         self._check(layer)
-        keep = _keep(layer.input_size, idxs)
+        keep = kept_indices(layer.input_size, idxs)
         layer.weight_ih_l0 = self._prune_parameter_and_grad(layer.weight_ih_l0, keep, 1)
         layer.input_size = len(keep)
         layer.flatten_parameters()
