@@ -162,17 +162,14 @@ def model_names(suite: str) -> list[str]:
 
 
 # ------------------------------------------------------------------ checks
-def _flatten(out) -> list:
-    from metaprune.prune.safety import _flatten as flat
-
-    return flat(out)
-
-
 def _forward(model, x) -> list:
+    """The output tensors of a forward (as the tracer and the output-shape check see them)."""
     import torch
 
+    from metaprune.depgraph import output_tensors
+
     with torch.no_grad():
-        return _flatten(model(x))
+        return output_tensors(model(x))
 
 
 def output_check(model, x, base_shapes) -> dict:
@@ -434,16 +431,11 @@ def select(suite: str, max_params: float, cache: Path, sample: int | None = None
                 got[n] = count_params(suite, n)
             except Exception as e:
                 got[n] = _first_line(e, 200)
-        _atomic_write(cache, counts)
+        from metaprune.io import atomic_write_json
+
+        atomic_write_json(cache, counts)
     table = counts.get(suite, {})
     return [n for n in names if isinstance(table.get(n), int) and table[n] <= max_params], table
-
-
-def _atomic_write(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    tmp.replace(path)
 
 
 def sweep(jobs: list[tuple[str, str]], records: Path, timeout: float, mem_gb: float | None = 3.0) -> dict:
@@ -573,7 +565,9 @@ def main(argv=None):
                 "input": f"{SIZE}x{SIZE} (HF: 16 tokens, ViT 32x32)", "target_speedup": 2.0, "threads": 1,
                 "selection": listed}
     summary = aggregate(done, selected, settings)
-    _atomic_write(Path(args.out), summary)
+    from metaprune.io import atomic_write_json
+
+    atomic_write_json(Path(args.out), summary)
     print(markdown(summary))
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..depgraph import TraceTimeoutError
+from ..depgraph import TraceTimeoutError, output_tensors
 from ..utils import preserve_mode
 
 
@@ -136,21 +136,12 @@ def _restore(attrs, tensors) -> None:
         t.requires_grad_(requires_grad)
 
 
-def _flatten(out) -> list:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):  # also Hugging Face's ModelOutput
-        return [t for v in out.values() for t in _flatten(v)]
-    if isinstance(out, (tuple, list)):
-        return [t for v in out for t in _flatten(v)]
-    return []
-
-
 def output_shapes(model: nn.Module, example_inputs) -> list[tuple]:
-    """Shapes of every tensor a forward on ``example_inputs`` returns (eval mode, no grad; mode restored)."""
+    """Shapes of every output tensor a forward on ``example_inputs`` returns (the tensors the tracer starts from:
+    :func:`~metaprune.depgraph.output_tensors`; eval mode, no grad; mode restored)."""
     with torch.no_grad(), preserve_mode(model):
         out = model.eval()(example_inputs)
-    return [tuple(t.shape) for t in _flatten(out)]
+    return [tuple(t.shape) for t in output_tensors(out)]
 
 
 def check_output_shapes(model: nn.Module, example_inputs, before: list[tuple]) -> None:
