@@ -77,9 +77,6 @@ def _preset_choices(argv: list[str]) -> list[str]:
     return out
 
 
-_metanet_choice = _preset_choices  # the name the tests and older notes use
-
-
 if __name__ == "__main__":
     sys.argv[1:] = _preset_choices(sys.argv[1:])
     main()

@@ -132,11 +132,11 @@ def _prune_entry():
 
 def test_prune_py_metanet_none_still_selects_the_preset():
     entry = _prune_entry()
-    args = entry._metanet_choice(["metanet=none", "metanet.finetune_epochs=2", "target.speedup=3"])
+    args = entry._preset_choices(["metanet=none", "metanet.finetune_epochs=2", "target.speedup=3"])
     assert args == ["apply_metanet@metanet=none", "metanet.finetune_epochs=2", "target.speedup=3"]
     cfg = PruneConfig.from_dict(_compose("prune", *args, "output_dir=x"))
     assert cfg.metanet_checkpoint is None and cfg.metanet.finetune_epochs == 2
-    assert entry._metanet_choice(["metanet=none,shipped"]) == ["apply_metanet@metanet=none,shipped"]  # multirun
+    assert entry._preset_choices(["metanet=none,shipped"]) == ["apply_metanet@metanet=none,shipped"]  # multirun
     assert _compose("quality")["metanet"]["hidden"] == 16  # quality.yaml still composes an architecture preset
 
 
