@@ -11,6 +11,7 @@ it to the saved shapes and loads the weights. Arguments that would download or r
 """
 from __future__ import annotations
 
+import sys
 from typing import Callable
 
 import torch.nn as nn
@@ -72,12 +73,10 @@ def _hf(cls_name: str) -> Callable[..., nn.Module]:
 
 
 def hf_spec(model: nn.Module) -> dict | None:
-    """``{"name": "hf:<class>", "args": {"config": ...}}`` for a ``transformers`` model, else None."""
-    try:
-        import transformers
-    except ImportError:
-        return None
-    if not isinstance(model, transformers.PreTrainedModel):
+    """``{"name": "hf:<class>", "args": {"config": ...}}`` for a ``transformers`` model, else None (without
+    importing ``transformers``: a model of its classes exists only once it is loaded)."""
+    transformers = sys.modules.get("transformers")
+    if transformers is None or not isinstance(model, transformers.PreTrainedModel):
         return None
     config = {k: v for k, v in model.config.to_dict().items() if k not in _HF_REFUSED}
     return {"name": f"hf:{type(model).__name__}", "args": {"config": config}}
