@@ -48,6 +48,7 @@ from metaprune.io import atomic_write_json  # noqa: E402
 METHODS = ("random", "depgraph", "depgraph_local", "depgraph_sl", "metaprune", "metaprune_direct",
            "metaprune_identity")
 PRE_TRAINED = ("depgraph_sl", "metaprune", "metaprune_identity")  # methods that spend E epochs before pruning
+REWRITES = ("metaprune", "metaprune_direct")  # methods that apply the metanetwork
 PHASES = ("no_finetune", "finetuned")
 
 
@@ -84,7 +85,7 @@ def run_method(base, data, metanet, c: dict, seed: int, method: str, speedups=No
         hook = sparse_learning_hook(start, x, **c["sparse_learning"])
         fit(start, data, _ft_cfg(c, pre, seed), after_backward=hook, desc="sl")
     elif method.startswith("metaprune"):
-        if method != "metaprune_identity":
+        if method in REWRITES:
             start = apply_metanet(metanet, start, x)
             out["rewritten_acc"] = acc(start)
         if method != "metaprune_direct" and pre:
@@ -266,7 +267,7 @@ def _metanet_digest(path) -> str:
 def _cell_path(cells_dir: Path, name: str, seed: int, method: str, c: dict) -> Path:
     own = {"depgraph_sl": c.get("sparse_learning")}.get(method)
     if method.startswith("metaprune"):  # the identity arm uses no metanetwork: only the ranking keys it
-        own = "identity" if method == "metaprune_identity" else _metanet_digest(c["metanet_checkpoint"])
+        own = _metanet_digest(c["metanet_checkpoint"]) if method in REWRITES else "identity"
         if not c.get("metaprune_global", True):
             own = f"{own}-local"
     suffix = f"-{_recipe_hash(own)}" if own is not None else ""
@@ -294,7 +295,7 @@ def run(c: dict) -> dict:
     names = zoo.names(c["split"])[: c["max_networks"] or None]
     if not names:
         raise ValueError(f"zoo {root} has no {c['split']!r} networks")
-    metanet = load_metanet(c["metanet_checkpoint"]) if any(m.startswith("metaprune") for m in c["methods"]) else None
+    metanet = load_metanet(c["metanet_checkpoint"]) if any(m in REWRITES for m in c["methods"]) else None
     shard, num_shards = int(c.get("shard") or 0), int(c.get("num_shards") or 1)
     if num_shards < 1 or not 0 <= shard < num_shards:
         raise ValueError(f"shard={shard} must lie in [0, num_shards={num_shards})")
