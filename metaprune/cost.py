@@ -174,6 +174,8 @@ class CostModel:
         for g, grp in enumerate(groups):
             for s in grp.slices:  # slices are distinct entries (see DepGraph._channel_group)
                 self.A[self._var[(s.param, s.dim)], g] += 1
+            for name, dim, per_unit in grp.partial:  # entries only some units own: their average
+                self.A[self._var[(name, dim)], g] += per_unit
         self._by_name = {r["name"]: r for r in records}
         self._out_var = {}
         mac_terms = []

@@ -118,7 +118,10 @@ class Group:
     ``slices``: every coupled parameter entry (see the module docstring); ``kind``: ``channel`` or
     ``attention`` (a head dimension of an attention, see :class:`Heads`); ``multiple``: kept units must be a
     multiple of this (``nn.MultiheadAttention``'s heads); ``custom``: a coupled layer is pruned by a custom
-    pruner (criteria then score the slices, which torch-pruning's own criteria do not see).
+    pruner (criteria then score the slices, which torch-pruning's own criteria do not see); ``partial``:
+    ``(param, dim, entries per unit)`` of parameters only some units own (an input split among branches, each unit
+    reaching one of them: timm's MixedConv2d, InceptionNeXt), which no slice can hold; they are cut with the group,
+    criteria do not score them, and the cost model counts their entries per removed unit on average.
     """
 
     root: str
@@ -131,6 +134,7 @@ class Group:
     tp_group: object = field(default=None, repr=False)
     attention: Heads | None = field(default=None, repr=False)
     cuts: list = field(default_factory=list, repr=False)  # (dependency, target idxs, root idxs), frozen copies
+    partial: list = field(default_factory=list)  # (param, dim, entries per unit on average)
 
     def norms(self, params: dict[str, torch.Tensor], p: int = 2) -> torch.Tensor:
         return group_norms(self, params, p)
@@ -346,7 +350,7 @@ class DepGraph:
         self.canonical = {n: self.param_name[p] for n, p in model.named_parameters(remove_duplicate=False)}
         self.unwrapped_dim = {u.parameters: u.pruning_dim for u in self.DG.unwrapped_parameters}
         self.fixed = []  # roots of groups left alone: torch-pruning's index mapping through them is inconsistent
-        with time_bound(f"building the channel groups of {type(model).__name__}"):
+        with time_bound(f"building the channel groups of {type(model).__name__}"), _unknown_concat_sizes_unmapped():
             self.groups = self._build_groups()
 
     # ------------------------------------------------------------------ checks
@@ -453,12 +457,13 @@ class DepGraph:
         units = len(unit_roots)
         unit_of_root = torch.empty(n_root, dtype=torch.long)
         unit_of_root[unit_roots.flatten()] = torch.arange(units).repeat_interleave(unit_roots.shape[1])
-        if any(_drops_channels(item.dep.target) or _drops_channels(item.dep.source) for item in g):
+        if any(_drops_channels(n) or _unmapped_concat(n) for item in g for n in (item.dep.target, item.dep.source)):
             # channels pass a slice that drops some (GhostNet's ``cat([a, b])[:, :n]``): its bounds are constants of
-            # the forward, so after a cut other channels would slide into the kept range. Leave the group alone
+            # the forward, so after a cut other channels would slide into the kept range; or a concatenation whose
+            # input widths torch-pruning could not infer maps no channel to its place. Leave the group alone
             self.fixed.append(self.mod_name.get(root_mod, str(root_mod)))
             return None
-        slices, seen, multiple, custom = [], set(), 1, False
+        slices, partial, seen, multiple, custom = [], [], set(), 1, False
         for item in g:
             m, fn = item.dep.target.module, item.dep.handler
             targets = torch.as_tensor(list(item.idxs), dtype=torch.long)
@@ -472,7 +477,9 @@ class DepGraph:
                     continue
                 seen.add(key)
                 cols = _columns(targets, unit_of_root[roots], units)
-                if cols is None:
+                if cols is None:  # units own unequal numbers of entries: counted on average (see Group.partial)
+                    entries = torch.unique(torch.cat([torch.as_tensor(off(targets)) for off in offset_fn]))
+                    partial.append((pname, dim, len(entries) / units))
                     continue
                 # a unit owns an entry once, even where several of its channels map onto it (all heads' att_src
                 # entry of one GATConv head dimension, a grouped conv's shared input column)
@@ -495,7 +502,7 @@ class DepGraph:
                  torch.as_tensor(list(item.root_idxs), dtype=torch.long))
                 for item in g if len(item.idxs)]
         return Group(root=self.mod_name.get(root_mod, str(root_mod)), units=units, slices=slices,
-                     multiple=multiple, custom=custom, unit_roots=unit_roots, tp_group=g, cuts=cuts)
+                     multiple=multiple, custom=custom, unit_roots=unit_roots, tp_group=g, cuts=cuts, partial=partial)
 
     def _param_dims(self, m, fn):
         """(param name, dim, [index transforms]) touched when ``fn`` prunes channels of ``m``."""
@@ -670,7 +677,8 @@ def output_layers(DG, pruners: dict | None = None) -> list[nn.Module]:
 
 
 def _sync_static_attrs(model: nn.Module) -> None:
-    """Update width attributes some models read in ``forward`` (torchvision ViT's ``hidden_dim``)."""
+    """Update width attributes some models read in ``forward`` (torchvision ViT's ``hidden_dim``, timm
+    MixedConv2d's split sizes)."""
     for m in model.modules():
         conv = getattr(m, "conv_proj", None)
         if isinstance(getattr(m, "hidden_dim", None), int) and isinstance(conv, nn.Conv2d):
@@ -684,6 +692,14 @@ def _sync_static_attrs(model: nn.Module) -> None:
         if isinstance(getattr(m, "split_size", None), int) and isinstance(getattr(m, "embed_dim", None), int) \
                 and hasattr(m, "c_proj"):
             m.embed_dim = m.c_proj.weight.shape[-1]
+        splits, convs = getattr(m, "splits", None), list(m.children())
+        if isinstance(splits, list) and len(splits) == len(convs) > 0 \
+                and all(isinstance(c, nn.modules.conv._ConvNd) for c in convs):
+            # a block splitting its input among its child convs (timm's MixedConv2d): the split sizes are theirs
+            m.splits = [c.in_channels for c in convs]
+            for name, value in (("in_channels", sum(m.splits)), ("out_channels", sum(c.out_channels for c in convs))):
+                if isinstance(getattr(m, name, None), int):
+                    setattr(m, name, value)
         proj = getattr(getattr(m, "patch_embed", None), "proj", None)
         if type(m).__module__.startswith("timm.") and isinstance(proj, nn.Conv2d):  # timm ViT/DeiT: the token width
             for name in ("embed_dim", "num_features", "head_hidden_size"):
@@ -785,6 +801,35 @@ def _lcm(a: int, b: int) -> int:
     return a * b // math.gcd(a, b)
 
 
+@contextlib.contextmanager
+def _unknown_concat_sizes_unmapped():
+    """torch-pruning leaves a channel concatenation without index mapping when it cannot infer the width of one of
+    its inputs (a CSP block's ``cat`` of a split), but sums those widths before it checks for an unknown one, so
+    tracing such a model raises a bare ``TypeError``. Within this block that concatenation is left unmapped, as the
+    library intends; :func:`_unmapped_concat` then keeps every group through it whole."""
+    from torch_pruning.dependency import index_mapping as im
+
+    original = im.update_concat_index_mapping
+
+    def update(graph, node):
+        try:
+            original(graph, node)
+        except TypeError:
+            if None not in (node.module.concat_sizes or ()):
+                raise
+
+    im.update_concat_index_mapping = update
+    try:
+        yield
+    finally:
+        im.update_concat_index_mapping = original
+
+
+def _unmapped_concat(node) -> bool:
+    """Is ``node`` a concatenation whose input widths torch-pruning could not infer (no index mapping through it)?"""
+    return getattr(node, "type", None) == tp.ops.OPTYPE.CONCAT and None in (node.module.concat_sizes or ())
+
+
 def build_dependency_graph(model: nn.Module, example_inputs, pruners: dict | None = None, forward_fn=None):
     """torch-pruning's ``DependencyGraph`` of ``model`` with the custom pruners ``pruners`` (default: the
     registered ones): the one place metaprune builds one (``DepGraph`` here, the graph converter's trace).
@@ -801,7 +846,7 @@ def build_dependency_graph(model: nn.Module, example_inputs, pruners: dict | Non
         for p in frozen:
             p.requires_grad_(True)
         # the tracer leaves the model in eval mode
-        with preserve_mode(model), warnings.catch_warnings(), torch.enable_grad():
+        with preserve_mode(model), warnings.catch_warnings(), torch.enable_grad(), _unknown_concat_sizes_unmapped():
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
             warnings.filterwarnings("ignore", category=UserWarning, module="torch_pruning")
             return tp.DependencyGraph().build_dependency(

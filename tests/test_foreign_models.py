@@ -304,3 +304,65 @@ def test_timm_blur_pool_filter_follows_its_channels():
     (grp,) = [g for g in dg.groups if any(s.param == "a.weight" for s in g.slices)]
     _remove_silent_units(model, dg, grp, [1, 2], x)
     assert model.blur.filt.shape == (6, 1, 3, 3) and model.blur.channels == 6 == model.a.out_channels
+
+
+class _ReadsItsWidth(nn.Module):
+    """A block whose forward reshapes to the width it was built with (as an attention reads its head count)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.c, self.conv = c, nn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y.reshape(y.shape[0], self.c, -1).reshape(y.shape)
+
+
+class _WithFixedBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.block, self.conv = nn.Conv2d(3, 16, 3), _ReadsItsWidth(16), nn.Conv2d(16, 32, 3)
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.block(torch.relu(self.stem(x))))
+        return self.head(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+def test_layer_failing_after_pruning_is_kept_whole():
+    """The pruned model fails inside a block: it is pruned again with every group through that block left whole, a
+    warning names it, and the result lists it; ``keep_failing_layers=False`` raises and leaves the model as it was."""
+    torch.manual_seed(0)
+    model = _WithFixedBlock().eval()
+    x = torch.randn(1, 3, 12, 12)
+    before = _snapshot(model)
+    with pytest.raises(PruningFailed, match="block"):
+        prune(model, x, target_speedup=1.5, keep_failing_layers=False)
+    assert all(torch.equal(model.state_dict()[k], before[k]) for k in before)
+    with pytest.warns(UserWarning, match="pruned again.*left whole"):
+        res = prune(model, x, target_speedup=1.5)
+    assert res.kept_whole == ["block"] and "block" in res.protected
+    assert model.stem.out_channels == 16 and model.block.conv.weight.shape == (16, 16, 1, 1)
+    assert model.conv.out_channels < 32 and model(x).shape == (1, 5)
+    assert res.speedup == pytest.approx(1.5, rel=0.05)
+
+
+@pytest.mark.parametrize("name, kept", [
+    ("cs3darknet_focus_s", []),              # a concatenation torch-pruning cannot size: its groups stay whole
+    ("tf_mixnet_s", []),                     # MixedConv2d: split sizes follow the pruned convs, MACs counted right
+    ("edgenext_xx_small", ["stages.1.blocks.1.xca"]),  # cross-covariance attention reads its width: kept whole
+])
+def test_timm_split_concat_and_width_reading_blocks_prune(name, kept):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = prune(model, x, target_speedup=2.0)
+    assert res.kept_whole == kept
+    assert res.speedup == pytest.approx(2.0, rel=0.03)  # measured MACs, not only the cost model's prediction
+    out = model(x)
+    assert out.shape == (1, 10) and torch.isfinite(out).all()

@@ -11,6 +11,7 @@ Layers torch-pruning has no rule for are pruned by their registered custom prune
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -22,7 +23,10 @@ from ..cost import CostModel, macs_and_params, trace_modules
 from ..depgraph import DepGraph, merge_pruners
 from ..utils import preserve_mode
 from .importance import Importance, importance as make_importance
-from .safety import check_output_shapes, output_shapes, unchanged_on_error
+from .safety import PruningFailed, check_output_shapes, failing_module, output_shapes, unchanged_on_error
+
+# how many failing layers (or layer types) one prune may keep whole before it gives up
+MAX_KEPT_WHOLE = 8
 
 
 class UnreachableTarget(ValueError):
@@ -47,6 +51,7 @@ class PruneResult:
     removed: dict = field(default_factory=dict)   # group root -> removed unit ids (in the original model)
     predicted_macs: float = 0.0
     seconds: float = 0.0
+    kept_whole: list = field(default_factory=list)  # failing layers whose channel groups were left whole
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,7 +116,7 @@ def plan_order(scores: list[torch.Tensor], groups, round_to: int | None, global_
 def prune(model: nn.Module, example_inputs: torch.Tensor, target_speedup: float | None = None,
           target_params: float | None = None, importance: str | Importance = "l2", global_pruning: bool = False,
           round_to: int | None = None, ignored_layers=(), calibration=None, protect_output: bool = True,
-          seed: int = 0, customized_pruners: dict | None = None) -> PruneResult:
+          seed: int = 0, customized_pruners: dict | None = None, keep_failing_layers: bool = True) -> PruneResult:
     """Prune ``model`` in place to ``target_speedup`` (base MACs / pruned MACs) or ``target_params``
     (base params / pruned params) and return the measured result.
 
@@ -126,6 +131,12 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, target_speedup: float 
     model's output shapes differ from the original's), ``model`` is restored exactly and
     :class:`~metaprune.prune.safety.PruningFailed` names the cause. Groups whose channel mapping torch-pruning
     cannot follow are left alone and listed in ``protected``.
+
+    ``keep_failing_layers``: when the pruned model fails inside a layer (its forward reads a width pruning changed:
+    a head count, split sizes; or a pruning rule raised on it), the model is restored and pruned again with every
+    channel group through that layer left whole (through every layer of its type when it is a block with a forward
+    of its own), up to ``MAX_KEPT_WHOLE`` times, with a warning each time; the layers are listed in ``kept_whole``
+    and ``protected``. ``False``: the first failure raises.
     """
     t0 = time.perf_counter()
     if (target_speedup is None) == (target_params is None):
@@ -141,13 +152,46 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, target_speedup: float 
     if isinstance(example_inputs, torch.Tensor) and example_inputs.dim() > 1 and example_inputs.shape[0] > 1:
         example_inputs = example_inputs[:1]  # structure and MACs per example; a batch adds nothing but cost
 
-    with unchanged_on_error(model):
-        return _prune(model, example_inputs, target, what, crit, global_pruning, round_to, ignored_layers, calibration,
-                      protect_output, customized_pruners, t0)
+    kept, notes, last = [], [], None
+    while True:
+        try:
+            with unchanged_on_error(model):
+                res = _prune(model, example_inputs, target, what, crit, global_pruning, round_to, ignored_layers,
+                             calibration, protect_output, customized_pruners, t0, kept)
+        except _NoGroupThrough:  # leaving the layer's groups whole changes nothing: the failure stands
+            raise last from None
+        except PruningFailed as e:
+            layer = failing_module(model, e.__cause__) if keep_failing_layers else None
+            if layer is None or layer in kept or len(kept) >= MAX_KEPT_WHOLE:
+                raise
+            kept.append(layer)
+            notes.append(f"{e}; pruned again with the channel groups through {layer} "
+                         f"({type(model.get_submodule(layer)).__name__}) left whole")
+            last = e
+            continue
+        for note in notes:
+            warnings.warn(note, stacklevel=2)
+        return res
+
+
+class _NoGroupThrough(PruningFailed):
+    """No channel group reaches the layer a pruned model failed in: leaving its groups whole cannot help."""
+
+
+def _leave_whole(model: nn.Module, groups: list, kept: list[str]) -> list:
+    """``groups`` without those reaching a kept layer (a parameter entry or a cut in it): each kept layer, and every
+    layer of its type when it is a block with children (its own forward reads the widths, so every instance does)."""
+    modules = dict(model.named_modules())
+    blocks = {type(modules[n]) for n in kept if list(modules[n].children())}
+    names = set(kept) | {n for n, m in modules.items() if n and type(m) in blocks}
+    prefixes = tuple(f"{n}." for n in names)
+    inside = {id(sub) for n in names for sub in modules[n].modules()}
+    return [g for g in groups if not any(sl.param.startswith(prefixes) for sl in g.slices)
+            and not any(id(dep.target.module) in inside for dep, _, _ in g.cuts)]
 
 
 def _prune(model, example_inputs, target, what, crit, global_pruning, round_to, ignored_layers, calibration,
-           protect_output, customized_pruners, t0) -> PruneResult:
+           protect_output, customized_pruners, t0, kept) -> PruneResult:
     shapes = output_shapes(model, example_inputs)
     pruners = merge_pruners(customized_pruners)
     records, heads = trace_modules(model, example_inputs, pruners)
@@ -159,6 +203,12 @@ def _prune(model, example_inputs, target, what, crit, global_pruning, round_to, 
     if protect_output and not dg.output_layers and heads:
         dg = DepGraph(model, example_inputs, protected, pruners)
     protected += [n for n in dg.fixed if n not in protected]  # groups DepGraph could not map are left alone
+    if kept:  # layers a pruned model failed in: every group with an entry in them stays whole
+        whole = _leave_whole(model, dg.groups, kept)
+        if len(whole) == len(_leave_whole(model, dg.groups, kept[:-1])):
+            raise _NoGroupThrough(kept[-1])
+        dg.groups = whole
+        protected += [n for n in kept if n not in protected]
     groups = dg.groups
     if not groups:
         raise ValueError("nothing to prune: the model has no prunable channel groups outside the protected layers")
@@ -222,4 +272,4 @@ def _prune(model, example_inputs, target, what, crit, global_pruning, round_to, 
         global_pruning=bool(global_pruning), round_to=round_to, protected=protected,
         channels={g.root: [before[g.root], before[g.root] - len(removed.get(i, []))] for i, g in enumerate(groups)},
         removed={groups[g].root: sorted(u.tolist()) for g, u in removed.items()},
-        predicted_macs=predicted, seconds=time.perf_counter() - t0)
+        predicted_macs=predicted, seconds=time.perf_counter() - t0, kept_whole=list(kept))

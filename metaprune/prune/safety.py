@@ -85,6 +85,20 @@ def failing_layer(model: nn.Module, error: BaseException) -> str | None:
     submodule on its traceback (a frame of its own code, or of a pruning function handed it as ``layer``/``module``),
     ``at <pattern> after layer name (Type)`` when torch-pruning could not map channels through a parameter-free op;
     follows the exceptions it was raised from; None when neither is on the traceback."""
+    site = _failure_site(model, error)
+    return None if site is None else site[1]
+
+
+def failing_module(model: nn.Module, error: BaseException) -> str | None:
+    """The name of the layer of ``model`` that :func:`failing_layer` reports ``error`` in; None when the error arose
+    elsewhere (in torch-pruning's mapping of channels through a parameter-free op, or outside any layer)."""
+    site = _failure_site(model, error)
+    return None if site is None else site[0]
+
+
+def _failure_site(model: nn.Module, error: BaseException) -> tuple[str | None, str] | None:
+    """``(layer name or None, words)`` of the innermost place on the traceback of ``error`` (or of the exceptions it
+    was raised from) that names a layer of ``model`` (see :func:`failing_layer`)."""
     names = {id(m): n for n, m in model.named_modules() if n}
     seen = set()
     while error is not None and id(error) not in seen:
@@ -94,11 +108,11 @@ def failing_layer(model: nn.Module, error: BaseException) -> str | None:
             local, code = tb.tb_frame.f_locals, tb.tb_frame.f_code.co_name
             owner = next((local[k] for k in ("self", "layer", "module") if id(local.get(k)) in names), None)
             if owner is not None:
-                found = f"in layer {names[id(owner)]} ({type(owner).__name__})"
+                found = names[id(owner)], f"in layer {names[id(owner)]} ({type(owner).__name__})"
             node = next((v for k, v in local.items() if k.endswith("node") and hasattr(v, "inputs")), None)
             if code in _CHANNEL_OPS and node is not None:
                 before = _named_input(node, names)
-                found = f"at {_CHANNEL_OPS[code]}" + (f" after layer {before}" if before else "")
+                found = None, f"at {_CHANNEL_OPS[code]}" + (f" after layer {before}" if before else "")
             tb = tb.tb_next
         if found is not None:
             return found
