@@ -36,10 +36,11 @@ def test_pruned_timm_resnet_reloads(tmp_path):
     assert again.conv1.out_channels < 64  # rebuilt at full width, shrunk to the saved shapes
 
 
-def test_pruned_timm_vit_reloads_with_its_head_dims(tmp_path):
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "deit_tiny_patch16_224"])
+def test_pruned_timm_vit_reloads_with_its_head_dims(tmp_path, name):
     pytest.importorskip("timm")
     torch.manual_seed(0)
-    model = build("timm:vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, num_classes=10).eval()
+    model = build(f"timm:{name}", img_size=32, patch_size=8, depth=2, num_classes=10).eval()
     spec, again = _prune_save_reload(model, torch.randn(2, 3, 32, 32), tmp_path)
     attn = spec["attrs"]["blocks.0.attn"]
     assert attn["head_dim"] < 64 and attn["attn_dim"] == attn["head_dim"] * attn["num_heads"]
