@@ -676,35 +676,60 @@ def output_layers(DG, pruners: dict | None = None) -> list[nn.Module]:
     return list(dict.fromkeys(found))
 
 
+def _set_ints(m: nn.Module, names, value: int) -> None:
+    """Set each of ``names`` that ``m`` holds as an int (not a bool) to ``value``."""
+    for name in names:
+        if isinstance(getattr(m, name, None), int) and not isinstance(getattr(m, name), bool):
+            setattr(m, name, value)
+
+
+def _sync_torchvision_vit(m: nn.Module) -> None:
+    """torchvision's ViT reads ``hidden_dim`` (its token width) in forward."""
+    if isinstance(getattr(m, "hidden_dim", None), int) and isinstance(getattr(m, "conv_proj", None), nn.Conv2d):
+        m.hidden_dim = m.conv_proj.out_channels
+
+
+def _sync_multihead_attention(m: nn.Module) -> None:
+    if isinstance(m, nn.MultiheadAttention):
+        m.head_dim = m.embed_dim // m.num_heads
+        m.kdim = m.vdim = m.embed_dim
+
+
+def _sync_gpt2(m: nn.Module) -> None:
+    """Hugging Face GPT-2 keeps its token width as ``embed_dim`` in the model (read by nothing in forward; kept true)
+    and in each attention beside ``split_size``."""
+    if isinstance(getattr(m, "wte", None), nn.Embedding):
+        _set_ints(m, ("embed_dim",), m.wte.embedding_dim)
+    if isinstance(getattr(m, "split_size", None), int) and hasattr(m, "c_proj"):
+        _set_ints(m, ("embed_dim",), m.c_proj.weight.shape[-1])
+
+
+def _sync_split_convs(m: nn.Module) -> None:
+    """A block splitting its input among its child convs (timm's MixedConv2d): the split sizes are theirs."""
+    splits, convs = getattr(m, "splits", None), list(m.children())
+    if isinstance(splits, list) and len(splits) == len(convs) > 0 \
+            and all(isinstance(c, nn.modules.conv._ConvNd) for c in convs):
+        m.splits = [c.in_channels for c in convs]
+        _set_ints(m, ("in_channels",), sum(m.splits))
+        _set_ints(m, ("out_channels",), sum(c.out_channels for c in convs))
+
+
+def _sync_timm_vit(m: nn.Module) -> None:
+    """timm's ViT/DeiT: the token width is its patch embedding's."""
+    proj = getattr(getattr(m, "patch_embed", None), "proj", None)
+    if type(m).__module__.startswith("timm.") and isinstance(proj, nn.Conv2d):
+        _set_ints(m, ("embed_dim", "num_features", "head_hidden_size"), proj.out_channels)
+
+
+# width attributes some model families read in forward (or keep as their width), updated after every pruning
+WIDTH_RULES = [_sync_torchvision_vit, _sync_multihead_attention, _sync_gpt2, _sync_split_convs, _sync_timm_vit]
+
+
 def _sync_static_attrs(model: nn.Module) -> None:
-    """Update width attributes some models read in ``forward`` (torchvision ViT's ``hidden_dim``, timm
-    MixedConv2d's split sizes)."""
+    """Apply every rule of ``WIDTH_RULES`` to every module of ``model``."""
     for m in model.modules():
-        conv = getattr(m, "conv_proj", None)
-        if isinstance(getattr(m, "hidden_dim", None), int) and isinstance(conv, nn.Conv2d):
-            m.hidden_dim = conv.out_channels
-        if isinstance(m, nn.MultiheadAttention):
-            m.head_dim = m.embed_dim // m.num_heads
-            m.kdim = m.vdim = m.embed_dim
-        wte = getattr(m, "wte", None)  # Hugging Face GPT-2: the token width (read by nothing in forward; kept true)
-        if isinstance(wte, nn.Embedding) and isinstance(getattr(m, "embed_dim", None), int):
-            m.embed_dim = wte.embedding_dim
-        if isinstance(getattr(m, "split_size", None), int) and isinstance(getattr(m, "embed_dim", None), int) \
-                and hasattr(m, "c_proj"):
-            m.embed_dim = m.c_proj.weight.shape[-1]
-        splits, convs = getattr(m, "splits", None), list(m.children())
-        if isinstance(splits, list) and len(splits) == len(convs) > 0 \
-                and all(isinstance(c, nn.modules.conv._ConvNd) for c in convs):
-            # a block splitting its input among its child convs (timm's MixedConv2d): the split sizes are theirs
-            m.splits = [c.in_channels for c in convs]
-            for name, value in (("in_channels", sum(m.splits)), ("out_channels", sum(c.out_channels for c in convs))):
-                if isinstance(getattr(m, name, None), int):
-                    setattr(m, name, value)
-        proj = getattr(getattr(m, "patch_embed", None), "proj", None)
-        if type(m).__module__.startswith("timm.") and isinstance(proj, nn.Conv2d):  # timm ViT/DeiT: the token width
-            for name in ("embed_dim", "num_features", "head_hidden_size"):
-                if isinstance(getattr(m, name, None), int):
-                    setattr(m, name, proj.out_channels)
+        for rule in WIDTH_RULES:
+            rule(m)
 
 
 def _coupled_roots(g, unit_roots: torch.Tensor) -> torch.Tensor | None:
