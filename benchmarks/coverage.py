@@ -345,7 +345,7 @@ def run_one(suite: str, name: str, tool: str, threads: int | None = 1, time_limi
 # ------------------------------------------------------------------ failure patterns
 # (regex on both tools' errors and traceback tails, pattern); the first match names the pattern
 PATTERNS = [
-    (r"regroups channels|shuffle", "channel shuffle (a reshape regroups channels)"),
+    (r"regroups channels|shuffle|update_reshape_index_mapping", "channel shuffle (a reshape regroups channels)"),
     (r"relative_position|rel_pos|bias_table|attention_bias|bias_idxs",
      "parameter used by indexing (an attention bias table read through an index)"),
     (r"LayerScale|layer_scale|\.ls\d|\.gamma\b",

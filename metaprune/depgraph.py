@@ -350,7 +350,7 @@ class DepGraph:
         self.canonical = {n: self.param_name[p] for n, p in model.named_parameters(remove_duplicate=False)}
         self.unwrapped_dim = {u.parameters: u.pruning_dim for u in self.DG.unwrapped_parameters}
         self.fixed = []  # roots of groups left alone: torch-pruning's index mapping through them is inconsistent
-        with time_bound(f"building the channel groups of {type(model).__name__}"), _unknown_concat_sizes_unmapped():
+        with time_bound(f"building the channel groups of {type(model).__name__}"), _unmappable_ops_left_unmapped():
             self.groups = self._build_groups()
 
     # ------------------------------------------------------------------ checks
@@ -457,10 +457,11 @@ class DepGraph:
         units = len(unit_roots)
         unit_of_root = torch.empty(n_root, dtype=torch.long)
         unit_of_root[unit_roots.flatten()] = torch.arange(units).repeat_interleave(unit_roots.shape[1])
-        if any(_drops_channels(n) or _unmapped_concat(n) for item in g for n in (item.dep.target, item.dep.source)):
+        if any(_drops_channels(n) or _unmapped(n) for item in g for n in (item.dep.target, item.dep.source)):
             # channels pass a slice that drops some (GhostNet's ``cat([a, b])[:, :n]``): its bounds are constants of
-            # the forward, so after a cut other channels would slide into the kept range; or a concatenation whose
-            # input widths torch-pruning could not infer maps no channel to its place. Leave the group alone
+            # the forward, so after a cut other channels would slide into the kept range; or an op torch-pruning could
+            # not map (a channel shuffle, a concatenation of unknown widths) puts no channel in its place. Leave the
+            # group alone
             self.fixed.append(self.mod_name.get(root_mod, str(root_mod)))
             return None
         slices, partial, seen, multiple, custom = [], [], set(), 1, False
@@ -826,33 +827,42 @@ def _lcm(a: int, b: int) -> int:
     return a * b // math.gcd(a, b)
 
 
+_MAPPINGS = ("update_concat_index_mapping", "update_split_index_mapping", "update_reshape_index_mapping",
+             "update_unbind_index_mapping", "update_expand_index_mapping", "update_slice_index_mapping")
+
+
 @contextlib.contextmanager
-def _unknown_concat_sizes_unmapped():
-    """torch-pruning leaves a channel concatenation without index mapping when it cannot infer the width of one of
-    its inputs (a CSP block's ``cat`` of a split), but sums those widths before it checks for an unknown one, so
-    tracing such a model raises a bare ``TypeError``. Within this block that concatenation is left unmapped, as the
-    library intends; :func:`_unmapped_concat` then keeps every group through it whole."""
+def _unmappable_ops_left_unmapped():
+    """Within this block an op whose channel index mapping torch-pruning fails to work out (it divides by an inferred
+    width of 0 at a channel shuffle's reshape, or sums an unknown width at a CSP block's concatenation) is left
+    without a mapping and marked, instead of the whole trace raising; :func:`_unmapped` then keeps every group through
+    it whole. torch-pruning itself leaves an op unmapped where it sees it cannot infer a width."""
     from torch_pruning.dependency import index_mapping as im
 
-    original = im.update_concat_index_mapping
+    originals = {name: getattr(im, name) for name in _MAPPINGS}
 
-    def update(graph, node):
-        try:
-            original(graph, node)
-        except TypeError:
-            if None not in (node.module.concat_sizes or ()):
-                raise
+    def guarded(original):
+        def update(graph, node):
+            try:
+                original(graph, node)
+            except Exception:
+                node.metaprune_unmapped = True
+        return update
 
-    im.update_concat_index_mapping = update
+    for name, original in originals.items():
+        setattr(im, name, guarded(original))
     try:
         yield
     finally:
-        im.update_concat_index_mapping = original
+        for name, original in originals.items():
+            setattr(im, name, original)
 
 
-def _unmapped_concat(node) -> bool:
-    """Is ``node`` a concatenation whose input widths torch-pruning could not infer (no index mapping through it)?"""
-    return getattr(node, "type", None) == tp.ops.OPTYPE.CONCAT and None in (node.module.concat_sizes or ())
+def _unmapped(node) -> bool:
+    """Is ``node`` an op torch-pruning maps no channel through: one whose mapping failed (see
+    :func:`_unmappable_ops_left_unmapped`), or a concatenation whose input widths it could not infer?"""
+    return getattr(node, "metaprune_unmapped", False) or (
+        getattr(node, "type", None) == tp.ops.OPTYPE.CONCAT and None in (node.module.concat_sizes or ()))
 
 
 def build_dependency_graph(model: nn.Module, example_inputs, pruners: dict | None = None, forward_fn=None):
@@ -871,7 +881,7 @@ def build_dependency_graph(model: nn.Module, example_inputs, pruners: dict | Non
         for p in frozen:
             p.requires_grad_(True)
         # the tracer leaves the model in eval mode
-        with preserve_mode(model), warnings.catch_warnings(), torch.enable_grad(), _unknown_concat_sizes_unmapped():
+        with preserve_mode(model), warnings.catch_warnings(), torch.enable_grad(), _unmappable_ops_left_unmapped():
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
             warnings.filterwarnings("ignore", category=UserWarning, module="torch_pruning")
             return tp.DependencyGraph().build_dependency(
