@@ -4,7 +4,6 @@ head dims except where only whole heads keep the attention intact (rotary embedd
 where ``dim`` is refused. Hugging Face BERT and GPT-2, timm's ViT and metaprune's own ViT, random init."""
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,17 +17,8 @@ from metaprune.prune.pipeline import run_prune
 transformers = pytest.importorskip("transformers")
 timm = pytest.importorskip("timm")
 
-REPO = Path(__file__).resolve().parents[1]
-VOCAB = 100
-
-
-def _greedy(model, ids, n):
-    """Greedy decoding by full forward passes (no cache)."""
-    with torch.no_grad():
-        for _ in range(n):
-            nxt = model(ids, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
-            ids = torch.cat([ids, nxt], 1)
-    return ids
+from test_foreign_lm import VOCAB, _greedy  # noqa: E402  (needs transformers)
+from test_prune_config import REPO, _compose  # noqa: E402
 
 
 def _pruned(model, x, unit, **kw):
@@ -127,28 +117,20 @@ def test_unknown_unit_is_refused_naming_the_choices():
         prune(model, torch.randn(1, 1, 8, 8), target_speedup=2.0, attention_unit="heads")
 
 
-def _compose(*overrides):
-    from hydra import compose, initialize_config_dir
-
-    from metaprune.cli import to_dict
-
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return to_dict(compose("prune", overrides=list(overrides)))
-
-
 def test_prune_config_checks_attention_unit_before_loading(tmp_path, monkeypatch):
     """Every prune preset takes prune.attention_unit; a bad value, or a unit for a route that prunes through
     torch-pruning's own pruner (OBS, pruning at init), fails naming the key before anything loads or is written."""
     monkeypatch.setattr(pipeline, "load", lambda *a, **k: pytest.fail("the run reached the load stage"))
     out = f"output_dir={tmp_path / 'out'}"
     for preset in sorted(p.stem for p in (REPO / "configs" / "prune").glob("*.yaml")):
-        assert _compose(f"prune={preset}", "prune.attention_unit=head", out)["prune"]["attention_unit"] == "head"
+        cfg = _compose("prune", f"prune={preset}", "prune.attention_unit=head", out)
+        assert cfg["prune"]["attention_unit"] == "head"
     with pytest.raises(UsageError, match=r"^prune\.attention_unit='dims' is invalid: must be one of auto, dim, head$"):
-        run_prune(_compose("prune.attention_unit=dims", "model.checkpoint=x", out), progress=False)
+        run_prune(_compose("prune", "prune.attention_unit=dims", "model.checkpoint=x", out), progress=False)
     with pytest.raises(UsageError, match=r"prune\.attention_unit='head' applies to one-shot pruning; "
                                          r"prune\.importance=obs prunes through torch-pruning's own pruner"):
-        run_prune(_compose("prune.attention_unit=head", "prune.importance=obs", "model.checkpoint=x", out),
-                  progress=False)
+        run_prune(_compose("prune", "prune.attention_unit=head", "prune.importance=obs", "model.checkpoint=x",
+                           out), progress=False)
     assert not (tmp_path / "out").exists()
 
 
