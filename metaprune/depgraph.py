@@ -161,7 +161,8 @@ class Heads:
     attention module whose width attributes follow. Layers are ``nn.Linear`` or a registered custom layer (GPT-2's
     ``Conv1D``). ``unit``: ``dim`` removes slot ``d`` of every head (the head dim shrinks; the scale stays, pruning
     must not change the attention temperature); ``head`` removes one key/value head with the query heads sharing it
-    (whole heads: where a rotary embedding pairs the dims of a head, or keys and values have fewer heads)."""
+    (whole heads: where a rotary embedding pairs the dims of a head, or keys and values have fewer heads, and
+    wherever ``attention_unit="head"`` asks for them)."""
 
     module: nn.Module
     outs: list
@@ -264,7 +265,17 @@ def _rotary(m: nn.Module) -> bool:
     return _takes(m, "position_embeddings")
 
 
-def attention_heads(model: nn.Module, DG=None, pruners: dict | None = None) -> list[Heads]:
+ATTENTION_UNITS = ("auto", "dim", "head")
+
+
+def check_attention_unit(unit) -> str:
+    """``unit`` if it is one of :data:`ATTENTION_UNITS`, else a ``ValueError`` naming them."""
+    if unit not in ATTENTION_UNITS:
+        raise ValueError(f"attention_unit={unit!r} is invalid: must be one of {', '.join(ATTENTION_UNITS)}")
+    return unit
+
+
+def attention_heads(model: nn.Module, DG=None, pruners: dict | None = None, unit: str = "auto") -> list[Heads]:
     """The multi-head attentions of ``model`` whose heads can be pruned:
 
     - a fused ``qkv`` Linear with ``proj`` and ``num_heads`` (metaprune's ViT, timm's ViT/DeiT): head dims;
@@ -273,11 +284,16 @@ def attention_heads(model: nn.Module, DG=None, pruners: dict | None = None) -> l
       whose output projection is found in the traced graph (Hugging Face BERT, ViT: head dims; Llama-style
       attention with rotary embeddings or grouped-query attention, ``num_key_value_heads < num_attention_heads``:
       whole key/value heads with their query heads).
+
+    ``unit`` (see :class:`Heads`): ``auto`` as listed; ``head`` removes whole heads everywhere (the head dim stays,
+    the head count falls); ``dim`` removes head dims everywhere, refused with a ``ValueError`` naming the attention
+    where only whole heads keep it intact (rotary embeddings, grouped-query attention).
     """
+    check_attention_unit(unit)
     pruners = merge_pruners() if pruners is None else pruners
     layer_types = (nn.Linear, *pruners)
     found = []
-    for m in model.modules():
+    for name, m in model.named_modules():
         for qkv_name, proj_name in (("qkv", "proj"), ("c_attn", "c_proj")):
             qkv, proj, heads = getattr(m, qkv_name, None), getattr(m, proj_name, None), getattr(m, "num_heads", None)
             if not (isinstance(qkv, layer_types) and isinstance(proj, layer_types) and isinstance(heads, int)):
@@ -287,7 +303,8 @@ def attention_heads(model: nn.Module, DG=None, pruners: dict | None = None) -> l
                 continue  # GPT-2 cross attention (c_attn holds keys and values only)
             if width and fused == 3 * width and width % heads == 0 \
                     and isinstance(getattr(m, "q_norm", nn.Identity()), nn.Identity) and getattr(m, "gate", None) is None:
-                found.append(Heads(m, [(qkv, 3, heads)], proj, heads, width // heads, heads))
+                found.append(Heads(m, [(qkv, 3, heads)], proj, heads, width // heads, heads,
+                                   "head" if unit == "head" else "dim"))
                 break
         else:
             names = ("query", "key", "value") if hasattr(m, "query") else ("q_proj", "k_proj", "v_proj")
@@ -305,9 +322,13 @@ def attention_heads(model: nn.Module, DG=None, pruners: dict | None = None) -> l
             proj = _consumer(DG, v, {q, k, v}, layer_types)
             if proj is None or _width(proj, False, pruners) != wq:
                 continue
-            unit = "head" if kv_heads != heads or _rotary(m) else "dim"
+            whole = ("grouped query heads share each key/value head" if kv_heads != heads else
+                     "its rotary embedding pairs the dims of each head" if _rotary(m) else None)
+            if unit == "dim" and whole:
+                raise ValueError(f"attention_unit='dim' cannot prune attention {name or type(m).__name__} "
+                                 f"({type(m).__name__}): {whole}, so only whole heads can go; use 'head' or 'auto'")
             found.append(Heads(m, [(q, 1, heads), (k, 1, kv_heads), (v, 1, kv_heads)], proj, heads, hd, kv_heads,
-                               unit))
+                               "head" if whole or unit == "head" else "dim"))
     return found
 
 
@@ -319,12 +340,14 @@ class DepGraph:
     of the registered ones (``metaprune.layers.custom_pruners()``). Build it on the model you will prune;
     ``apply`` removes channel units in place. ``dependency_graph``: torch-pruning's graph of ``model`` already
     traced by :func:`build_dependency_graph` with the same pruners (the graph converter's trace), used instead of
-    tracing again (``example_inputs`` is then unused).
+    tracing again (``example_inputs`` is then unused). ``attention_unit``: what one unit of an attention group is,
+    ``auto``, ``dim`` or ``head`` (see :func:`attention_heads`).
     """
 
     def __init__(self, model: nn.Module, example_inputs, ignored_layers=(), customized_pruners=None,
-                 protect_outputs: bool = False, dependency_graph=None):
+                 protect_outputs: bool = False, dependency_graph=None, attention_unit: str = "auto"):
         self.model = model
+        self.attention_unit = check_attention_unit(attention_unit)
         self.pruners = merge_pruners(customized_pruners)
         modules = dict(model.named_modules())
         unknown = [n for n in ignored_layers if n not in modules]
@@ -408,7 +431,7 @@ class DepGraph:
         order = {m: i for i, m in enumerate(self.DG.module2node)}
         found = []  # (position of the root in the traced graph, group)
         attn_layers = []
-        for h in attention_heads(self.model, self.DG, self.pruners):
+        for h in attention_heads(self.model, self.DG, self.pruners, self.attention_unit):
             layers = [lin for lin, _, _ in h.outs]
             attn_layers += layers
             if not any(id(lin) in ignored for lin in layers):  # the heads of q, k, v and the projection's input
@@ -950,16 +973,18 @@ def tp_pruner_kwargs(customized_pruners=None) -> dict:
             "root_module_types": [tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR, tp.ops.TORCH_LSTM, *pruners]}
 
 
-def groups(model: nn.Module, example_inputs, ignored=(), customized_pruners=None) -> list[Group]:
+def groups(model: nn.Module, example_inputs, ignored=(), customized_pruners=None,
+           attention_unit: str = "auto") -> list[Group]:
     """The channel groups of ``model``: one :class:`Group` per DepGraph group, with every coupled parameter
     slice (see the module docstring). The graph converter's node view of them is ``to_graph(..., groups=True)``.
 
     ``ignored``: module names whose output channels are left alone (pass the classifier's name;
     ``metaprune.cost.find_output_layers(model, example_inputs)`` finds it). ``customized_pruners``: ``{layer type: pruner}`` on
-    top of the registered ones. The indices refer to the model as it is now; recompute after the model's
-    shapes change.
+    top of the registered ones. ``attention_unit``: ``auto``, ``dim`` or ``head``, what one unit of an attention
+    group removes (see :func:`attention_heads`). The indices refer to the model as it is now; recompute after the
+    model's shapes change.
     """
-    return DepGraph(model, example_inputs, ignored, customized_pruners).groups
+    return DepGraph(model, example_inputs, ignored, customized_pruners, attention_unit=attention_unit).groups
 
 
 class LayerScalePruner(BasePruningFunc):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cli import UsageError, check_device, check_int, check_logger, check_types
+from ..depgraph import ATTENTION_UNITS
 from ..export import parse_formats
 from ..metanet.resolve import resolve_metanet
 from ..train import TrainConfig, split_data_cfg
@@ -33,6 +34,7 @@ class PruneOptions:
     global_pruning: bool | None = None   # None: the route's default (OBS ranks globally, the others per layer)
     round_to: int | str | None = None
     ignored_layers: tuple = ()
+    attention_unit: str = "auto"         # dim | head | auto: what one unit of an attention removes
 
 
 @dataclass
@@ -116,6 +118,10 @@ class PruneConfig:
         model = _model_source(cfg["model"], stage)
         prune = _prune_options(cfg.get("prune"))
         target = _target(cfg.get("target"), stage, prune.importance)
+        special = _special_route(stage, prune.importance)
+        if special and prune.attention_unit != "auto":
+            raise UsageError(f"prune.attention_unit={prune.attention_unit!r} applies to one-shot pruning; {special} "
+                             "prunes through torch-pruning's own pruner: leave prune.attention_unit=auto")
         metanet = _metanet_options(cfg.get("metanet"))
         return cls(model=model, data=data, output_dir=str(cfg["output_dir"]),
                    target=target, stage=stage, prune=prune, metanet=metanet,
@@ -176,6 +182,7 @@ def _prune_options(d) -> PruneOptions:
         (opts.global_pruning in (True, False, None), "global_pruning", "true or false"),
         (r is None or r == "auto" or (isinstance(r, int) and not isinstance(r, bool) and r >= 1), "round_to",
          "null, auto or an integer >= 1"),
+        (opts.attention_unit in ATTENTION_UNITS, "attention_unit", f"one of {', '.join(ATTENTION_UNITS)}"),
     ], "prune.")
 
 
@@ -188,6 +195,11 @@ def _latency_options(d) -> LatencyOptions:
         (pos(opts.runs), "runs", "an integer > 0"),
         (pos(opts.warmup, 0), "warmup", "an integer >= 0"),
     ], "latency.")
+
+
+def _special_route(stage: str, importance: str) -> str | None:
+    """The setting that sends the run through torch-pruning's own pruner (pruning at init, OBS), or None."""
+    return "stage=init" if stage == "init" else "prune.importance=obs" if importance == "obs" else None
 
 
 def _target(d, stage: str, importance: str) -> dict:
@@ -208,7 +220,7 @@ def _target(d, stage: str, importance: str) -> dict:
     (key, val), = given.items()
     if isinstance(val, bool) or not (isinstance(val, (int, float)) and val > 1):
         raise UsageError(f"target.{key}={val!r} must be a number > 1 (base / pruned); 1 means no pruning")
-    special = "stage=init" if stage == "init" else "prune.importance=obs" if importance == "obs" else None
+    special = _special_route(stage, importance)
     if special and key != "speedup":
         raise UsageError(f"{special} takes target.speedup (MACs), not target.params / target.latency_speedup")
     return {key: val}

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..cost import CostModel, macs_and_params, trace_modules
-from ..depgraph import DepGraph, merge_pruners
+from ..depgraph import DepGraph, check_attention_unit, merge_pruners
 from ..utils import preserve_mode
 from .importance import Importance, importance as make_importance
 from .safety import PruningFailed, check_output_shapes, failing_module, output_shapes, unchanged_on_error
@@ -52,6 +52,7 @@ class PruneResult:
     predicted_macs: float = 0.0
     seconds: float = 0.0
     kept_whole: list = field(default_factory=list)  # failing layers whose channel groups were left whole
+    attention_unit: str = "auto"  # what one unit of an attention group removed: auto, dim or head
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,11 +101,15 @@ def plan_order(scores: list[torch.Tensor], groups, round_to: int | None, global_
 
     Returns rows ``(key, group id, chunk size, unit ids)`` sorted by key: local pruning keys a chunk by the
     fraction of its group removed once it goes (one ratio for every group), global pruning by the chunk's
-    largest score. A group smaller than ``round_to`` (or its head count) is left alone.
+    largest score. A group smaller than ``round_to`` (or its head count) is left alone. A group of whole attention
+    heads keeps a head count whose width (heads x head dim) is a multiple of ``round_to``, and at least one head.
     """
     rows = []
     for g, (imp, grp) in enumerate(zip(scores, groups)):
-        step = int(np.lcm(max(1, round_to or 1), grp.multiple))
+        r = max(1, round_to or 1)
+        if grp.attention is not None and grp.attention.unit == "head":
+            r //= np.gcd(r, grp.attention.head_dim)
+        step = int(np.lcm(r, grp.multiple))
         order = torch.argsort(imp, stable=True).numpy()
         for s, e in _chunks(order, grp.units, step):
             key = e / grp.units if not global_pruning else float(imp[order[e - 1]])
@@ -116,7 +121,8 @@ def plan_order(scores: list[torch.Tensor], groups, round_to: int | None, global_
 def prune(model: nn.Module, example_inputs: torch.Tensor, target_speedup: float | None = None,
           target_params: float | None = None, importance: str | Importance = "l2", global_pruning: bool = False,
           round_to: int | None = None, ignored_layers=(), calibration=None, protect_output: bool = True,
-          seed: int = 0, customized_pruners: dict | None = None, keep_failing_layers: bool = True) -> PruneResult:
+          seed: int = 0, customized_pruners: dict | None = None, keep_failing_layers: bool = True,
+          attention_unit: str = "auto") -> PruneResult:
     """Prune ``model`` in place to ``target_speedup`` (base MACs / pruned MACs) or ``target_params``
     (base params / pruned params) and return the measured result.
 
@@ -125,7 +131,10 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, target_speedup: float 
     ``round_to``: kept channel counts are multiples of it. ``ignored_layers``: module names whose output
     channels stay; the classifier (the layer producing the model output) is protected automatically.
     ``customized_pruners``: ``{layer type: pruner}`` for layer types torch-pruning has no rule for, on top of
-    those registered with ``metaprune.layers.register_layer``.
+    those registered with ``metaprune.layers.register_layer``. ``attention_unit``: what attention pruning removes,
+    ``dim`` (slot d of every head: head count kept, head dim shrinks), ``head`` (whole heads: head dim kept) or
+    ``auto`` (head dims, whole heads where a rotary embedding or grouped-query attention needs them; ``dim`` there
+    is refused).
     Raises ``ValueError`` when the target is <= 1 or cannot be reached without removing a whole layer
     (the message names the maximum reachable value). All or nothing: if pruning fails (also when the pruned
     model's output shapes differ from the original's), ``model`` is restored exactly and
@@ -147,6 +156,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, target_speedup: float 
         raise ValueError(f"target {what}={target} must be > 1 (base / pruned); 1 means no pruning")
     if round_to is not None and int(round_to) < 1:
         raise ValueError(f"round_to={round_to} must be a positive integer or null")
+    check_attention_unit(attention_unit)
     crit = make_importance(importance, **({"seed": seed} if importance == "random" else {}))
     example_inputs = example_inputs.to(next(model.parameters()).device)
     if isinstance(example_inputs, torch.Tensor) and example_inputs.dim() > 1 and example_inputs.shape[0] > 1:
@@ -157,7 +167,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, target_speedup: float 
         try:
             with unchanged_on_error(model):
                 res = _prune(model, example_inputs, target, what, crit, global_pruning, round_to, ignored_layers,
-                             calibration, protect_output, customized_pruners, t0, kept)
+                             calibration, protect_output, customized_pruners, t0, kept, attention_unit)
         except _NoGroupThrough:  # leaving the layer's groups whole changes nothing: the failure stands
             raise last from None
         except PruningFailed as e:
@@ -191,17 +201,18 @@ def _leave_whole(model: nn.Module, groups: list, kept: list[str]) -> list:
 
 
 def _prune(model, example_inputs, target, what, crit, global_pruning, round_to, ignored_layers, calibration,
-           protect_output, customized_pruners, t0, kept) -> PruneResult:
+           protect_output, customized_pruners, t0, kept, attention_unit) -> PruneResult:
     shapes = output_shapes(model, example_inputs)
     pruners = merge_pruners(customized_pruners)
     records, heads = trace_modules(model, example_inputs, pruners)
-    dg = DepGraph(model, example_inputs, list(ignored_layers), pruners, protect_outputs=protect_output)
+    dg = DepGraph(model, example_inputs, list(ignored_layers), pruners, protect_outputs=protect_output,
+                  attention_unit=attention_unit)
     # the layers writing the traced outputs (isinstance, so library subclasses count); the shape-matched
     # classifier of the op counter's trace only where the graph names none
     outputs = (dg.output_layers or heads) if protect_output else []
     protected = list(dict.fromkeys(outputs + list(ignored_layers)))
     if protect_output and not dg.output_layers and heads:
-        dg = DepGraph(model, example_inputs, protected, pruners)
+        dg = DepGraph(model, example_inputs, protected, pruners, attention_unit=attention_unit)
     protected += [n for n in dg.fixed if n not in protected]  # groups DepGraph could not map are left alone
     if kept:  # layers a pruned model failed in: every group with an entry in them stays whole
         whole = _leave_whole(model, dg.groups, kept)
@@ -272,4 +283,5 @@ def _prune(model, example_inputs, target, what, crit, global_pruning, round_to, 
         global_pruning=bool(global_pruning), round_to=round_to, protected=protected,
         channels={g.root: [before[g.root], before[g.root] - len(removed.get(i, []))] for i, g in enumerate(groups)},
         removed={groups[g].root: sorted(u.tolist()) for g, u in removed.items()},
-        predicted_macs=predicted, seconds=time.perf_counter() - t0, kept_whole=list(kept))
+        predicted_macs=predicted, seconds=time.perf_counter() - t0, kept_whole=list(kept),
+        attention_unit=attention_unit)

@@ -44,7 +44,7 @@ def reach_target(model: nn.Module, data: DataBundle, cfg, device) -> Pruned:
         round_to = default_round_to(device, latency_dtype(cfg, device))
     kw = dict(importance=opts.importance, global_pruning=bool(opts.global_pruning), round_to=round_to,
               ignored_layers=tuple(opts.ignored_layers), calibration=(calib[0].to(device), calib[1].to(device)),
-              seed=cfg.seed)
+              seed=cfg.seed, attention_unit=opts.attention_unit)
     if cfg.stage == "init" or opts.importance == "obs":
         return Pruned(model, _prune_special(model, x, cfg.stage, cfg.target["speedup"], kw, opts))
     if cfg.target_kind == "latency_speedup":
