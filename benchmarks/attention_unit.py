@@ -3,13 +3,19 @@
 Random init, no downloads, the README's foreign-model settings (BERT: 2 layers, 64 wide, 4 heads, 16 tokens; timm
 ``vit_tiny_patch16_224`` with patch 8 at 32x32). Per model, unit and ranking (one ratio per layer, the default, and
 ``global_pruning=True``): ``prune(model, x, target_speedup=2.0, attention_unit=unit)``, then MACs and parameters as
-measured by ``prune``, the heads of all blocks together and the head dims. Prints a Markdown table::
+measured by ``prune``, the heads of all blocks together and the head dims. Prints a Markdown table and writes
+``benchmarks/results/attention_unit.json``::
 
     python benchmarks/attention_unit.py
 """
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 import torch
+
+from metaprune.io import atomic_write_json
 
 from metaprune.prune import prune
 
@@ -42,6 +48,7 @@ MODELS = {"Hugging Face BERT (2 layers, 64 wide, 4 heads)": _bert, "timm `vit_ti
 
 def main() -> None:
     torch.set_num_threads(1)
+    rows = []
     print("| model | ranking | `attention_unit` | MACs | params | heads (all blocks) × head dim |")
     print("|---|---|---|---|---|---|")
     for name, make in MODELS.items():
@@ -55,6 +62,13 @@ def main() -> None:
                       f"{r.base_macs / 1e6:.2f}M → {r.pruned_macs / 1e6:.2f}M ({r.speedup:.2f}×) | "
                       f"{r.base_params / 1e3:.1f}K → {r.pruned_params / 1e3:.1f}K ({r.param_ratio:.2f}×) | "
                       f"{before} → {_heads(heads(model))} |")
+                rows.append({"model": name, "global_pruning": global_pruning, "attention_unit": unit,
+                             "base_macs": r.base_macs, "pruned_macs": r.pruned_macs, "speedup": r.speedup,
+                             "base_params": r.base_params, "pruned_params": r.pruned_params,
+                             "heads_before": before, "heads_after": _heads(heads(model))})
+    atomic_write_json(Path(__file__).resolve().parent / "results" / "attention_unit.json",
+                      {"machine": platform.platform(), "processor": platform.processor() or platform.machine(),
+                       "torch": torch.__version__, "threads": 1, "target_speedup": 2.0, "rows": rows})
 
 
 if __name__ == "__main__":
