@@ -208,12 +208,11 @@ class Heads:
         """Width attributes read in ``forward``: timm's ``head_dim``/``attn_dim``/``num_heads``, Hugging Face's
         ``attention_head_size``/``all_head_size``/``num_attention_heads``/``num_key_value_heads``, GPT-2's
         ``split_size`` (the width of each of q, k, v)."""
-        m, hd, width = self.module, self.head_dim, self.head_dim * self.heads
-        for name, value in (("head_dim", hd), ("attn_dim", width), ("attention_head_size", hd),
-                            ("all_head_size", width), ("split_size", width), ("num_heads", self.heads),
-                            ("num_attention_heads", self.heads), ("num_key_value_heads", self.kv_heads)):
-            if isinstance(getattr(m, name, None), int) and not isinstance(getattr(m, name), bool):
-                setattr(m, name, value)
+        m, width = self.module, self.head_dim * self.heads
+        _set_ints(m, ("head_dim", "attention_head_size"), self.head_dim)
+        _set_ints(m, ("attn_dim", "all_head_size", "split_size"), width)
+        _set_ints(m, ("num_heads", "num_attention_heads"), self.heads)
+        _set_ints(m, ("num_key_value_heads",), self.kv_heads)
 
 
 def _width(layer: nn.Module, out: bool, pruners: dict) -> int | None:
