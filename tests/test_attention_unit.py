@@ -17,7 +17,7 @@ from metaprune.prune.pipeline import run_prune
 transformers = pytest.importorskip("transformers")
 timm = pytest.importorskip("timm")
 
-from test_foreign_lm import VOCAB, _greedy  # noqa: E402  (needs transformers)
+from test_foreign_lm import VOCAB, _greedy, tiny_llama  # noqa: E402  (needs transformers)
 from test_prune_config import REPO, _compose  # noqa: E402
 
 
@@ -97,11 +97,7 @@ def test_own_vit_keeps_head_widths_a_multiple_of_round_to_and_reloads(tmp_path):
 @pytest.mark.parametrize("heads,kv_heads,why", [(4, 4, "its rotary embedding pairs the dims of each head"),
                                                  (8, 4, "grouped query heads share each key/value head")])
 def test_llama_refuses_head_dims_and_is_left_unchanged(heads, kv_heads, why):
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=heads,
-                                   num_key_value_heads=kv_heads, intermediate_size=128, max_position_embeddings=64,
-                                   bos_token_id=None, eos_token_id=None)
-    model = transformers.LlamaForCausalLM(cfg).eval()
+    model = tiny_llama(heads, kv_heads)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ids = torch.randint(0, VOCAB, (1, 8), generator=torch.Generator().manual_seed(1))
     with pytest.raises(ValueError, match=rf"attention_unit='dim' cannot prune attention model\.layers\.0\.self_attn "

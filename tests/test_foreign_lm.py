@@ -24,6 +24,15 @@ def _greedy(model, ids, n):
     return ids
 
 
+def tiny_llama(heads: int, kv_heads: int):
+    """A random-init Llama (2 layers, 64 wide, MLP 128, vocabulary ``VOCAB``), seed 0."""
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=heads,
+                                   num_key_value_heads=kv_heads, intermediate_size=128, max_position_embeddings=64,
+                                   bos_token_id=None, eos_token_id=None)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
 def _prunes_and_generates(model, tmp_path, n_new=4):
     ids = torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(1))
     res = prune(model, ids, target_speedup=2.0)
@@ -60,11 +69,7 @@ def test_gpt2_prunes_head_dims_and_generates(tmp_path):
 
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (8, 4)])
 def test_llama_prunes_whole_heads_and_generates(tmp_path, heads, kv_heads):
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=heads,
-                                   num_key_value_heads=kv_heads, intermediate_size=128, max_position_embeddings=64,
-                                   bos_token_id=None, eos_token_id=None)
-    model = transformers.LlamaForCausalLM(cfg).eval()
+    model = tiny_llama(heads, kv_heads)
     hd = 64 // heads
     res, _ = _prunes_and_generates(model, tmp_path)
     assert res.seconds < 120  # grouped-query attention once made torch-pruning's grouping run for minutes
