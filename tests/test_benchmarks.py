@@ -229,3 +229,19 @@ def test_quality_paired_differences_are_per_network_with_interval_and_wins():
     assert p["separated"] == (p["ci95"][0] > 0)
     fam = quality.by_family(per_net, ["depgraph", "random"], [2.0])
     assert fam["resnet"]["networks"] == 2 and fam["vgg"]["summary"]["depgraph"]["2.0"]["finetuned"]["n"] == 4
+
+
+def test_metanet_seeds_summary_reads_the_sign_over_seeds():
+    seeds = _bench("metanet_seeds")
+
+    def result(mean, lo, hi):
+        cell = {"mean": mean, "ci95": [lo, hi], "wins": 3, "losses": 12, "n": 15}
+        return {"config": {"metanet_checkpoint": "m"},
+                "paired": {"metaprune - depgraph": {"3.0": {"finetuned": cell, "no_finetune": cell}}}}
+
+    s = seeds.summarise([result(-0.09, -0.17, -0.01), result(-0.05, -0.12, 0.02), result(-0.07, -0.10, -0.04)],
+                        ["s0", "s1", "s2"])
+    row = s["pairs"]["metaprune - depgraph"]["3.0"]["finetuned"]
+    assert row["mean_of_means"] == pytest.approx(-0.07) and row["std_of_means"] == pytest.approx(0.02)
+    assert row["same_sign"] and row["separated_below_zero"] == 2 and row["separated_above_zero"] == 0
+    assert "-7.0 ± 2.0 | yes |" in seeds.markdown(s)
