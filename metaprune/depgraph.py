@@ -986,42 +986,54 @@ def groups(model: nn.Module, example_inputs, ignored=(), customized_pruners=None
     return DepGraph(model, example_inputs, ignored, customized_pruners, attention_unit=attention_unit).groups
 
 
-class LayerScalePruner(BasePruningFunc):
-    """Removes channels of a layer scale (timm's ``LayerScale``/``LayerScale2d``: ``x * gamma``, one learned scale per
-    channel): entries of its one-dimensional ``gamma``. Input and output channels are the same channels."""
+class PerChannelPruner(BasePruningFunc):
+    """Removes channels of a layer whose own parameters all hold one value per channel along their first dim, input
+    and output channels being the same channels: a layer scale (timm's ``LayerScale``/``LayerScale2d``, FastViT's and
+    SwiftFormer's ``gamma`` of shape ``[C, 1, 1]``: ``x * gamma``) and timm's channel norms (``RmsNorm``,
+    ``RmsNorm2d``, ``SimpleNorm``, ``SimpleNorm2d``, ``GlobalResponseNorm``: a weight, maybe a bias). A
+    ``normalized_shape`` of one channel count follows."""
 
     @staticmethod
-    def _gamma(layer):
-        g = getattr(layer, "gamma", None)
-        own = [n for n, _ in layer.named_parameters(recurse=False)]
-        if not isinstance(g, nn.Parameter) or g.dim() != 1 or own != ["gamma"]:
-            raise NotImplementedError(f"a layer scale is pruned through a one-dimensional gamma alone; "
-                                      f"{type(layer).__name__} holds {own}")
-        return g
+    def _params(layer) -> dict:
+        own = dict(layer.named_parameters(recurse=False))
+        if not own or len({p.shape[0] for p in own.values()}) != 1 \
+                or any(p.dim() == 0 or p.numel() != p.shape[0] for p in own.values()):
+            raise NotImplementedError(f"{type(layer).__name__} is pruned through parameters holding one value per "
+                                      f"channel along their first dim; it holds "
+                                      f"{ {n: tuple(p.shape) for n, p in own.items()} }")
+        return own
 
     def param_slices(self, layer, out: bool):
-        self._gamma(layer)
-        return [("gamma", 0, [lambda t: t])]
+        return [(n, 0, [lambda t: t]) for n in self._params(layer)]
 
     def prune_out_channels(self, layer, idxs) -> nn.Module:
-        g = self._gamma(layer)
-        layer.gamma = self._prune_parameter_and_grad(g, kept_indices(g.shape[0], idxs).to(g.device), 0)
+        own = self._params(layer)
+        keep = kept_indices(self.get_out_channels(layer), idxs)
+        for n, p in own.items():
+            setattr(layer, n, self._prune_parameter_and_grad(p, keep.to(p.device), 0))
+        shape = getattr(layer, "normalized_shape", None)
+        if isinstance(shape, tuple) and len(shape) == 1:
+            layer.normalized_shape = (len(keep),)
         return layer
 
     prune_in_channels = prune_out_channels
 
     def get_out_channels(self, layer):
-        return self._gamma(layer).shape[0]
+        return next(iter(self._params(layer).values())).shape[0]
 
     get_in_channels = get_out_channels
 
     def macs_terms(self, layer, inputs, output):
-        """One multiply per element."""
-        return [(float(inputs[0].numel() // self._gamma(layer).shape[0]), [("gamma", 0)])]
+        """One multiply per element and parameter."""
+        own = self._params(layer)
+        per = float(inputs[0].numel() // self.get_out_channels(layer))
+        return [(per, [(n, 0)]) for n in own]
 
 
-_register_by_name("timm.", "LayerScale", LayerScalePruner())
-_register_by_name("timm.", "LayerScale2d", LayerScalePruner())
+for _suffix in ("LayerScale", "LayerScale2d"):
+    _register_by_name("timm.", _suffix, PerChannelPruner())
+for _suffix in ("RmsNorm", "RmsNorm2d", "SimpleNorm", "SimpleNorm2d", "GlobalResponseNorm"):
+    _register_by_name("timm.layers", _suffix, PerChannelPruner())
 
 
 class ChannelBufferPruner(BasePruningFunc):

@@ -366,3 +366,21 @@ def test_timm_split_concat_and_width_reading_blocks_prune(name, kept):
     assert res.speedup == pytest.approx(2.0, rel=0.03)  # measured MACs, not only the cost model's prediction
     out = model(x)
     assert out.shape == (1, 10) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name, layer", [("convnext_atto_rms", "RmsNorm2d"), ("convnextv2_atto", "GlobalResponseNorm"),
+                                         ("swiftformer_xs", "LayerScale2d")])  # the last: gamma of shape [C, 1, 1]
+def test_timm_per_channel_norms_and_scales_prune_with_their_channels(name, layer):
+    """Layers holding one value per channel (timm's RMS/simple norms, global response norm, 3-D layer scales) shrink
+    with the channels they act on: torch-pruning prunes these models, so metaprune must too."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    before = {n: m.weight.shape[0] if hasattr(m, "weight") else m.gamma.shape[0]
+              for n, m in model.named_modules() if type(m).__name__ == layer}
+    res = prune(model, x, target_speedup=2.0)
+    after = {n: m.weight.shape[0] if hasattr(m, "weight") else m.gamma.shape[0]
+             for n, m in model.named_modules() if type(m).__name__ == layer}
+    assert before and any(after[n] < before[n] for n in before)
+    assert res.speedup == pytest.approx(2.0, rel=0.03) and model(x).shape == (1, 10)
