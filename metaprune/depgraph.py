@@ -366,7 +366,7 @@ class DepGraph:
                                                   if m in self.mod_name], self.pruners)
         if protect_outputs:
             self.ignored += [modules[n] for n in self.output_layers if modules[n] not in self.ignored]
-        self._check_supported()
+        unruled = self._unruled_layers()
         self.param_name = {p: n for n, p in model.named_parameters()}
         # a parameter shared by several layers (tied embeddings) is named once, as named_parameters() names it
         self.canonical = {n: self.param_name[p] for n, p in model.named_parameters(remove_duplicate=False)}
@@ -374,9 +374,11 @@ class DepGraph:
         self.fixed = []  # roots of groups left alone: torch-pruning's index mapping through them is inconsistent
         with time_bound(f"building the channel groups of {type(model).__name__}"), _unmappable_ops_left_unmapped():
             self.groups = self._build_groups()
+        self._refuse_reached(unruled)
 
     # ------------------------------------------------------------------ checks
-    def _check_supported(self) -> None:
+    def _unruled_layers(self) -> list:
+        """``(name, layer)`` of every leaf layer with parameters that has no pruning rule (and is not ignored)."""
         ignored = set()
         for m in self.ignored:
             ignored.update(m.modules())
@@ -401,7 +403,16 @@ class DepGraph:
             kind = tp.ops.module2type(m)
             # unknown layers are traced as element-wise ops: their parameters would silently keep old shapes
             if not custom and (self.DG.get_pruner_of_module(m) is None or kind == tp.ops.OPTYPE.ELEMENTWISE):
-                bad.append(f"{name} ({type(m).__name__})")
+                bad.append((name, m))
+        return bad
+
+    def _refuse_reached(self, bad: list) -> None:
+        """Refuse the layers of ``bad`` (no pruning rule) that a channel group reaches. One no group reaches (a
+        relative position bias table, sized by positions and heads) keeps its shapes whatever is pruned."""
+        reached = self._reached | {id(m) for g in self.groups if g.attention is not None
+                                   for m in [g.attention.proj] + [lin for lin, _, _ in g.attention.outs]}
+        bad = [f"{name} ({type(m).__name__})" for name, m in bad
+               if any(id(t) in reached for t in [*m.modules(), *m.parameters()])]
         if bad:
             raise UnprunableOpError(
                 f"cannot prune layer(s) {', '.join(bad)}: no structural pruning rule for this op type; "
@@ -438,7 +449,9 @@ class DepGraph:
         # q, k, v root no channel group of torch-pruning's: their heads are one attention group above (and under
         # grouped-query attention its index mapping through the repeated key/value heads grows without bound)
         skip = [m for m in attn_layers if m not in self.ignored]
+        self._reached = set()  # every layer or raw parameter a torch-pruning group reaches, kept or not
         for g in self.DG.get_all_groups(ignored_layers=self.ignored + skip, root_module_types=root_types(self.pruners)):
+            self._reached.update(id(item.dep.target.module) for item in g)
             grp = self._channel_group(g)
             if grp is not None:
                 found.append((order.get(g[0].dep.target.module, len(order)), grp))

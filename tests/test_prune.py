@@ -145,6 +145,25 @@ def test_unprunable_op_is_named():
         prune(WithBilinear(), X32, target_speedup=1.5)
 
 
+def test_layer_without_rule_that_no_group_reaches_is_left_as_it_is():
+    """A layer with parameters but no pruning rule, sized by something no pruning changes (here the classes, as a
+    relative position bias table is sized by positions and heads), does not stop the prune and keeps its shapes."""
+    class ClassBias(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = nn.Parameter(torch.randn(10))
+
+        def forward(self, x):
+            return x + self.table
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(16, 10), ClassBias())
+    res = prune(model, X32, target_speedup=1.5)
+    assert res.speedup == pytest.approx(1.5, rel=0.05) and model[7].table.shape == (10,)
+    assert model(X32).shape == (X32.shape[0], 10)
+
+
 def test_criteria_pick_the_channels_they_score_lowest():
     """Every criterion runs; magnitude criteria remove exactly their lowest-scoring units, unlike random."""
     from metaprune.depgraph import DepGraph

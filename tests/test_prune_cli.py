@@ -168,11 +168,12 @@ def test_unprunable_op_is_named_and_nothing_written(tmp_path, capsys, small_ckpt
         def __init__(self, body):
             super().__init__()
             self.body = body
-            self.mix = nn.Bilinear(10, 10, 10)
+            self.mix = nn.Bilinear(10, 10, 16)  # reached by the channels of the body's last layer
+            self.fc = nn.Linear(16, 10)
 
         def forward(self, x):
             h = self.body(x)
-            return self.mix(h, h)
+            return self.fc(self.mix(h, h))
 
     def transform(model, data):
         wrapped = Mixer(model)
