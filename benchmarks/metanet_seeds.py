@@ -3,11 +3,13 @@
 held-out networks, same pruning seeds, same baselines from the shared cells).
 
     python benchmarks/metanet_seeds.py quality-s0.json quality-s1.json quality-s2.json \
-        --out benchmarks/results/metanet_seeds-fashion_mnist.json
+        --runs RUN_s0 RUN_s1 RUN_s2 --out benchmarks/results/metanet_seeds-fashion_mnist.json
 
 Per seed and speedup: the paired difference ``metaprune - depgraph`` (and every other ``paired`` entry the
 results share) after the final finetune and right after pruning, its 95% interval and wins; across seeds: the mean
-and standard deviation of the per-seed means, and whether every seed gives the same sign.
+and standard deviation of the per-seed means, and whether every seed gives the same sign. ``--runs``: the
+metanetwork directories ``train_meta.py`` wrote, one per result; their meta-val selection (best step and the whole
+val curve) is copied into the summary.
 """
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", nargs="+", help="quality.py JSON results, one per meta-training seed")
     ap.add_argument("--names", nargs="*", help="a name per result (default: the file names)")
+    ap.add_argument("--runs", nargs="*", default=[], help="the metanetwork directories, one per result")
     ap.add_argument("--out", help="write the summary here (JSON)")
     args = ap.parse_args(argv)
     results = [json.loads(Path(p).read_text()) for p in args.results]
@@ -60,6 +63,12 @@ def main(argv=None) -> None:
     if len(names) != len(results):
         raise SystemExit(f"error: --names gives {len(names)} names for {len(results)} results")
     summary = summarise(results, names)
+    if args.runs:
+        if len(args.runs) != len(results):
+            raise SystemExit(f"error: --runs gives {len(args.runs)} directories for {len(results)} results")
+        configs = [json.loads((Path(r) / "config.json").read_text()) for r in args.runs]
+        summary["meta_val"] = [{"run": str(r), "seed": c.get("seed"), "best": c.get("best"), "curve": c.get("history")}
+                               for r, c in zip(args.runs, configs)]
     if args.out:
         from metaprune.io import atomic_write_json
 
