@@ -464,6 +464,9 @@ def sweep(jobs: list[tuple[str, str]], records: Path, timeout: float, mem_gb: fl
                     rec = {"suite": suite, "model": name, "tool": tool, "status": "failed", "stage": "worker",
                            "error": _first_line(e)}
                 rec.setdefault("seconds", round(time.perf_counter() - t, 2))
+                if re.search(r"MemoryError|can't allocate memory", rec.get("error") or ""):
+                    pool.terminate()  # the worker reached its memory cap: the next model gets a fresh one
+                    pool = None
                 done[(suite, name, tool)] = rec
                 with records.open("a") as f:
                     f.write(json.dumps(rec) + "\n")
