@@ -372,7 +372,8 @@ class DepGraph:
         self.canonical = {n: self.param_name[p] for n, p in model.named_parameters(remove_duplicate=False)}
         self.unwrapped_dim = {u.parameters: u.pruning_dim for u in self.DG.unwrapped_parameters}
         self.fixed = []  # roots of groups left alone: torch-pruning's index mapping through them is inconsistent
-        with time_bound(f"building the channel groups of {type(model).__name__}"), _unmappable_ops_left_unmapped():
+        with time_bound(f"building the channel groups of {type(model).__name__}"), _unmappable_ops_left_unmapped(), \
+                _indexed_group_lookup():
             self.groups = self._build_groups()
         self._refuse_reached(unruled)
 
@@ -891,6 +892,34 @@ def _unmappable_ops_left_unmapped():
     finally:
         for name, original in originals.items():
             setattr(im, name, original)
+
+
+def _op_key(dep, idxs) -> tuple:
+    return id(dep.target), dep.handler, tuple(idxs)
+
+
+@contextlib.contextmanager
+def _indexed_group_lookup():
+    """Within this block torch-pruning's ``Group.has_pruning_op`` (is this dependency with these indices already in
+    the group?) looks the operation up in a set instead of comparing it with every item of the group: the same
+    answer, without the quadratic scan that took 222 of 250 s building MobileViT-v2's groups."""
+    from torch_pruning.dependency.group import Group as TPGroup
+
+    original = TPGroup.has_pruning_op
+
+    def has_pruning_op(self, dep, idxs):
+        index, n = self.__dict__.get("_metaprune_ops", (set(), 0))
+        if n > len(self._group):  # items were removed: index again
+            index, n = set(), 0
+        index.update(_op_key(d, i) for d, i in self._group[n:])
+        self._metaprune_ops = (index, len(self._group))
+        return _op_key(dep, idxs) in index
+
+    TPGroup.has_pruning_op = has_pruning_op
+    try:
+        yield
+    finally:
+        TPGroup.has_pruning_op = original
 
 
 def _unmapped(node) -> bool:
