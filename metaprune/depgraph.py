@@ -1032,14 +1032,15 @@ class PerChannelPruner(BasePruningFunc):
     """Removes channels of a layer whose own parameters all hold one value per channel along their first dim, input
     and output channels being the same channels: a layer scale (timm's ``LayerScale``/``LayerScale2d``, FastViT's and
     SwiftFormer's ``gamma`` of shape ``[C, 1, 1]``: ``x * gamma``) and timm's channel norms (``RmsNorm``,
-    ``RmsNorm2d``, ``SimpleNorm``, ``SimpleNorm2d``, ``GlobalResponseNorm``: a weight, maybe a bias). A
-    ``normalized_shape`` of one channel count follows."""
+    ``RmsNorm2d``, ``SimpleNorm``, ``SimpleNorm2d``, ``GlobalResponseNorm``: a weight, maybe a bias, or none when
+    built without affine parameters). A ``normalized_shape`` of one channel count follows."""
 
     @staticmethod
     def _params(layer) -> dict:
+        """The layer's own parameters (none for a norm built without affine parameters)."""
         own = dict(layer.named_parameters(recurse=False))
-        if not own or len({p.shape[0] for p in own.values()}) != 1 \
-                or any(p.dim() == 0 or p.numel() != p.shape[0] for p in own.values()):
+        if own and (len({p.shape[0] for p in own.values()}) != 1
+                    or any(p.dim() == 0 or p.numel() != p.shape[0] for p in own.values())):
             raise NotImplementedError(f"{type(layer).__name__} is pruned through parameters holding one value per "
                                       f"channel along their first dim; it holds "
                                       f"{ {n: tuple(p.shape) for n, p in own.items()} }")
@@ -1050,24 +1051,31 @@ class PerChannelPruner(BasePruningFunc):
 
     def prune_out_channels(self, layer, idxs) -> nn.Module:
         own = self._params(layer)
-        keep = kept_indices(self.get_out_channels(layer), idxs)
+        shape = getattr(layer, "normalized_shape", None)
+        one = isinstance(shape, tuple) and len(shape) == 1
+        width = next(iter(own.values())).shape[0] if own else shape[0] if one else None
+        if width is None:  # no parameter and no recorded width: nothing to cut
+            return layer
+        keep = kept_indices(width, idxs)
         for n, p in own.items():
             setattr(layer, n, self._prune_parameter_and_grad(p, keep.to(p.device), 0))
-        shape = getattr(layer, "normalized_shape", None)
-        if isinstance(shape, tuple) and len(shape) == 1:
+        if one:
             layer.normalized_shape = (len(keep),)
         return layer
 
     prune_in_channels = prune_out_channels
 
     def get_out_channels(self, layer):
-        return next(iter(self._params(layer).values())).shape[0]
+        own = self._params(layer)
+        return next(iter(own.values())).shape[0] if own else None
 
     get_in_channels = get_out_channels
 
     def macs_terms(self, layer, inputs, output):
-        """One multiply per element and parameter."""
+        """One multiply per element and parameter (none without parameters)."""
         own = self._params(layer)
+        if not own:
+            return []
         per = float(inputs[0].numel() // self.get_out_channels(layer))
         return [(per, [(n, 0)]) for n in own]
 

@@ -384,3 +384,22 @@ def test_timm_per_channel_norms_and_scales_prune_with_their_channels(name, layer
              for n, m in model.named_modules() if type(m).__name__ == layer}
     assert before and any(after[n] < before[n] for n in before)
     assert res.speedup == pytest.approx(2.0, rel=0.03) and model(x).shape == (1, 10)
+
+
+def test_timm_norms_without_affine_parameters_follow_their_channels():
+    """A timm RMS norm built with ``affine=False`` has nothing to cut but its ``normalized_shape``: it must not be
+    refused, and the pruned model runs."""
+    pytest.importorskip("timm")
+    from timm.layers import RmsNorm, RmsNorm2d
+
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(3, 16, 3), RmsNorm2d(16, affine=False), nn.ReLU(), nn.Conv2d(16, 16, 3),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    assert prune(conv, x, target_speedup=1.5).speedup == pytest.approx(1.5, rel=0.05)
+    assert conv[0].out_channels < 16 and conv(x).shape == (1, 4)
+    mlp = nn.Sequential(nn.Linear(8, 16), RmsNorm(16, affine=False), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+                        nn.Linear(16, 4)).eval()
+    prune(mlp, torch.randn(1, 8), target_speedup=1.5)
+    assert mlp[1].normalized_shape == (mlp[0].out_features,) and mlp[0].out_features < 16
+    assert mlp(torch.randn(2, 8)).shape == (2, 4)
