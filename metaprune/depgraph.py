@@ -868,6 +868,28 @@ _MAPPINGS = ("update_concat_index_mapping", "update_split_index_mapping", "updat
 
 
 @contextlib.contextmanager
+def _patched(owner, replacements: dict):
+    """Within this block each attribute ``name`` of ``owner`` (a torch-pruning module or class) is
+    ``replacements[name](original)``; the originals are put back afterwards, also on error."""
+    originals = {name: getattr(owner, name) for name in replacements}
+    for name, wrap in replacements.items():
+        setattr(owner, name, wrap(originals[name]))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(owner, name, original)
+
+
+def _guarded(original):
+    def update(graph, node):
+        try:
+            original(graph, node)
+        except Exception:
+            node.metaprune_unmapped = True
+    return update
+
+
 def _unmappable_ops_left_unmapped():
     """Within this block an op whose channel index mapping torch-pruning fails to work out (it divides by an inferred
     width of 0 at a channel shuffle's reshape, or sums an unknown width at a CSP block's concatenation) is left
@@ -875,51 +897,29 @@ def _unmappable_ops_left_unmapped():
     it whole. torch-pruning itself leaves an op unmapped where it sees it cannot infer a width."""
     from torch_pruning.dependency import index_mapping as im
 
-    originals = {name: getattr(im, name) for name in _MAPPINGS}
-
-    def guarded(original):
-        def update(graph, node):
-            try:
-                original(graph, node)
-            except Exception:
-                node.metaprune_unmapped = True
-        return update
-
-    for name, original in originals.items():
-        setattr(im, name, guarded(original))
-    try:
-        yield
-    finally:
-        for name, original in originals.items():
-            setattr(im, name, original)
+    return _patched(im, {name: _guarded for name in _MAPPINGS})
 
 
 def _op_key(dep, idxs) -> tuple:
     return id(dep.target), dep.handler, tuple(idxs)
 
 
-@contextlib.contextmanager
+def _has_pruning_op(self, dep, idxs) -> bool:
+    index, n = self.__dict__.get("_metaprune_ops", (set(), 0))
+    if n > len(self._group):  # items were removed: index again
+        index, n = set(), 0
+    index.update(_op_key(d, i) for d, i in self._group[n:])
+    self._metaprune_ops = (index, len(self._group))
+    return _op_key(dep, idxs) in index
+
+
 def _indexed_group_lookup():
     """Within this block torch-pruning's ``Group.has_pruning_op`` (is this dependency with these indices already in
     the group?) looks the operation up in a set instead of comparing it with every item of the group: the same
     answer, without the quadratic scan that took 222 of 250 s building MobileViT-v2's groups."""
     from torch_pruning.dependency.group import Group as TPGroup
 
-    original = TPGroup.has_pruning_op
-
-    def has_pruning_op(self, dep, idxs):
-        index, n = self.__dict__.get("_metaprune_ops", (set(), 0))
-        if n > len(self._group):  # items were removed: index again
-            index, n = set(), 0
-        index.update(_op_key(d, i) for d, i in self._group[n:])
-        self._metaprune_ops = (index, len(self._group))
-        return _op_key(dep, idxs) in index
-
-    TPGroup.has_pruning_op = has_pruning_op
-    try:
-        yield
-    finally:
-        TPGroup.has_pruning_op = original
+    return _patched(TPGroup, {"has_pruning_op": lambda original: _has_pruning_op})
 
 
 def _unmapped(node) -> bool:
