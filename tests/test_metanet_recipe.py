@@ -53,6 +53,33 @@ def test_task_loss_over_many_batches_is_their_mean_with_one_metanetwork_pass(zoo
     assert len(calls) == 1 + 3  # one metanetwork pass for the three batches, one per single call
 
 
+def test_dynamic_prune_mask_counts_the_width_the_rewrite_moves(zoo, digits, tmp_path):
+    """Under global l2_max ranking, a rewrite that shrinks half the units of one group makes pruning take more of
+    that group: ``prune_mask="dynamic"`` counts on the rewritten weights and sees it; the count taken once on the
+    original network (``fixed``) does not. The zoo network is never changed."""
+    from metaprune.metatrain.loop import removed_units
+
+    ex = digits.example_inputs()
+    kw = {"importance": "l2_max", "global_pruning": True}
+    case = prepare(zoo, zoo.names("train")[:1], ex, speedup=2.0, **kw)[0]
+    before = copy.deepcopy(case.model.state_dict())
+    assert removed_units(case.model, ex, case.groups, 2.0, **kw) == case.removed
+    i, g = max(enumerate(case.groups), key=lambda t: len(t[1].slices[0].idxs) - case.removed[t[0]])
+    half = torch.arange(len(g.slices[0].idxs) // 2)
+    state = {k: v.clone() for k, v in case.model.state_dict().items()}
+    for s in g.slices:
+        state[s.param].index_fill_(s.dim, s.idxs[half], 0.0)
+    moved = removed_units(case.model, ex, case.groups, 2.0, state=state, **kw)
+    assert moved[i] >= len(half) > case.removed[i], (moved[i], case.removed[i])
+    assert all(torch.equal(v, case.model.state_dict()[k]) for k, v in before.items())
+    cfg = {"steps": 2, "nets_per_step": 1, "batch_size": 16, "warmup_steps": 0, "val_every": 0, "prune_loss": 1.0,
+           "prune_mask": "dynamic", "val_speedup": 2.0, "val_importance": "l2_max", "val_global": True}
+    out = meta_train(zoo, digits, SMALL_NET, cfg, tmp_path / "m", device="cpu", progress=False)
+    assert out["finished"] and (tmp_path / "m" / "metanet.safetensors").is_file()
+    with pytest.raises(ValueError, match="prune_mask"):
+        MetaConfig.from_dict({"prune_mask": "sometimes"})
+
+
 def test_fit_max_steps_bounds_the_budget_below_one_epoch(digits):
     from metaprune.models import build
 

@@ -13,7 +13,9 @@ Two options beyond that objective (both off by default, both on in the shipped d
 ``reg="relative"`` divides each group's term by its total norm, so shrinking every weight no longer pays
 (on digits the plain form made the metanetwork shrink whole networks and lose accuracy); ``prune_loss``
 adds the task loss of the rewritten network with the units that l2 pruning to ``val_speedup`` would remove
-zeroed, i.e. it trains for the pruned network that validation measures.
+zeroed, i.e. it trains for the pruned network that validation measures. How many units each group loses is
+counted once on the original network (``prune_mask="fixed"``) or afresh on the rewritten weights every step
+(``"dynamic"``: under global ranking the metanetwork can move width between layers, and the loss follows it).
 
 Every ``val_every`` steps, each meta-val network is rewritten by the metanetwork, pruned to ``val_speedup``
 (no finetuning) and scored on the *val* split, beside the same network pruned without the metanetwork; the
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -43,6 +46,9 @@ from ..prune.importance import available as importance_names
 from ..train.loop import (check_options, evaluate, fit, load_resume, lr_factor, pick_device, refuse_unknown,
                           save_resume, seed_everything)
 from ..train.objectives import REGULARISERS, meta_loss
+
+
+PRUNE_MASKS = ("fixed", "dynamic")
 
 
 @dataclass
@@ -64,6 +70,9 @@ class MetaConfig:
     alpha: float = 4.0              # DepGraph adaptive strength: gamma in [1, alpha]
     prune_loss: float = 0.0         # weight of the task loss of the rewritten network with the units that
                                     # l2 pruning to val_speedup would remove zeroed (0: off)
+    prune_mask: str = "fixed"       # fixed: how many units each group loses is counted once, on the original
+                                    # network; dynamic: recounted every step on the rewritten weights, so the
+                                    # pruned-network loss sees the width the metanetwork moves between layers
     val_every: int = 50             # 0: never validate; the last metanetwork is kept
     val_speedup: float = 2.0
     val_importance: str = "l2"      # l2_max with val_global: DepGraph's / the reference's ranking
@@ -88,6 +97,7 @@ class MetaConfig:
             (cfg.lr > 0, "lr", "> 0"), (cfg.schedule in ("cosine", "constant"), "schedule", "cosine or constant"),
             (cfg.lam >= 0, "lam", ">= 0"), (cfg.reg in REGULARISERS, "reg", " or ".join(REGULARISERS)),
             (cfg.alpha >= 1, "alpha", ">= 1"), (cfg.prune_loss >= 0, "prune_loss", ">= 0"),
+            (cfg.prune_mask in PRUNE_MASKS, "prune_mask", " or ".join(PRUNE_MASKS)),
             (cfg.val_every >= 0, "val_every", ">= 0 (0: no validation)"),
             (cfg.val_speedup > 1, "val_speedup", "> 1"), (cfg.save_every >= 1, "save_every", ">= 1"),
             (cfg.val_importance in importance_names(), "val_importance", " or ".join(importance_names())),
@@ -121,18 +131,28 @@ def prepare(zoo, names, example_inputs, device="cpu", speedup: float | None = No
     for name in names:
         model = zoo.load(name).to(device).eval()
         ex = example_inputs.to(device)
-        removed = None
-        if speedup is not None:
-            channels = prune(copy.deepcopy(model), ex, target_speedup=speedup, importance=importance,
-                             global_pruning=global_pruning).channels
         for p in model.parameters():
             p.requires_grad_(False)
         case_groups = groups(model, ex, ignored=find_output_layers(model, ex))
-        if speedup is not None:
-            removed = [channels[g.root][0] - channels[g.root][1] if g.root in channels else 0 for g in case_groups]
+        removed = None if speedup is None else removed_units(model, ex, case_groups, speedup, importance,
+                                                             global_pruning)
         cases.append(NetCase(name, model, to_graph(model, ex).to(device), case_groups,
                              frozenset(n for n, _ in model.named_buffers()), removed))
     return cases
+
+
+def removed_units(model: nn.Module, example_inputs, case_groups, speedup: float, importance: str = "l2",
+                  global_pruning: bool = False, state: dict | None = None) -> list[int]:
+    """Per group of ``case_groups``: how many units pruning a copy of ``model`` (with the weights ``state``, e.g. the
+    metanetwork's rewrite, when given) to ``speedup`` removes; ``model`` itself is not changed."""
+    model = copy.deepcopy(model)
+    if state is not None:
+        model.load_state_dict({k: v.detach() for k, v in state.items()}, strict=False)
+    for p in model.parameters():  # torch-pruning traces through autograd
+        p.requires_grad_(True)
+    channels = prune(model, example_inputs, target_speedup=speedup, importance=importance,
+                     global_pruning=global_pruning).channels
+    return [channels[g.root][0] - channels[g.root][1] if g.root in channels else 0 for g in case_groups]
 
 
 def pruned_accuracy(model: nn.Module, example_inputs, loader, speedup: float, importance: str = "l2",
@@ -245,7 +265,8 @@ def meta_train(zoo, data, metanet_cfg: dict, cfg: MetaConfig | dict, out_dir, *,
     train_names, val_names = zoo.names("train"), zoo.names("val")
     if len(train_names) < world:
         raise ValueError(f"{len(train_names)} meta-train networks cannot be shared by {world} ranks")
-    train_cases = prepare(zoo, train_names, ex, device, cfg.val_speedup if cfg.prune_loss > 0 else None,
+    counted_once = cfg.prune_loss > 0 and cfg.prune_mask == "fixed"
+    train_cases = prepare(zoo, train_names, ex, device, cfg.val_speedup if counted_once else None,
                           cfg.val_importance, cfg.val_global)
     mine = train_cases[rank::world]
     val_cases = prepare(zoo, val_names, ex, device) if rank == 0 and cfg.val_every else []
@@ -307,8 +328,13 @@ def meta_train(zoo, data, metanet_cfg: dict, cfg: MetaConfig | dict, out_dir, *,
         for i, (n, idx) in enumerate(zip(nets, idxs)):
             batches = [tuple(t.to(device) for t in _batch(data.train, b)) for b in idx]
             sync = world == 1 or i == len(nets) - 1
+            recount = None
+            if cfg.prune_loss > 0 and cfg.prune_mask == "dynamic":
+                recount = functools.partial(removed_units, mine[n].model, ex.to(device), mine[n].groups,
+                                            cfg.val_speedup, cfg.val_importance, cfg.val_global)
             with contextlib.nullcontext() if sync else model.no_sync():
-                loss, stats = meta_loss(model, mine[n], batches, cfg.lam, cfg.alpha, cfg.reg, cfg.prune_loss)
+                loss, stats = meta_loss(model, mine[n], batches, cfg.lam, cfg.alpha, cfg.reg, cfg.prune_loss,
+                                        recount)
                 (loss / len(nets)).backward()
             for k, v in {"loss": loss.item(), **stats}.items():
                 agg[k] = agg.get(k, 0.0) + v / len(nets)

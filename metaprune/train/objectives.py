@@ -72,17 +72,19 @@ def group_regulariser(params: dict, groups, alpha: float, kind: str = "l2") -> t
 
 
 def meta_loss(metanet, case, batches, lam: float, alpha: float, reg_kind: str = "l2",
-              prune_loss: float = 0.0) -> tuple[torch.Tensor, dict]:
+              prune_loss: float = 0.0, recount=None) -> tuple[torch.Tensor, dict]:
     """Task loss of the rewritten network, averaged over ``batches`` (a list of ``(x, y)``; the metanetwork
     runs once), plus ``lam`` times the group regulariser (plus ``prune_loss`` times the task loss of the
     rewritten network with its weakest units zeroed).
 
     ``case``: a ``metaprune.metatrain.NetCase`` (the network, its graph, groups, buffer names and, for
-    ``prune_loss``, the units pruning removes per group)."""
+    ``prune_loss``, the units pruning removes per group). ``recount``: a function of the rewritten weights giving
+    those counts afresh (``prune_mask="dynamic"``), used instead of the case's."""
     new_x, new_attr = metanet(case.graph)
     params = graph_params(case.graph.with_features(x=new_x, edge_attr=new_attr))
     params = {k: (v.detach() if k in case.buffers else v) for k, v in params.items()}
-    pruned = zero_weakest(params, case.groups, case.removed) if prune_loss > 0 and case.removed is not None else None
+    removed = recount(state=params) if recount is not None and prune_loss > 0 else case.removed
+    pruned = zero_weakest(params, case.groups, removed) if prune_loss > 0 and removed is not None else None
     task = task_p = 0.0
     correct = correct_p = seen = 0
     for x, y in batches:
