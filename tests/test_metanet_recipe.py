@@ -1,6 +1,7 @@
 """The published MetaPruning recipe as options: adaptive squared-L2 pull, task loss over many batches, recovery
 finetuning and global max-normalised ranking in meta-validation, and short step-bounded finetuning."""
 import copy
+import json
 import os
 import sys
 
@@ -78,6 +79,23 @@ def test_dynamic_prune_mask_counts_the_width_the_rewrite_moves(zoo, digits, tmp_
     assert out["finished"] and (tmp_path / "m" / "metanet.safetensors").is_file()
     with pytest.raises(ValueError, match="prune_mask"):
         MetaConfig.from_dict({"prune_mask": "sometimes"})
+
+
+def test_per_family_metanetwork_trains_and_selects_on_its_families_only(zoo, digits, tmp_path):
+    """``meta_optim.families`` restricts meta-training and meta-validation to those zoo families (a per-family
+    metanetwork); a family the zoo lacks is one error naming it, before anything is written."""
+    fams = sorted({zoo.members[n]["family"] for n in zoo.names("train")})
+    one = fams[0]
+    cfg = {"steps": 1, "nets_per_step": 1, "batch_size": 16, "warmup_steps": 0, "val_every": 1, "families": one}
+    out = meta_train(zoo, digits, SMALL_NET, cfg, tmp_path / "m", device="cpu", progress=False)
+    per_net = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert out["finished"] and per_net["meta_optim"]["families"] == [one]
+    seen = per_net["train_networks"] + per_net["val_networks"]
+    assert per_net["val_networks"] and {zoo.members[n]["family"] for n in seen} == {one}
+    with pytest.raises(ValueError, match="families.*'nosuchnet'.*not in the zoo"):
+        meta_train(zoo, digits, SMALL_NET, {**cfg, "families": ["nosuchnet"]}, tmp_path / "x", device="cpu",
+                   progress=False)
+    assert not (tmp_path / "x").exists()
 
 
 def test_fit_max_steps_bounds_the_budget_below_one_epoch(digits):

@@ -190,6 +190,9 @@ def test_train_meta_cli_runs_and_refuses_bad_values(zoo, tmp_path):
     base = [sys.executable, "train_meta.py", *_tiny_zoo_dir(tmp_path / "cfg"), f"out_root={tmp_path}"]
     bad = subprocess.run(base + ["meta_optim.alpha=0.5"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "meta_optim.alpha" in bad.stderr
+    fam = subprocess.run(base + ["meta_optim.families=[nosuchnet]"], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert fam.returncode == 2 and "meta_optim.families: ['nosuchnet'] not in the zoo" in fam.stderr
     ok = subprocess.run(base + ["meta_optim.steps=1", "meta_optim.nets_per_step=1", "meta_optim.batch_size=16",
                                 "metanet.hidden=8", "metanet.layers=1", "name=cli"],
                         cwd=REPO, capture_output=True, text=True, timeout=600)

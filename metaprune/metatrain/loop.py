@@ -73,6 +73,8 @@ class MetaConfig:
     prune_mask: str = "fixed"       # fixed: how many units each group loses is counted once, on the original
                                     # network; dynamic: recounted every step on the rewritten weights, so the
                                     # pruned-network loss sees the width the metanetwork moves between layers
+    families: list | None = None    # meta-train and meta-validate on these zoo families only (a per-family
+                                    # metanetwork); None: every family of the zoo (one universal metanetwork)
     val_every: int = 50             # 0: never validate; the last metanetwork is kept
     val_speedup: float = 2.0
     val_importance: str = "l2"      # l2_max with val_global: DepGraph's / the reference's ranking
@@ -89,6 +91,9 @@ class MetaConfig:
     def from_dict(cls, d: dict | None) -> "MetaConfig":
         d = dict(d or {})
         refuse_unknown(cls, d, "meta_optim")
+        fams = d.get("families")
+        if fams is not None:
+            d["families"] = [fams] if isinstance(fams, str) else [str(f) for f in fams]
         cfg = cls(**d)
         checks = [
             (cfg.steps >= 0, "steps", ">= 0"), (cfg.nets_per_step >= 1, "nets_per_step", ">= 1"),
@@ -98,6 +103,7 @@ class MetaConfig:
             (cfg.lam >= 0, "lam", ">= 0"), (cfg.reg in REGULARISERS, "reg", " or ".join(REGULARISERS)),
             (cfg.alpha >= 1, "alpha", ">= 1"), (cfg.prune_loss >= 0, "prune_loss", ">= 0"),
             (cfg.prune_mask in PRUNE_MASKS, "prune_mask", " or ".join(PRUNE_MASKS)),
+            (cfg.families is None or len(cfg.families) > 0, "families", "a non-empty list of zoo families or null"),
             (cfg.val_every >= 0, "val_every", ">= 0 (0: no validation)"),
             (cfg.val_speedup > 1, "val_speedup", "> 1"), (cfg.save_every >= 1, "save_every", ">= 1"),
             (cfg.val_importance in importance_names(), "val_importance", " or ".join(importance_names())),
@@ -262,7 +268,12 @@ def meta_train(zoo, data, metanet_cfg: dict, cfg: MetaConfig | dict, out_dir, *,
     ex = data.example_inputs()
     log = logger.log if (logger is not None and rank == 0) else (lambda *a, **k: None)
 
-    train_names, val_names = zoo.names("train"), zoo.names("val")
+    train_names, val_names = zoo.names("train", cfg.families), zoo.names("val", cfg.families)
+    unknown = sorted(set(cfg.families or ()) - {m["family"] for m in zoo.members.values()})
+    if unknown or (cfg.families is not None and not train_names):
+        raise ValueError(f"meta_optim.families: {unknown or cfg.families} "
+                         f"{'not in the zoo' if unknown else 'have no meta-train network'}; the zoo's families: "
+                         f"{sorted({m['family'] for m in zoo.members.values()})}")
     if len(train_names) < world:
         raise ValueError(f"{len(train_names)} meta-train networks cannot be shared by {world} ranks")
     counted_once = cfg.prune_loss > 0 and cfg.prune_mask == "fixed"
@@ -294,7 +305,7 @@ def meta_train(zoo, data, metanet_cfg: dict, cfg: MetaConfig | dict, out_dir, *,
         opt.load_state_dict(state["opt"])
         start, best, history = state["step"], state["best"], state["history"]
     extra = {"run": run_config or {}, "meta_optim": asdict(cfg), "seed": seed, "zoo": str(zoo.root),
-             "data": data.name}
+             "data": data.name, "train_networks": train_names, "val_networks": val_names}
     split = {**zoo.split, "zoo": str(zoo.root)}
     baseline = None
 

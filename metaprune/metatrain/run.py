@@ -24,8 +24,14 @@ def check_run_config(c: dict) -> MetaConfig:
     if unknown:
         raise ValueError(f"unknown metanet option(s) {unknown}; known: {sorted(METANET_KEYS)}")
     Metanet(["conv"], {"linear": 1}, 5, **{k: v for k, v in c["metanet"].items() if k != "frozen_features"})
-    split_members(plan_members(c["zoo"], c["optim"]), c["zoo"].get("split") or {})
-    return MetaConfig.from_dict(c["meta_optim"])
+    members = plan_members(c["zoo"], c["optim"])
+    split_members(members, c["zoo"].get("split") or {})
+    cfg = MetaConfig.from_dict(c["meta_optim"])
+    unknown = sorted(set(cfg.families or ()) - {m["family"] for m in members})
+    if unknown:
+        raise ValueError(f"meta_optim.families: {unknown} not in the zoo; the zoo's families: "
+                         f"{sorted({m['family'] for m in members})}")
+    return cfg
 
 
 def _init_distributed(device: str):
