@@ -79,6 +79,16 @@ def test_dynamic_prune_mask_counts_the_width_the_rewrite_moves(zoo, digits, tmp_
     assert out["finished"] and (tmp_path / "m" / "metanet.safetensors").is_file()
     with pytest.raises(ValueError, match="prune_mask"):
         MetaConfig.from_dict({"prune_mask": "sometimes"})
+    # task_loss=0: the objective is the pruned network's loss alone (for a rewrite that is pruned at once)
+    from metaprune.metanet import Metanet
+
+    torch.manual_seed(0)
+    net = Metanet.for_graphs([case.graph], **SMALL_NET)
+    batch = [(digits.train.x[:32], digits.train.y[:32])]
+    loss, stats = meta_loss(net, case, batch, lam=0.0, alpha=4.0, prune_loss=1.0, task_weight=0.0)
+    assert loss.item() == pytest.approx(stats["pruned_task"]) and stats["pruned_task"] != stats["task"]
+    with pytest.raises(ValueError, match="task_loss"):
+        MetaConfig.from_dict({"task_loss": -1})
 
 
 def test_per_family_metanetwork_trains_and_selects_on_its_families_only(zoo, digits, tmp_path):

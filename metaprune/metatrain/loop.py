@@ -68,6 +68,8 @@ class MetaConfig:
     reg: str = "l2"                 # l2: DepGraph's sum gamma*||w||; relative: the same / sum ||w|| per group;
                                     # sq_l2: the reference's adaptive squared-L2 pull sum gamma*||w||^2/2
     alpha: float = 4.0              # DepGraph adaptive strength: gamma in [1, alpha]
+    task_loss: float = 1.0          # weight of the task loss of the rewritten (unpruned) network; 0 with
+                                    # prune_loss > 0 trains for the pruned network alone (pruned at once)
     prune_loss: float = 0.0         # weight of the task loss of the rewritten network with the units that
                                     # l2 pruning to val_speedup would remove zeroed (0: off)
     prune_mask: str = "fixed"       # fixed: how many units each group loses is counted once, on the original
@@ -102,6 +104,7 @@ class MetaConfig:
             (cfg.lr > 0, "lr", "> 0"), (cfg.schedule in ("cosine", "constant"), "schedule", "cosine or constant"),
             (cfg.lam >= 0, "lam", ">= 0"), (cfg.reg in REGULARISERS, "reg", " or ".join(REGULARISERS)),
             (cfg.alpha >= 1, "alpha", ">= 1"), (cfg.prune_loss >= 0, "prune_loss", ">= 0"),
+            (cfg.task_loss >= 0, "task_loss", ">= 0"),
             (cfg.prune_mask in PRUNE_MASKS, "prune_mask", " or ".join(PRUNE_MASKS)),
             (cfg.families is None or len(cfg.families) > 0, "families", "a non-empty list of zoo families or null"),
             (cfg.val_every >= 0, "val_every", ">= 0 (0: no validation)"),
@@ -345,7 +348,7 @@ def meta_train(zoo, data, metanet_cfg: dict, cfg: MetaConfig | dict, out_dir, *,
                                             cfg.val_speedup, cfg.val_importance, cfg.val_global)
             with contextlib.nullcontext() if sync else model.no_sync():
                 loss, stats = meta_loss(model, mine[n], batches, cfg.lam, cfg.alpha, cfg.reg, cfg.prune_loss,
-                                        recount)
+                                        recount, cfg.task_loss)
                 (loss / len(nets)).backward()
             for k, v in {"loss": loss.item(), **stats}.items():
                 agg[k] = agg.get(k, 0.0) + v / len(nets)

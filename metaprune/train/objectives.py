@@ -72,10 +72,10 @@ def group_regulariser(params: dict, groups, alpha: float, kind: str = "l2") -> t
 
 
 def meta_loss(metanet, case, batches, lam: float, alpha: float, reg_kind: str = "l2",
-              prune_loss: float = 0.0, recount=None) -> tuple[torch.Tensor, dict]:
-    """Task loss of the rewritten network, averaged over ``batches`` (a list of ``(x, y)``; the metanetwork
-    runs once), plus ``lam`` times the group regulariser (plus ``prune_loss`` times the task loss of the
-    rewritten network with its weakest units zeroed).
+              prune_loss: float = 0.0, recount=None, task_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
+    """Task loss of the rewritten network (times ``task_weight``), averaged over ``batches`` (a list of
+    ``(x, y)``; the metanetwork runs once), plus ``lam`` times the group regulariser (plus ``prune_loss`` times
+    the task loss of the rewritten network with its weakest units zeroed).
 
     ``case``: a ``metaprune.metatrain.NetCase`` (the network, its graph, groups, buffer names and, for
     ``prune_loss``, the units pruning removes per group). ``recount``: a function of the rewritten weights giving
@@ -99,7 +99,7 @@ def meta_loss(metanet, case, batches, lam: float, alpha: float, reg_kind: str = 
     reg, stats = group_regulariser(params, case.groups, alpha, reg_kind)
     change = (new_attr - case.graph.edge_attr).norm() / case.graph.edge_attr.norm().clamp_min(1e-12)
     stats.update(task=task.item(), reg=reg.item(), acc=correct / max(seen, 1), rel_change=change.item())
-    loss = task + lam * reg
+    loss = task_weight * task + lam * reg
     if pruned is not None:
         loss = loss + prune_loss * task_p
         stats.update(pruned_task=task_p.item(), pruned_acc=correct_p / max(seen, 1))
