@@ -1,10 +1,13 @@
 """One table of metanetwork variants: what each changed, its meta-val score (the only thing selection reads) and,
 for the report, its held-out result from ``benchmarks/metanet_heldout.py``.
 
-    python benchmarks/metanet_ablation.py RUN_DIR [RUN_DIR ...] --heldout-dir DIR --out benchmarks/results/X.json
+    python benchmarks/metanet_ablation.py RUN_DIR [RUN_DIR ...] --heldout-dir DIR --out benchmarks/results/X.json \
+        [--quality RUN_NAME=quality-....json ...]
 
 ``RUN_DIR``: a metanetwork directory ``train_meta.py`` wrote (its ``config.json`` holds the settings, the best
 val step and the whole val curve). ``--heldout-dir``: where ``metanet_heldout-<run name>.json`` files live.
+``--quality``: a ``benchmarks/quality.py`` result for a run (the proving ground's protocol, equal budgets): the
+table adds the metanetwork arm minus ``depgraph`` after the final finetune, with its 95% interval and wins.
 Every variant is listed, the ones that lost included. Variants may score meta-val differently (e.g.
 ``val_finetune_steps`` or ``val_global``), so the winner is the largest gain of the best step over the identity
 metanetwork (step 0) scored the same way, not the largest raw score.
@@ -16,14 +19,30 @@ import json
 import sys
 from pathlib import Path
 
-KEYS = {"meta_optim": ("reg", "lam", "alpha", "prune_loss", "batches_per_step", "steps", "lr", "val_recovery_steps",
-                       "val_finetune_steps", "val_importance", "val_global", "val_speedup"),
+KEYS = {"meta_optim": ("reg", "lam", "alpha", "task_loss", "prune_loss", "prune_mask", "families", "batches_per_step",
+                       "steps", "lr", "val_recovery_steps", "val_finetune_steps", "val_importance", "val_global",
+                       "val_speedup"),
         "metanet": ("hidden", "layers", "aggr", "scale")}
 
 
-def variant(run: Path, heldout_dir: Path | None) -> dict:
+def protocol(path: Path) -> dict:
+    """From a quality.py result: per metanetwork arm and speedup, the paired difference to ``depgraph``."""
+    r = json.loads(path.read_text())
+    out = {}
+    for pair, by_speed in r.get("paired", {}).items():
+        arm, _, other = pair.partition(" - ")
+        if other == "depgraph" and arm in ("metaprune", "metaprune_direct"):
+            out[arm] = {s: v for s, v in by_speed.items()}
+    return {"file": path.name, "base_acc": r.get("base_acc_mean"), "vs_depgraph": out}
+
+
+def variant(run: Path, heldout_dir: Path | None, quality: Path | None = None) -> dict:
+    from dataclasses import asdict
+
+    from metaprune.metatrain import MetaConfig
+
     cfg = json.loads((run / "config.json").read_text())
-    meta = cfg.get("meta_optim", {})
+    meta = {**asdict(MetaConfig()), **cfg.get("meta_optim", {})}  # runs older than an option ran its default
     arch = cfg.get("metanet", cfg.get("run", {}).get("metanet", {}))
     hist = cfg.get("history") or []
     first = next((h for h in hist if h["step"] == 0), None)
@@ -35,6 +54,8 @@ def variant(run: Path, heldout_dir: Path | None) -> dict:
         r = json.loads(h.read_text())
         row["heldout"] = {part: r[part] for part in ("seen_families", "heldout_families")}
         row["heldout_recipe"] = {k: r.get(k) for k in ("importance", "global_pruning", "recovery_steps", "split")}
+    if quality is not None:
+        row["protocol"] = protocol(quality)
     return row
 
 
@@ -47,8 +68,11 @@ def _gain(row: dict) -> float:
 def markdown(rows: list[dict]) -> str:
     speeds = sorted({s for r in rows for part in r.get("heldout", {}).values() for s in part},
                     key=lambda s: float(s[:-1]))
-    head = ["variant", "changes", "meta-val pruned acc (best step)", "identity + recovery", "gain"]
+    head = ["variant", "changes", "meta-val pruned acc (best step)", "identity (step 0)", "gain"]
     head += [f"held-out {s} meta − base (wins)" for s in speeds]
+    pspeeds = sorted({s for r in rows for arm in r.get("protocol", {}).get("vs_depgraph", {}).values() for s in arm},
+                     key=float)
+    head += [f"protocol {float(s):g}× − depgraph after ft [95% CI] (wins/n)" for s in pspeeds]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base = rows[0]["settings"]
     for r in rows:
@@ -64,6 +88,11 @@ def markdown(rows: list[dict]) -> str:
             n = sum(p["n"] for p in parts)
             gain = sum(p["gain"]["mean"] * p["n"] for p in parts) / n
             cells.append(f"{100 * gain:+.1f} ({sum(p['wins'] for p in parts)}/{n})")
+        arms = r.get("protocol", {}).get("vs_depgraph", {})
+        for s in pspeeds:
+            d = next((a[s]["finetuned"] for a in arms.values() if s in a), None)
+            cells.append("–" if d is None else f"{100 * d['mean']:+.1f} [{100 * d['ci95'][0]:+.1f}, "
+                                               f"{100 * d['ci95'][1]:+.1f}] ({d['wins']}/{d['n']})")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -76,11 +105,17 @@ def main(argv=None) -> dict:
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--heldout-dir", type=Path, default=None)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--quality", action="append", default=[], metavar="RUN_NAME=FILE",
+                    help="a quality.py result (the proving ground's protocol) for the run of that name")
     args = ap.parse_args(argv)
+    quality = dict(q.split("=", 1) for q in args.quality if "=" in q)
+    bad = [q for q in args.quality if "=" not in q] + [f for f in quality.values() if not Path(f).is_file()]
+    if bad:
+        raise SystemExit(f"error: --quality wants RUN_NAME=FILE of an existing file: {', '.join(bad)}")
     missing = [str(r) for r in args.runs if not (r / "config.json").is_file()]
     if missing:
         raise SystemExit(f"error: not metanetwork runs (no config.json): {', '.join(missing)}")
-    rows = [variant(r, args.heldout_dir) for r in args.runs]
+    rows = [variant(r, args.heldout_dir, Path(quality[r.name]) if r.name in quality else None) for r in args.runs]
     scored = [r for r in rows if r["val_best"] and r["val_identity"]]
     result = {"benchmark": "metanet_ablation", "variants": rows,
               "selected": max(scored, key=_gain)["variant"] if scored else None,

@@ -216,10 +216,18 @@ def test_heldout_benchmark_gives_both_arms_the_same_recovery_and_ranking(zoo, di
     # the ablation table reads the run and its held-out result: settings, meta-val score, held-out gain and wins
     import metanet_ablation
 
-    t = metanet_ablation.main([str(tmp_path / "m"), "--heldout-dir", str(tmp_path), "--out", str(tmp_path / "a.json")])
+    q = tmp_path / "quality-m.json"  # the proving ground's paired statistics, as quality.py writes them
+    d = {"mean": -0.05, "ci95": [-0.08, -0.02], "wins": 2, "n": 15, "losses": 13, "separated": True}
+    q.write_text(json.dumps({"base_acc_mean": 0.9, "paired": {"metaprune_direct - depgraph": {"3.0": {"finetuned": d}},
+                                                              "depgraph_sl - depgraph": {"3.0": {"finetuned": d}}}}))
+    t = metanet_ablation.main([str(tmp_path / "m"), "--heldout-dir", str(tmp_path), "--out", str(tmp_path / "a.json"),
+                               "--quality", f"m={q}"])
     (row,) = t["variants"]
     assert t["selected"] == "m" and row["val_best"]["step"] in (0, 1) and row["settings"]["hidden"] == 8
     assert "held-out 2x meta − base (wins)" in t["table"] and f"/{len(rows)})" in t["table"]
+    assert list(row["protocol"]["vs_depgraph"]) == ["metaprune_direct"] and "-5.0 [-8.0, -2.0] (2/15)" in t["table"]
+    with pytest.raises(SystemExit, match="RUN_NAME=FILE"):
+        metanet_ablation.main([str(tmp_path / "m"), "--out", str(tmp_path / "c.json"), "--quality", "m"])
     with pytest.raises(SystemExit, match="no config.json"):
         metanet_ablation.main([str(tmp_path), "--out", str(tmp_path / "b.json")])
 
