@@ -71,7 +71,7 @@ def run_method(base, data, metanet, c: dict, seed: int, method: str, speedups=No
     from metaprune.metanet import apply_metanet
     from metaprune.prune import prune
     from metaprune.prune.sparse import sparse_learning_hook
-    from metaprune.train import evaluate, fit, seed_everything
+    from metaprune.train import evaluate, fit, recalibrate_norms, seed_everything
 
     seed_everything(seed)  # each method's cell is reproducible on its own, whichever others ran
     x = data.example_inputs()
@@ -87,6 +87,10 @@ def run_method(base, data, metanet, c: dict, seed: int, method: str, speedups=No
     elif method.startswith("metaprune"):
         if method in REWRITES:
             start = apply_metanet(metanet, start, x)
+            recal = _recalibration(c)
+            if recal:  # forward passes only: the stored batch-norm statistics are stale after the rewrite
+                recalibrate_norms(start, data, recal, c["finetune"]["batch_size"], seed, c["device"])
+                out["recalibrate_batches"] = recal
             out["rewritten_acc"] = acc(start)
         if method != "metaprune_direct" and pre:
             fit(start, data, _ft_cfg(c, pre, seed), desc="recovery")
@@ -264,10 +268,19 @@ def _metanet_digest(path) -> str:
     return hashlib.sha256((Path(path) / "metanet.safetensors").read_bytes()).hexdigest()[:16]
 
 
+def _recalibration(c: dict) -> int:
+    """Batch-norm recalibration batches after the rewrite: what the metanetwork was meta-trained with."""
+    from metaprune.metanet.resolve import recalibration_batches
+
+    return recalibration_batches(Path(c["metanet_checkpoint"]))
+
+
 def _cell_path(cells_dir: Path, name: str, seed: int, method: str, c: dict) -> Path:
     own = {"depgraph_sl": c.get("sparse_learning")}.get(method)
     if method.startswith("metaprune"):  # the identity arm uses no metanetwork: only the ranking keys it
         own = _metanet_digest(c["metanet_checkpoint"]) if method in REWRITES else "identity"
+        recal = _recalibration(c) if method in REWRITES else 0
+        own = f"{own}-recal{recal}" if recal else own  # (0: the key cells had before recalibration existed)
         if not c.get("metaprune_global", True):
             own = f"{own}-local"
     suffix = f"-{_recipe_hash(own)}" if own is not None else ""

@@ -108,6 +108,45 @@ def test_per_family_metanetwork_trains_and_selects_on_its_families_only(zoo, dig
     assert not (tmp_path / "x").exists()
 
 
+def test_recalibrated_meta_training_uses_batch_statistics_and_records_them_for_application(zoo, digits, tmp_path):
+    """``recalibrate_batches``: the objective normalises with batch statistics (as the network will be after its
+    norms are re-estimated), never writing the zoo network's stored ones; the run records the count, so prune.py
+    and the benchmarks recalibrate every rewrite of this metanetwork the same way."""
+    import torch.nn.functional as F
+
+    from metaprune.metanet import Metanet
+    from metaprune.metanet.resolve import recalibration_batches
+
+    case = prepare(zoo, zoo.names("train")[:1], digits.example_inputs())[0]
+    torch.manual_seed(0)
+    net = Metanet.for_graphs([case.graph], **SMALL_NET)  # zero-init decoders: the identity rewrite
+    x, y = digits.train.x[:64], digits.train.y[:64]
+    stored = {k: v.clone() for k, v in case.model.named_buffers()}
+    graph_x = case.graph.x.clone()
+    _, with_batch = meta_loss(net, case, [(x, y)], lam=0.0, alpha=4.0, batch_stats=True)
+    _, with_stored = meta_loss(net, case, [(x, y)], lam=0.0, alpha=4.0)
+    ref = copy.deepcopy(case.model)
+    for m in ref.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.train()
+    with torch.no_grad():
+        assert with_batch["task"] == pytest.approx(F.cross_entropy(ref(x), y).item(), rel=1e-4)
+        assert with_stored["task"] == pytest.approx(F.cross_entropy(case.model(x), y).item(), rel=1e-4)
+    assert all(torch.equal(v, dict(case.model.named_buffers())[k]) for k, v in stored.items())
+    assert torch.equal(graph_x, case.graph.x) and not case.model.training
+    cfg = {"steps": 1, "nets_per_step": 1, "batch_size": 16, "warmup_steps": 0, "val_every": 1,
+           "recalibrate_batches": 3}
+    out = meta_train(zoo, digits, SMALL_NET, cfg, tmp_path / "m", device="cpu", progress=False)
+    assert out["finished"] and recalibration_batches(tmp_path / "m") == 3
+    assert recalibration_batches(tmp_path / "m", 0) == 0 and recalibration_batches(None) == 0
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text(json.dumps({"apply": {"recalibrate_batches": -1}}))
+    with pytest.raises(Exception, match="recalibrate_batches=-1"):
+        recalibration_batches(tmp_path / "bad")
+    with pytest.raises(ValueError, match="recalibrate_batches"):
+        MetaConfig.from_dict({"recalibrate_batches": -2})
+
+
 def test_fit_max_steps_bounds_the_budget_below_one_epoch(digits):
     from metaprune.models import build
 

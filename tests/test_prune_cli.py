@@ -14,6 +14,7 @@ from metaprune.cli import friendly_errors
 from metaprune.io import save_model, write_result_marker
 from metaprune.models import build
 from metaprune.prune.pipeline import run_prune
+from metaprune.train import fit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -233,6 +234,35 @@ def test_transform_hook_runs_before_pruning(tmp_path, small_ckpt, digits):
     assert {"transform", "transform_finetune", "prune"} <= set(report["timings_s"])
     assert report["speedup"] == pytest.approx(1.5, rel=0.05)
     assert (tmp_path / "out" / "pruned" / "model.safetensors").exists()
+
+
+def test_rewrite_with_stale_batch_norms_is_recalibrated_before_pruning(tmp_path, digits):
+    """A rewrite that scales every conv in front of a batch norm keeps the network's function but leaves the
+    stored statistics stale: ``metanet.recalibrate_batches`` re-estimates them (forward passes only) and the
+    rewritten network is as accurate as the original again; without it, it is not."""
+    def transform(model, data):
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, torch.nn.Conv2d):
+                    m.weight.mul_(3.0)
+        return model
+
+    torch.manual_seed(0)
+    model = build("resnet", depth=8, width=8, num_classes=10, in_channels=1)
+    fit(model, digits, {"epochs": 4, "lr": 0.05, "batch_size": 64, "device": "cpu", "progress": False})
+    save_model(model, tmp_path / "trained")
+
+    def run(batches, name):
+        cfg = {"model": {"checkpoint": str(tmp_path / "trained")}, "data": {"name": "digits"},
+               "metanet": {"finetune_epochs": 0, "recalibrate_batches": batches, "checkpoint": None},
+               "target": {"speedup": 1.5}, "prune": {}, "finetune": {"epochs": 0}, "output_dir": str(tmp_path / name),
+               "device": "cpu", "latency": {"runs": 2, "warmup": 1}, "threads": 1}
+        return run_prune(cfg, transform=transform, data=digits, progress=False)
+
+    stale, fresh = run(0, "stale"), run(10, "fresh")
+    assert "transform_recalibrate" in fresh["timings_s"] and "transform_recalibrate" not in stale["timings_s"]
+    assert fresh["transformed_acc"] >= fresh["base_acc"] - 0.02, fresh
+    assert stale["transformed_acc"] < fresh["transformed_acc"] - 0.1, (stale["transformed_acc"], fresh)
 
 
 def test_prune_py_on_an_lstm_picks_its_metanet_and_exports(tmp_path):

@@ -50,6 +50,7 @@ def no_loading(monkeypatch):
     ("latency.batch_size=0", r"latency\.batch_size=0 is invalid: must be an integer > 0"),
     ("finetune.epochs=five", r"finetune\.epochs='five' must be an integer >= 0"),
     ("metanet.finetune_epochs=-1", r"metanet\.finetune_epochs=-1 must be an integer >= 0"),
+    ("metanet.recalibrate_batches=-1", r"metanet\.recalibrate_batches=-1 must be an integer >= 0"),
     ("finetune.lr=-1", r"finetune: training option lr=-1 is invalid"),
     ("stage=later", r"stage='later' is invalid"),
     ("threads=0", r"threads=0 must be an integer >= 1"),

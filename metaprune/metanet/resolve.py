@@ -69,6 +69,24 @@ def recovery_epochs(checkpoint: Path | None, asked) -> int:
     return epochs
 
 
+def recalibration_batches(checkpoint: Path | None, asked="auto") -> int:
+    """Train batches that re-estimate the batch norms' statistics right after the rewrite: ``asked`` when it is a
+    number, else (``auto``) what the metanetwork was meta-trained and selected with (``apply.recalibrate_batches``
+    or ``meta_optim.recalibrate_batches`` in its ``config.json``; 0 when it names none, or for a caller's own
+    transform: ``checkpoint`` None)."""
+    if asked != "auto":
+        return int(asked)
+    if checkpoint is None:
+        return 0
+    path = Path(checkpoint) / "config.json"
+    cfg = read_json(path, what="metanetwork config") if path.is_file() else {}
+    cfg = cfg if isinstance(cfg, dict) else {}
+    n = (cfg.get("apply") or {}).get("recalibrate_batches", (cfg.get("meta_optim") or {}).get("recalibrate_batches", 0))
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise CheckpointError(f"{path}: recalibrate_batches={n!r} must be an integer >= 0")
+    return n
+
+
 def rewrite_for_pruning(checkpoint: Path, model: nn.Module, example_inputs, seen_only: bool
                         ) -> tuple[nn.Module, str | None]:
     """``(model with the metanetwork's weights, None)``; with ``seen_only`` (``checkpoint: auto``), a network

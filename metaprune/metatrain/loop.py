@@ -16,6 +16,10 @@ adds the task loss of the rewritten network with the units that l2 pruning to ``
 zeroed, i.e. it trains for the pruned network that validation measures. How many units each group loses is
 counted once on the original network (``prune_mask="fixed"``) or afresh on the rewritten weights every step
 (``"dynamic"``: under global ranking the metanetwork can move width between layers, and the loss follows it).
+``recalibrate_batches`` (off by default): a rewrite changes the weights in front of every batch norm while its
+stored running statistics stay the zoo network's, so in eval mode a CNN whose function the rewrite kept sits at
+chance; with N > 0 the objective normalises with batch statistics and every rewrite (validation, prune.py, the
+benchmarks) re-estimates the statistics on N train batches, forward passes only.
 
 Every ``val_every`` steps, each meta-val network is rewritten by the metanetwork, pruned to ``val_speedup``
 (no finetuning) and scored on the *val* split, beside the same network pruned without the metanetwork; the
@@ -43,8 +47,8 @@ from ..io import atomic_write_json
 from ..metanet import Metanet, save_metanet
 from ..prune import find_output_layers, groups, prune
 from ..prune.importance import available as importance_names
-from ..train.loop import (check_options, evaluate, fit, load_resume, lr_factor, pick_device, refuse_unknown,
-                          save_resume, seed_everything)
+from ..train.loop import (check_options, evaluate, fit, load_resume, lr_factor, pick_device, recalibrate_norms,
+                          refuse_unknown, save_resume, seed_everything)
 from ..train.objectives import REGULARISERS, meta_loss
 
 
@@ -75,6 +79,10 @@ class MetaConfig:
     prune_mask: str = "fixed"       # fixed: how many units each group loses is counted once, on the original
                                     # network; dynamic: recounted every step on the rewritten weights, so the
                                     # pruned-network loss sees the width the metanetwork moves between layers
+    recalibrate_batches: int = 0    # 0: a rewritten network keeps the zoo network's stored batch-norm statistics
+                                    # (stale after the rewrite); N: they are re-estimated on N train batches after
+                                    # every rewrite (validation, prune.py, benchmarks) and the objective uses batch
+                                    # statistics to match
     families: list | None = None    # meta-train and meta-validate on these zoo families only (a per-family
                                     # metanetwork); None: every family of the zoo (one universal metanetwork)
     val_every: int = 50             # 0: never validate; the last metanetwork is kept
@@ -105,6 +113,8 @@ class MetaConfig:
             (cfg.lam >= 0, "lam", ">= 0"), (cfg.reg in REGULARISERS, "reg", " or ".join(REGULARISERS)),
             (cfg.alpha >= 1, "alpha", ">= 1"), (cfg.prune_loss >= 0, "prune_loss", ">= 0"),
             (cfg.task_loss >= 0, "task_loss", ">= 0"),
+            (isinstance(cfg.recalibrate_batches, int) and cfg.recalibrate_batches >= 0, "recalibrate_batches",
+             "an integer >= 0"),
             (cfg.prune_mask in PRUNE_MASKS, "prune_mask", " or ".join(PRUNE_MASKS)),
             (cfg.families is None or len(cfg.families) > 0, "families", "a non-empty list of zoo families or null"),
             (cfg.val_every >= 0, "val_every", ">= 0 (0: no validation)"),
@@ -179,10 +189,12 @@ def pruned_accuracy(model: nn.Module, example_inputs, loader, speedup: float, im
     return {"acc": after, "unpruned_acc": before, "speedup": res.speedup}
 
 
-def rewrite(metanet, case: NetCase) -> nn.Module:
-    """A copy of the case's network with the weights the metanetwork writes."""
+def rewrite(metanet, case: NetCase, data=None, recalibrate: int = 0, seed: int = 0, device="cpu") -> nn.Module:
+    """A copy of the case's network with the weights the metanetwork writes; with ``recalibrate`` batches (of
+    ``data``'s train split), its batch-norm statistics re-estimated for the new weights."""
     with torch.no_grad():
-        return from_graph(getattr(metanet, "module", metanet).eval().transform(case.graph), case.model).eval()
+        model = from_graph(getattr(metanet, "module", metanet).eval().transform(case.graph), case.model).eval()
+    return recalibrate_norms(model, data, recalibrate, seed=seed, device=device) if recalibrate else model
 
 
 def recover(model: nn.Module, data, steps: int, lr: float = 0.01, batch_size: int = 128, seed: int = 0,
@@ -208,7 +220,10 @@ def validate(metanet, cases, example_inputs, loader, cfg: MetaConfig, device="cp
                 "seed": seed, "device": device}
     prune_kw = {"importance": cfg.val_importance, "device": device, "global_pruning": cfg.val_global,
                 "finetune": {**recovery, "data": data, "steps": cfg.val_finetune_steps}}
-    per = {c.name: pruned_accuracy(recover(rewrite(metanet, c), data, **recovery), example_inputs, loader,
+    if cfg.recalibrate_batches and data is None:
+        raise ValueError("recalibrate_batches needs the data to re-estimate the batch norms on")
+    rewritten = lambda c: rewrite(metanet, c, data, cfg.recalibrate_batches, seed, device)  # noqa: E731
+    per = {c.name: pruned_accuracy(recover(rewritten(c), data, **recovery), example_inputs, loader,
                                    cfg.val_speedup, **prune_kw) for c in cases}
     if baseline is None:
         baseline = {c.name: pruned_accuracy(c.model, example_inputs, loader, cfg.val_speedup, **prune_kw)
@@ -348,7 +363,7 @@ def meta_train(zoo, data, metanet_cfg: dict, cfg: MetaConfig | dict, out_dir, *,
                                             cfg.val_speedup, cfg.val_importance, cfg.val_global)
             with contextlib.nullcontext() if sync else model.no_sync():
                 loss, stats = meta_loss(model, mine[n], batches, cfg.lam, cfg.alpha, cfg.reg, cfg.prune_loss,
-                                        recount, cfg.task_loss)
+                                        recount, cfg.task_loss, batch_stats=cfg.recalibrate_batches > 0)
                 (loss / len(nets)).backward()
             for k, v in {"loss": loss.item(), **stats}.items():
                 agg[k] = agg.get(k, 0.0) + v / len(nets)

@@ -60,6 +60,8 @@ class MetanetOptions:
     """``metanet.*``: the metanetwork applied before pruning (``checkpoint``: auto | none | PATH)."""
     checkpoint: str | None = "auto"
     finetune_epochs: int | str = "auto"   # recovery after the rewrite; auto: what the metanetwork was validated with
+    recalibrate_batches: int | str = "auto"  # train batches re-estimating batch-norm statistics after the rewrite;
+                                             # auto: what the metanetwork was meta-trained with
 
 
 @dataclass
@@ -235,8 +237,9 @@ def _metanet_options(d) -> MetanetOptions:
         raise UsageError("metanet holds an architecture preset (configs/metanet/, for train_meta.py); prune.py "
                          "applies a trained one: metanet=shipped|none or metanet.checkpoint=PATH")
     opts = _sub(MetanetOptions, d, "metanet")
-    if opts.finetune_epochs != "auto":
-        check_int("metanet.finetune_epochs", opts.finetune_epochs, 0)
+    for key in ("finetune_epochs", "recalibrate_batches"):
+        if getattr(opts, key) != "auto":
+            check_int(f"metanet.{key}", getattr(opts, key), 0)
     return opts
 
 

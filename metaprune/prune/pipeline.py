@@ -28,9 +28,9 @@ from ..export import export_verified
 from ..io import atomic_dir, atomic_write_json, save_model, write_result_marker
 from ..io import check_output_dir as check_output_path
 from ..logging import Logger
-from ..metanet.resolve import recovery_epochs, rewrite_for_pruning
+from ..metanet.resolve import recalibration_batches, recovery_epochs, rewrite_for_pruning
 from ..metrics import latency, macs_and_params
-from ..train import evaluate, fit, pick_device, seed_everything
+from ..train import evaluate, fit, pick_device, recalibrate_norms, seed_everything
 from .config import PruneConfig
 from .load import load
 from .report import add_exports, build_report
@@ -162,7 +162,12 @@ def apply_metanet_stage(model, data, cfg: PruneConfig, transform, device, stages
         model = model.to(device)
     if skipped:
         return model, f"{label} ({skipped})", None
-    epochs = recovery_epochs(None if transform is not None else label, cfg.metanet.finetune_epochs)
+    own = None if transform is not None else label
+    batches = recalibration_batches(own, cfg.metanet.recalibrate_batches)
+    if batches > 0:
+        with stages("transform_recalibrate"):
+            recalibrate_norms(model, data, batches, cfg.finetune.batch_size, cfg.seed, device)
+    epochs = recovery_epochs(own, cfg.metanet.finetune_epochs)
     if epochs > 0:
         with stages("transform_finetune"):
             fit(model, data, dataclasses.replace(cfg.finetune, epochs=epochs), desc="after metanet")

@@ -108,6 +108,31 @@ def _autocast(device: torch.device, amp: bool):
 
 
 @torch.no_grad()
+def recalibrate_norms(model: nn.Module, data, batches: int, batch_size: int = 128, seed: int = 0,
+                      device="cpu") -> nn.Module:
+    """Re-estimate every batch norm's running statistics over ``batches`` batches of the train split: forward
+    passes only, no weight changes. A rewrite that changes the weights in front of a batch norm leaves its stored
+    statistics stale, and in eval mode the network then falls to chance although its function is intact. Returns
+    ``model`` in eval mode; ``batches=0`` or a network without batch norms leaves the statistics as they are."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not batches or not norms:
+        return model.eval()
+    momenta = [m.momentum for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a plain average over the batches
+        m.train()
+    for i, (x, _) in enumerate(data.loader("train", batch_size, shuffle=True, seed=seed)):
+        if i >= batches:
+            break
+        model(x.to(device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    return model.eval()
+
+
+@torch.no_grad()
 def evaluate(model: nn.Module, loader, device="auto", amp: bool = True) -> dict:
     """Top-1 accuracy and mean cross-entropy of ``model`` over ``loader``."""
     device = pick_device(device) if isinstance(device, str) else device

@@ -14,6 +14,7 @@ torch-pruning's own sparse-learning regulariser (on a network's weights during t
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from ..depgraph import group_norms
@@ -71,31 +72,50 @@ def group_regulariser(params: dict, groups, alpha: float, kind: str = "l2") -> t
     return total, stats
 
 
+def _task_losses(model, params, pruned, batches):
+    """Mean cross-entropy of ``model`` run with ``params`` (and with ``pruned``, when given) over ``batches``,
+    with the correct counts: ``(task, task_pruned, correct, correct_pruned, seen)``."""
+    task = task_p = 0.0
+    correct = correct_p = seen = 0
+    for x, y in batches:
+        out = torch.func.functional_call(model, params, (x,))
+        task = task + F.cross_entropy(out, y) / len(batches)
+        correct += int((out.argmax(1) == y).sum())
+        seen += len(y)
+        if pruned is not None:
+            out_p = torch.func.functional_call(model, pruned, (x,))
+            task_p = task_p + F.cross_entropy(out_p, y) / len(batches)
+            correct_p += int((out_p.argmax(1) == y).sum())
+    return task, task_p, correct, correct_p, seen
+
+
 def meta_loss(metanet, case, batches, lam: float, alpha: float, reg_kind: str = "l2",
-              prune_loss: float = 0.0, recount=None, task_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
+              prune_loss: float = 0.0, recount=None, task_weight: float = 1.0,
+              batch_stats: bool = False) -> tuple[torch.Tensor, dict]:
     """Task loss of the rewritten network (times ``task_weight``), averaged over ``batches`` (a list of
     ``(x, y)``; the metanetwork runs once), plus ``lam`` times the group regulariser (plus ``prune_loss`` times
     the task loss of the rewritten network with its weakest units zeroed).
 
     ``case``: a ``metaprune.metatrain.NetCase`` (the network, its graph, groups, buffer names and, for
     ``prune_loss``, the units pruning removes per group). ``recount``: a function of the rewritten weights giving
-    those counts afresh (``prune_mask="dynamic"``), used instead of the case's."""
+    those counts afresh (``prune_mask="dynamic"``), used instead of the case's. ``batch_stats``: batch norms
+    normalise with the batch's statistics (what recalibrating them after the rewrite gives) instead of the zoo
+    network's stored ones, which the rewrite leaves stale; the stored ones are never written."""
     new_x, new_attr = metanet(case.graph)
     params = graph_params(case.graph.with_features(x=new_x, edge_attr=new_attr))
-    params = {k: (v.detach() if k in case.buffers else v) for k, v in params.items()}
+    params = {k: (v.detach().clone() if k in case.buffers else v) for k, v in params.items()}
+    if batch_stats:  # running-statistic updates land in copies, never in the zoo network or its graph
+        params.update({k: b.clone() for k, b in case.model.named_buffers() if k not in params})
     removed = recount(state=params) if recount is not None and prune_loss > 0 else case.removed
     pruned = zero_weakest(params, case.groups, removed) if prune_loss > 0 and removed is not None else None
-    task = task_p = 0.0
-    correct = correct_p = seen = 0
-    for x, y in batches:
-        out = torch.func.functional_call(case.model, params, (x,))
-        task = task + F.cross_entropy(out, y) / len(batches)
-        correct += int((out.argmax(1) == y).sum())
-        seen += len(y)
-        if pruned is not None:
-            out_p = torch.func.functional_call(case.model, pruned, (x,))
-            task_p = task_p + F.cross_entropy(out_p, y) / len(batches)
-            correct_p += int((out_p.argmax(1) == y).sum())
+    norms = [m for m in case.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if batch_stats else []
+    for m in norms:
+        m.train()
+    try:
+        task, task_p, correct, correct_p, seen = _task_losses(case.model, params, pruned, batches)
+    finally:
+        for m in norms:
+            m.eval()
     reg, stats = group_regulariser(params, case.groups, alpha, reg_kind)
     change = (new_attr - case.graph.edge_attr).norm() / case.graph.edge_attr.norm().clamp_min(1e-12)
     stats.update(task=task.item(), reg=reg.item(), acc=correct / max(seen, 1), rel_change=change.item())
