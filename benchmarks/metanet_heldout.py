@@ -9,6 +9,7 @@ accuracy of (a) the original pruned with the criterion and (b) the metanetwork's
 criterion, both to the same speedup; with ``--recovery-steps`` both arms first finetune that many SGD steps
 (equal budgets: the rewrite's recovery against the same training of the original). Networks of families the metanetwork never saw (e.g. VGG held out
 entirely) are reported separately: that is the transfer claim. Writes benchmarks/results/metanet_heldout-<data>.json.
+``--recalibrate-batches 0`` against ``20`` isolates what stale batch-norm statistics cost a rewrite.
 """
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ def main(argv=None) -> dict:
     from metaprune.data import get_data
     from metaprune.io import atomic_write_json
     from metaprune.metanet import apply_metanet, load_metanet
+    from metaprune.metanet.resolve import recalibration_batches
     from metaprune.metatrain import pruned_accuracy, recover
-    from metaprune.train import evaluate
+    from metaprune.train import evaluate, recalibrate_norms
     from metaprune.zoo import load_zoo
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -39,11 +41,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--global", dest="global_pruning", action="store_true", help="rank groups across layers")
     ap.add_argument("--recovery-steps", type=int, default=0, help="SGD steps on train before pruning (both arms)")
     ap.add_argument("--recovery-lr", type=float, default=0.01)
+    ap.add_argument("--recalibrate-batches", default="auto",
+                    help="train batches re-estimating batch-norm statistics after the rewrite (auto: what the "
+                         "metanetwork was meta-trained with; 0: keep the stored, stale ones)")
     ap.add_argument("--split", default="test", choices=["val", "test"], help="data split to score on")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
     mdir = Path(args.metanet)
+    recal = recalibration_batches(mdir, args.recalibrate_batches if args.recalibrate_batches == "auto"
+                                  else int(args.recalibrate_batches))
     meta_split = json.loads((mdir / "zoo_split.json").read_text())
     zoo = load_zoo(args.zoo or meta_split["zoo"])
     metanet = load_metanet(mdir)
@@ -56,7 +63,7 @@ def main(argv=None) -> dict:
     for name in zoo.names("heldout"):
         fam = zoo.members[name]["family"]
         model = zoo.load(name)
-        rewritten = apply_metanet(metanet, model, ex)
+        rewritten = recalibrate_norms(apply_metanet(metanet, model, ex), data, recal)
         original = {"original": evaluate(model, loader)["acc"], "rewritten": evaluate(rewritten, loader)["acc"]}
         model = recover(model, data, args.recovery_steps, args.recovery_lr)
         rewritten = recover(rewritten, data, args.recovery_steps, args.recovery_lr)
@@ -97,6 +104,7 @@ def main(argv=None) -> dict:
         "benchmark": "metanet_heldout", "metanet": str(mdir), "zoo": str(zoo.root), "data": data.name,
         "split": args.split, "importance": args.importance, "global_pruning": args.global_pruning,
         "recovery_steps": args.recovery_steps, "recovery_lr": args.recovery_lr, "finetune": False,
+        "recalibrate_batches": recal,
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip() + f", {torch.get_num_threads()} threads",
         "torch": torch.__version__, "seconds": time.perf_counter() - t0,

@@ -209,3 +209,16 @@ def test_multirun_sweep_saves_one_metanet_per_job(zoo, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     hidden = sorted(json.loads((tmp_path / f"sweep-{i}" / "config.json").read_text())["metanet"]["hidden"] for i in (0, 1))
     assert hidden == [4, 8]
+
+
+def test_every_meta_option_can_be_set_from_the_command_line():
+    """Hydra refuses ``meta_optim.X=...`` for a key its preset lacks: each preset lists every MetaConfig option."""
+    import dataclasses
+
+    import yaml
+
+    from metaprune.metatrain import MetaConfig
+
+    for preset in sorted((REPO / "configs" / "meta_optim").glob("*.yaml")):
+        missing = {f.name for f in dataclasses.fields(MetaConfig)} - set(yaml.safe_load(preset.read_text()))
+        assert not missing, f"{preset.name} lacks {sorted(missing)}"
