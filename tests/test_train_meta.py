@@ -222,3 +222,21 @@ def test_every_meta_option_can_be_set_from_the_command_line():
     for preset in sorted((REPO / "configs" / "meta_optim").glob("*.yaml")):
         missing = {f.name for f in dataclasses.fields(MetaConfig)} - set(yaml.safe_load(preset.read_text()))
         assert not missing, f"{preset.name} lacks {sorted(missing)}"
+
+
+def test_fashion_mnist_direct_preset_is_the_published_recipe_plus_the_changes_the_proving_ground_kept():
+    """``experiment=fashion_mnist_direct`` (the shipped Fashion-MNIST metanetwork's recipe) differs from
+    ``experiment=fashion_mnist`` (the published recipe) only in the options the README's ablation names."""
+    from omegaconf import OmegaConf
+
+    from metaprune.metatrain import check_run_config
+
+    ref = OmegaConf.to_container(_compose(["experiment=fashion_mnist", "logger=none"]), resolve=True)
+    new = OmegaConf.to_container(_compose(["experiment=fashion_mnist_direct", "logger=none"]), resolve=True)
+    changed = {k for k in new["meta_optim"] if new["meta_optim"][k] != ref["meta_optim"][k]}
+    assert changed == {"steps", "lr", "prune_loss", "recalibrate_batches", "val_every", "val_recovery_steps",
+                       "val_finetune_steps"}
+    assert {k for k in new["metanet"] if new["metanet"][k] != ref["metanet"][k]} == {"scale"}
+    assert new["zoo"] == ref["zoo"] and new["data"] == ref["data"] and new["name"] == "fashion_mnist_direct"
+    cfg = check_run_config(new)
+    assert cfg.recalibrate_batches == 20 and cfg.val_recovery_steps == 0 and cfg.val_global
