@@ -147,6 +147,32 @@ def test_recalibrated_meta_training_uses_batch_statistics_and_records_them_for_a
         MetaConfig.from_dict({"recalibrate_batches": -2})
 
 
+def test_mask_temperature_lets_the_pruned_loss_reach_the_removed_units_and_keeps_the_forward_hard():
+    """With ``mask_temperature`` the pruned network is the same (hard mask forward), but the loss's gradient reaches
+    the weights of the units it removes, so training can pull a needed unit back over the boundary; without it,
+    removed units get no gradient at all."""
+    from metaprune.train.objectives import zero_weakest
+
+    model, groups = _resnet8_groups()
+    g = max(groups, key=lambda g: g.units)
+    k = g.units // 2
+    removed = [k if h is g else 0 for h in groups]
+    grads, outs = {}, {}
+    for t in (0.0, 0.05):
+        params = {n: v.detach().clone().requires_grad_(True) for n, v in model.named_parameters()}
+        out = zero_weakest(params, groups, removed, temperature=t)
+        outs[t] = {n: v.detach() for n, v in out.items()}
+        sum((v * torch.randn_like(v, generator=torch.Generator().manual_seed(1))).sum()
+            for v in out.values()).backward()
+        s = g.slices[0]
+        weak = g.norms({n: v.detach() for n, v in params.items()}).argsort()[:k]
+        grads[t] = params[s.param].grad.index_select(s.dim, s.idxs[weak]).abs().sum().item()
+    assert all(torch.equal(outs[0.0][n], outs[0.05][n]) for n in outs[0.0])
+    assert grads[0.0] == 0.0 and grads[0.05] > 0.0
+    with pytest.raises(ValueError, match="mask_temperature"):
+        MetaConfig.from_dict({"mask_temperature": -1.0})
+
+
 def test_fit_max_steps_bounds_the_budget_below_one_epoch(digits):
     from metaprune.models import build
 

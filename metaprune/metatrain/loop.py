@@ -79,6 +79,8 @@ class MetaConfig:
     prune_mask: str = "fixed"       # fixed: how many units each group loses is counted once, on the original
                                     # network; dynamic: recounted every step on the rewritten weights, so the
                                     # pruned-network loss sees the width the metanetwork moves between layers
+    mask_temperature: float = 0.0   # > 0: the pruned-network loss reaches which units are removed (straight-through
+                                    # sigmoid of each unit's distance to the pruning boundary); 0: it does not
     recalibrate_batches: int = 0    # 0: a rewritten network keeps the zoo network's stored batch-norm statistics
                                     # (stale after the rewrite); N: they are re-estimated on N train batches after
                                     # every rewrite (validation, prune.py, benchmarks) and the objective uses batch
@@ -112,7 +114,7 @@ class MetaConfig:
             (cfg.lr > 0, "lr", "> 0"), (cfg.schedule in ("cosine", "constant"), "schedule", "cosine or constant"),
             (cfg.lam >= 0, "lam", ">= 0"), (cfg.reg in REGULARISERS, "reg", " or ".join(REGULARISERS)),
             (cfg.alpha >= 1, "alpha", ">= 1"), (cfg.prune_loss >= 0, "prune_loss", ">= 0"),
-            (cfg.task_loss >= 0, "task_loss", ">= 0"),
+            (cfg.task_loss >= 0, "task_loss", ">= 0"), (cfg.mask_temperature >= 0, "mask_temperature", ">= 0"),
             (isinstance(cfg.recalibrate_batches, int) and cfg.recalibrate_batches >= 0, "recalibrate_batches",
              "an integer >= 0"),
             (cfg.prune_mask in PRUNE_MASKS, "prune_mask", " or ".join(PRUNE_MASKS)),
@@ -363,7 +365,8 @@ def meta_train(zoo, data, metanet_cfg: dict, cfg: MetaConfig | dict, out_dir, *,
                                             cfg.val_speedup, cfg.val_importance, cfg.val_global)
             with contextlib.nullcontext() if sync else model.no_sync():
                 loss, stats = meta_loss(model, mine[n], batches, cfg.lam, cfg.alpha, cfg.reg, cfg.prune_loss,
-                                        recount, cfg.task_loss, batch_stats=cfg.recalibrate_batches > 0)
+                                        recount, cfg.task_loss, batch_stats=cfg.recalibrate_batches > 0,
+                                        mask_temperature=cfg.mask_temperature)
                 (loss / len(nets)).backward()
             for k, v in {"loss": loss.item(), **stats}.items():
                 agg[k] = agg.get(k, 0.0) + v / len(nets)

@@ -21,22 +21,34 @@ from ..depgraph import group_norms
 from ..graph import graph_params
 
 
-def zero_weakest(params: dict, groups, removed) -> dict:
+def zero_weakest(params: dict, groups, removed, temperature: float = 0.0) -> dict:
     """``params`` with the ``removed[i]`` lowest-norm units of group ``i`` zeroed in every coupled parameter:
     the network l2 pruning would leave (zeroing a unit's outputs and the next layer's inputs removes it), kept
-    differentiable in the surviving weights."""
+    differentiable in the surviving weights.
+
+    ``temperature > 0``: the hard mask stays in the forward pass, but its gradient reaches every unit's norm
+    (straight-through, through ``sigmoid((norm / max - boundary) / temperature)``, the boundary half-way between
+    the last unit removed and the first kept), so the loss can move units across the pruning boundary."""
     out = dict(params)
     for g, k in zip(groups, removed):
         if k <= 0:
             continue
-        weak = g.norms(out).detach().argsort()[:k]
+        norms = g.norms(out)
+        weak = norms.detach().argsort()[:k]
+        keep = torch.ones_like(norms).index_fill(0, weak, 0.0)
+        if temperature > 0:
+            rel = norms / norms.detach().max().clamp_min(1e-12)
+            ranked = rel.detach().sort().values
+            boundary = (ranked[k - 1] + ranked[k]) / 2 if k < len(ranked) else ranked[-1]
+            soft = torch.sigmoid((rel - boundary) / temperature)
+            keep = keep + (soft - soft.detach())  # exactly the hard mask forward
         for s in g.slices:
             w = out[s.param]
-            keep = torch.ones(w.shape[s.dim], dtype=w.dtype, device=w.device)
-            keep = keep.index_fill(0, s.idxs.to(w.device)[weak], 0.0)
+            full = torch.ones(w.shape[s.dim], dtype=w.dtype, device=w.device)
+            full = full.index_copy(0, s.idxs.to(w.device), keep.to(w.dtype))
             shape = [1] * w.dim()
             shape[s.dim] = -1
-            out[s.param] = w * keep.view(shape)
+            out[s.param] = w * full.view(shape)
     return out
 
 
@@ -91,7 +103,7 @@ def _task_losses(model, params, pruned, batches):
 
 def meta_loss(metanet, case, batches, lam: float, alpha: float, reg_kind: str = "l2",
               prune_loss: float = 0.0, recount=None, task_weight: float = 1.0,
-              batch_stats: bool = False) -> tuple[torch.Tensor, dict]:
+              batch_stats: bool = False, mask_temperature: float = 0.0) -> tuple[torch.Tensor, dict]:
     """Task loss of the rewritten network (times ``task_weight``), averaged over ``batches`` (a list of
     ``(x, y)``; the metanetwork runs once), plus ``lam`` times the group regulariser (plus ``prune_loss`` times
     the task loss of the rewritten network with its weakest units zeroed).
@@ -100,14 +112,16 @@ def meta_loss(metanet, case, batches, lam: float, alpha: float, reg_kind: str = 
     ``prune_loss``, the units pruning removes per group). ``recount``: a function of the rewritten weights giving
     those counts afresh (``prune_mask="dynamic"``), used instead of the case's. ``batch_stats``: batch norms
     normalise with the batch's statistics (what recalibrating them after the rewrite gives) instead of the zoo
-    network's stored ones, which the rewrite leaves stale; the stored ones are never written."""
+    network's stored ones, which the rewrite leaves stale; the stored ones are never written.
+    ``mask_temperature``: see :func:`zero_weakest` (0: no gradient to which units are removed)."""
     new_x, new_attr = metanet(case.graph)
     params = graph_params(case.graph.with_features(x=new_x, edge_attr=new_attr))
     params = {k: (v.detach().clone() if k in case.buffers else v) for k, v in params.items()}
     if batch_stats:  # running-statistic updates land in copies, never in the zoo network or its graph
         params.update({k: b.clone() for k, b in case.model.named_buffers() if k not in params})
     removed = recount(state=params) if recount is not None and prune_loss > 0 else case.removed
-    pruned = zero_weakest(params, case.groups, removed) if prune_loss > 0 and removed is not None else None
+    pruned = (zero_weakest(params, case.groups, removed, mask_temperature) if prune_loss > 0 and removed is not None
+              else None)
     norms = [m for m in case.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if batch_stats else []
     for m in norms:
         m.train()
