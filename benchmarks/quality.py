@@ -118,10 +118,11 @@ def assemble(base_acc: float, family: str, cells: dict) -> dict:
     rec = {"family": family, "base_acc": base_acc, "seconds": {}}
     for method, cell in cells.items():
         rec["seconds"][method] = cell["seconds"]
-        for k in ("rewritten_acc", "recovered_acc"):
+        lifted = ("rewritten_acc", "recovered_acc", "recalibrate_batches")  # per network, not per speedup
+        for k in lifted:
             if k in cell:
                 rec[f"{method}_{k}"] = cell[k]
-        rec[method] = {k: v for k, v in cell.items() if k not in ("seconds", "rewritten_acc", "recovered_acc")}
+        rec[method] = {k: v for k, v in cell.items() if k != "seconds" and k not in lifted}
     return rec
 
 
@@ -169,11 +170,12 @@ def summarise(per_net: dict, methods, speedups) -> dict:
 
 
 def comparisons(per_net: dict, methods, speedups) -> dict:
-    """Paired differences: every method against ``depgraph`` and against ``random``, per speedup and phase."""
+    """Paired differences: every method against ``depgraph`` and against ``random``, and the metanetwork arms
+    against ``depgraph_sl`` (the paper's comparison), per speedup and phase."""
     out = {}
-    for ref in ("depgraph", "random"):
+    for ref in ("depgraph", "random", "depgraph_sl"):
         for method in methods:
-            if method == ref or ref not in methods:
+            if method == ref or ref not in methods or (ref == "depgraph_sl" and not method.startswith("metaprune")):
                 continue
             for s in speedups:
                 for phase in PHASES:
@@ -305,7 +307,12 @@ def run(c: dict) -> dict:
     data = get_data(**data_kwargs)
     root = Path(c["zoo"].get("root", "checkpoints/zoo")) / c["zoo"]["name"]
     zoo = load_zoo(root) if (root / "index.json").exists() else build_zoo(c["zoo"], c["data"], c["optim"], root=root)
-    names = zoo.names(c["split"])[: c["max_networks"] or None]
+    fams = c.get("families")
+    fams = [fams] if isinstance(fams, str) else fams
+    unknown = sorted(set(fams or ()) - {m["family"] for m in zoo.members.values()})
+    if unknown:
+        raise ValueError(f"families: {unknown} not in the zoo {root}")
+    names = zoo.names(c["split"], fams)[: c["max_networks"] or None]
     if not names:
         raise ValueError(f"zoo {root} has no {c['split']!r} networks")
     metanet = load_metanet(c["metanet_checkpoint"]) if any(m in REWRITES for m in c["methods"]) else None

@@ -153,12 +153,17 @@ def test_every_prune_experiment_composes_and_validates(name, tmp_path):
 
 
 def test_fashion_mnist_experiments_are_the_protocol_with_and_without_the_metanetwork(tmp_path):
-    """The README's Fashion-MNIST protocol: the shipped metanetwork (named: auto does not apply it), 1 recovery +
-    1 finetune epoch, global l2_max to 3x; the baseline prunes the same network the same way with 2 finetune epochs."""
+    """The README's Fashion-MNIST protocol: the shipped metanetwork (named: auto does not apply it), rewritten and
+    recalibrated, no recovery epoch, global l2_max to 3x, 2 finetune epochs; the baseline prunes the same network
+    the same way with the same 2 finetune epochs."""
     meta = PruneConfig.from_dict(_compose("prune", "prune_experiment=fashion_mnist", f"output_dir={tmp_path}"))
     base = PruneConfig.from_dict(_compose("prune", "prune_experiment=fashion_mnist_depgraph", f"output_dir={tmp_path}"))
     assert meta.metanet_checkpoint == Path("checkpoints/metanet/fashion_mnist") and base.metanet_checkpoint is None
-    assert meta.finetune.epochs == 1 and base.finetune.epochs == 2 and meta.target == base.target == {"speedup": 3.0}
+    assert meta.finetune.epochs == base.finetune.epochs == 2 and meta.target == base.target == {"speedup": 3.0}
+    from metaprune.metanet.resolve import recalibration_batches, recovery_epochs
+
+    assert recovery_epochs(REPO / meta.metanet_checkpoint, "auto") == 0
+    assert recalibration_batches(REPO / meta.metanet_checkpoint, "auto") == 20
     assert meta.prune == base.prune and meta.prune.importance == "l2_max" and meta.prune.global_pruning
     assert meta.raw["model"] == base.raw["model"]
 
