@@ -174,6 +174,10 @@ def test_paper_presets_run_on_cifar_fixture(tmp_path, experiment, data):
     # report_only writes the table from what is finished and computes nothing
     with pytest.raises(ValueError, match="report_only: no network"):
         quality.run({**c, "speedups": [2.0, 4.0], "report_only": True})
+    # a families filter reports on those zoo families only (e.g. where a per-family metanetwork has encoders)
+    assert quality.run({**c, "families": ["resnet"], "report_only": True})["summary"] == r["summary"]
+    with pytest.raises(ValueError, match=r"families: \['nosuchnet'\] not in the zoo"):
+        quality.run({**c, "families": ["nosuchnet"]})
 
 
 def _bench(name):
