@@ -131,6 +131,13 @@ class MetaConfig:
         return cfg
 
 
+def check_families(families, known) -> None:
+    """``meta_optim.families`` must name families of the zoo (``known``: the zoo members' families)."""
+    unknown = sorted(set(families or ()) - set(known))
+    if unknown:
+        raise ValueError(f"meta_optim.families: {unknown} not in the zoo; the zoo's families: {sorted(set(known))}")
+
+
 # --- one zoo network, ready for meta-training -------------------------------------------------------------
 
 @dataclass
@@ -289,11 +296,9 @@ def meta_train(zoo, data, metanet_cfg: dict, cfg: MetaConfig | dict, out_dir, *,
     log = logger.log if (logger is not None and rank == 0) else (lambda *a, **k: None)
 
     train_names, val_names = zoo.names("train", cfg.families), zoo.names("val", cfg.families)
-    unknown = sorted(set(cfg.families or ()) - {m["family"] for m in zoo.members.values()})
-    if unknown or (cfg.families is not None and not train_names):
-        raise ValueError(f"meta_optim.families: {unknown or cfg.families} "
-                         f"{'not in the zoo' if unknown else 'have no meta-train network'}; the zoo's families: "
-                         f"{sorted({m['family'] for m in zoo.members.values()})}")
+    check_families(cfg.families, [m["family"] for m in zoo.members.values()])
+    if cfg.families is not None and not train_names:
+        raise ValueError(f"meta_optim.families: {cfg.families} have no meta-train network in the zoo")
     if len(train_names) < world:
         raise ValueError(f"{len(train_names)} meta-train networks cannot be shared by {world} ranks")
     counted_once = cfg.prune_loss > 0 and cfg.prune_mask == "fixed"

@@ -13,7 +13,7 @@ from ..metanet import Metanet
 from ..train.loop import pick_device
 from ..train.network import split_data_cfg
 from ..zoo import build_zoo, load_zoo, plan_members, split_members
-from .loop import MetaConfig, dist_info, meta_train
+from .loop import MetaConfig, check_families, dist_info, meta_train
 
 METANET_KEYS = {"hidden", "layers", "aggr", "scale", "frozen_features", "unseen"}
 
@@ -27,10 +27,7 @@ def check_run_config(c: dict) -> MetaConfig:
     members = plan_members(c["zoo"], c["optim"])
     split_members(members, c["zoo"].get("split") or {})
     cfg = MetaConfig.from_dict(c["meta_optim"])
-    unknown = sorted(set(cfg.families or ()) - {m["family"] for m in members})
-    if unknown:
-        raise ValueError(f"meta_optim.families: {unknown} not in the zoo; the zoo's families: "
-                         f"{sorted({m['family'] for m in members})}")
+    check_families(cfg.families, [m["family"] for m in members])
     return cfg
 
 
