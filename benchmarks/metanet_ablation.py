@@ -20,8 +20,8 @@ import sys
 from pathlib import Path
 
 KEYS = {"meta_optim": ("reg", "lam", "alpha", "task_loss", "prune_loss", "prune_mask", "mask_temperature",
-                       "recalibrate_batches", "families", "batches_per_step", "steps", "lr", "val_recovery_steps", "val_finetune_steps",
-                       "val_importance", "val_global", "val_speedup"),
+                       "recalibrate_batches", "families", "batches_per_step", "steps", "lr", "val_recovery_steps",
+                       "val_finetune_steps", "val_importance", "val_global", "val_speedup"),
         "metanet": ("hidden", "layers", "aggr", "scale")}
 
 

@@ -49,8 +49,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
 
     mdir = Path(args.metanet)
-    recal = recalibration_batches(mdir, args.recalibrate_batches if args.recalibrate_batches == "auto"
-                                  else int(args.recalibrate_batches))
+    recal = recalibration_batches(mdir, args.recalibrate_batches)
     meta_split = json.loads((mdir / "zoo_split.json").read_text())
     zoo = load_zoo(args.zoo or meta_split["zoo"])
     metanet = load_metanet(mdir)

@@ -292,6 +292,7 @@ def _cell_path(cells_dir: Path, name: str, seed: int, method: str, c: dict) -> P
 def run(c: dict) -> dict:
     from metaprune.data import get_data
     from metaprune.metanet import load_metanet
+    from metaprune.metatrain.loop import check_families
     from metaprune.train import split_data_cfg
     from metaprune.zoo import build_zoo, load_zoo
 
@@ -309,9 +310,7 @@ def run(c: dict) -> dict:
     zoo = load_zoo(root) if (root / "index.json").exists() else build_zoo(c["zoo"], c["data"], c["optim"], root=root)
     fams = c.get("families")
     fams = [fams] if isinstance(fams, str) else fams
-    unknown = sorted(set(fams or ()) - {m["family"] for m in zoo.members.values()})
-    if unknown:
-        raise ValueError(f"families: {unknown} not in the zoo {root}")
+    check_families(fams, [m["family"] for m in zoo.members.values()], key="families")
     names = zoo.names(c["split"], fams)[: c["max_networks"] or None]
     if not names:
         raise ValueError(f"zoo {root} has no {c['split']!r} networks")

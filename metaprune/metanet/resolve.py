@@ -39,11 +39,33 @@ def resolve_metanet(checkpoint, data_name: str | None) -> Path | None:
     return path
 
 
-def _apply_settings(checkpoint: Path) -> tuple[Path, dict]:
-    """The ``apply`` settings a metanetwork's ``config.json`` records for prune.py (``{}`` when it names none)."""
+def _config(checkpoint: Path) -> tuple[Path, dict]:
+    """A metanetwork's ``config.json`` (``{}`` when it has none) and its path."""
     path = Path(checkpoint) / "config.json"
     cfg = read_json(path, what="metanetwork config") if path.is_file() else {}
-    return path, ((cfg.get("apply") or {}) if isinstance(cfg, dict) else {})
+    return path, (cfg if isinstance(cfg, dict) else {})
+
+
+def _apply_settings(checkpoint: Path) -> tuple[Path, dict]:
+    """The ``apply`` settings a metanetwork's ``config.json`` records for prune.py (``{}`` when it names none)."""
+    path, cfg = _config(checkpoint)
+    return path, (cfg.get("apply") or {})
+
+
+def _recorded_count(checkpoint: Path | None, asked, key: str, trained_key: str | None = None) -> int:
+    """``asked`` when it is a number, else (``auto``) ``apply.<key>`` of the metanetwork's ``config.json``, else its
+    ``meta_optim.<trained_key>`` (what it was meta-trained with), else 0; 0 for ``checkpoint`` None (a caller's
+    own transform). A recorded value that is not an integer >= 0 is a :class:`CheckpointError`."""
+    if asked != "auto":
+        return int(asked)
+    if checkpoint is None:
+        return 0
+    path, cfg = _config(checkpoint)
+    trained = (cfg.get("meta_optim") or {}).get(trained_key, 0) if trained_key else 0
+    n = (cfg.get("apply") or {}).get(key, trained)
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise CheckpointError(f"{path}: apply.{key}={n!r} must be an integer >= 0")
+    return n
 
 
 def _not_by_default(checkpoint: Path) -> str | None:
@@ -58,15 +80,7 @@ def recovery_epochs(checkpoint: Path | None, asked) -> int:
     """Epochs of recovery finetuning after the rewrite: ``asked`` when it is a number, else (``auto``) the ones the
     metanetwork at ``checkpoint`` was selected with (``apply.finetune_epochs`` in its ``config.json``; 0 when it
     names none, or for a caller's own transform: ``checkpoint`` None)."""
-    if asked != "auto":
-        return int(asked)
-    if checkpoint is None:
-        return 0
-    path, apply = _apply_settings(checkpoint)
-    epochs = apply.get("finetune_epochs", 0)
-    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
-        raise CheckpointError(f"{path}: apply.finetune_epochs={epochs!r} must be an integer >= 0")
-    return epochs
+    return _recorded_count(checkpoint, asked, "finetune_epochs")
 
 
 def recalibration_batches(checkpoint: Path | None, asked="auto") -> int:
@@ -74,17 +88,7 @@ def recalibration_batches(checkpoint: Path | None, asked="auto") -> int:
     number, else (``auto``) what the metanetwork was meta-trained and selected with (``apply.recalibrate_batches``
     or ``meta_optim.recalibrate_batches`` in its ``config.json``; 0 when it names none, or for a caller's own
     transform: ``checkpoint`` None)."""
-    if asked != "auto":
-        return int(asked)
-    if checkpoint is None:
-        return 0
-    path = Path(checkpoint) / "config.json"
-    cfg = read_json(path, what="metanetwork config") if path.is_file() else {}
-    cfg = cfg if isinstance(cfg, dict) else {}
-    n = (cfg.get("apply") or {}).get("recalibrate_batches", (cfg.get("meta_optim") or {}).get("recalibrate_batches", 0))
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-        raise CheckpointError(f"{path}: recalibrate_batches={n!r} must be an integer >= 0")
-    return n
+    return _recorded_count(checkpoint, asked, "recalibrate_batches", "recalibrate_batches")
 
 
 def rewrite_for_pruning(checkpoint: Path, model: nn.Module, example_inputs, seen_only: bool

@@ -131,11 +131,11 @@ class MetaConfig:
         return cfg
 
 
-def check_families(families, known) -> None:
-    """``meta_optim.families`` must name families of the zoo (``known``: the zoo members' families)."""
+def check_families(families, known, key: str = "meta_optim.families") -> None:
+    """The option ``key`` must name families of the zoo (``known``: the zoo members' families)."""
     unknown = sorted(set(families or ()) - set(known))
     if unknown:
-        raise ValueError(f"meta_optim.families: {unknown} not in the zoo; the zoo's families: {sorted(set(known))}")
+        raise ValueError(f"{key}: {unknown} not in the zoo; the zoo's families: {sorted(set(known))}")
 
 
 # --- one zoo network, ready for meta-training -------------------------------------------------------------
@@ -203,7 +203,7 @@ def rewrite(metanet, case: NetCase, data=None, recalibrate: int = 0, seed: int =
     ``data``'s train split), its batch-norm statistics re-estimated for the new weights."""
     with torch.no_grad():
         model = from_graph(getattr(metanet, "module", metanet).eval().transform(case.graph), case.model).eval()
-    return recalibrate_norms(model, data, recalibrate, seed=seed, device=device) if recalibrate else model
+    return recalibrate_norms(model, data, recalibrate, seed=seed, device=device)
 
 
 def recover(model: nn.Module, data, steps: int, lr: float = 0.01, batch_size: int = 128, seed: int = 0,

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ..depgraph import group_norms
 from ..graph import graph_params
+from ..utils import preserve_mode
 
 
 def zero_weakest(params: dict, groups, removed, temperature: float = 0.0) -> dict:
@@ -122,14 +123,11 @@ def meta_loss(metanet, case, batches, lam: float, alpha: float, reg_kind: str = 
     removed = recount(state=params) if recount is not None and prune_loss > 0 else case.removed
     pruned = (zero_weakest(params, case.groups, removed, mask_temperature) if prune_loss > 0 and removed is not None
               else None)
-    norms = [m for m in case.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if batch_stats else []
-    for m in norms:
-        m.train()
-    try:
+    with preserve_mode(case.model):
+        for m in case.model.modules():
+            if batch_stats and isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.train()
         task, task_p, correct, correct_p, seen = _task_losses(case.model, params, pruned, batches)
-    finally:
-        for m in norms:
-            m.eval()
     reg, stats = group_regulariser(params, case.groups, alpha, reg_kind)
     change = (new_attr - case.graph.edge_attr).norm() / case.graph.edge_attr.norm().clamp_min(1e-12)
     stats.update(task=task.item(), reg=reg.item(), acc=correct / max(seen, 1), rel_change=change.item())
