@@ -15,7 +15,11 @@ Every method receives the same trained checkpoint and trains ``pre_epochs + fine
                     rewrite itself adds
 ``metaprune_global=false`` ranks the metaprune methods per layer (for a metanetwork selected that way).
 Accuracy on the test split right after pruning ("no finetune") and after the final finetune, whose epoch is
-kept by **val** accuracy; nothing is selected on test. Each finished (network, seed, method) cell is kept under
+kept by **val** accuracy; nothing is selected on test. ``recalibrate_after_prune=N`` also scores the pruned
+network right after pruning with its batch-norm statistics re-estimated on N train batches ("recalibrated":
+forward passes only, on a copy; the stored statistics are stale once channels are gone, which puts every
+method at chance at 3x and hides the differences the paper's figure shows); ``prune_only=true`` stops there
+(no final finetune: the right-after-pruning curve alone, at a fraction of the cost). Each finished (network, seed, method) cell is kept under
 ``cells_dir``, so an interrupted run resumes, a new method reuses the others' cells, and ``shard=I num_shards=N``
 splits the cells over N processes. Paired differences between methods (per network,
 averaged over pruning seeds) with a 95% t-interval over networks, wins and losses, and per-family means go in
@@ -49,7 +53,7 @@ METHODS = ("random", "depgraph", "depgraph_local", "depgraph_sl", "metaprune", "
            "metaprune_identity")
 PRE_TRAINED = ("depgraph_sl", "metaprune", "metaprune_identity")  # methods that spend E epochs before pruning
 REWRITES = ("metaprune", "metaprune_direct")  # methods that apply the metanetwork
-PHASES = ("no_finetune", "finetuned")
+PHASES = ("no_finetune", "recalibrated", "finetuned")
 
 
 def _ft_cfg(c: dict, epochs: int, seed: int, select: str = "last") -> dict:
@@ -78,6 +82,7 @@ def run_method(base, data, metanet, c: dict, seed: int, method: str, speedups=No
     test = data.loader("test", 512, shuffle=False)
     acc = lambda m: evaluate(m, test, c["device"])["acc"]
     pre, post = int(c["pre_epochs"]), int(c["finetune_epochs"])
+    after_recal, prune_only = _after_prune(c)
     t0 = time.perf_counter()
     out: dict = {}
     start = copy.deepcopy(base)
@@ -104,11 +109,15 @@ def run_method(base, data, metanet, c: dict, seed: int, method: str, speedups=No
         except ValueError as e:  # the target removes a whole layer: recorded, left out of the statistics
             out[str(s)] = {"unreachable": str(e)}
             continue
-        no_ft = acc(m)
-        fit(m, data, _ft_cfg(c, pre + post - spent, seed, select="best_val"), desc="ft")
-        out[str(s)] = {"no_finetune": no_ft, "finetuned": acc(m), "speedup": res.speedup,
-                       "params_ratio": res.param_ratio, "epochs_before_prune": spent,
-                       "epochs_after_prune": pre + post - spent}
+        cell = {"no_finetune": acc(m), "speedup": res.speedup, "params_ratio": res.param_ratio,
+                "epochs_before_prune": spent, "epochs_after_prune": 0 if prune_only else pre + post - spent}
+        if after_recal:
+            cell["recalibrated"] = acc(recalibrate_norms(copy.deepcopy(m), data, after_recal,
+                                                         c["finetune"]["batch_size"], seed, c["device"]))
+        if not prune_only:
+            fit(m, data, _ft_cfg(c, pre + post - spent, seed, select="best_val"), desc="ft")
+            cell["finetuned"] = acc(m)
+        out[str(s)] = cell
     out["seconds"] = time.perf_counter() - t0
     return out
 
@@ -197,25 +206,34 @@ def by_family(per_net: dict, methods, speedups) -> dict:
     return out
 
 
+def _phases(table: dict) -> list[str]:
+    """The phases some cell of ``table`` ({method: {speedup: {phase: ...}}}) has, in PHASES order."""
+    seen = {ph for by_s in table.values() for cell in by_s.values() for ph in cell}
+    return [ph for ph in PHASES if ph in seen]
+
+
 def markdown(table: dict, speedups, base_mean: float, paired_diffs: dict | None = None) -> str:
-    head = "| method | " + " | ".join(f"{s}× no-ft | {s}× ft" for s in speedups) + " |"
-    sep = "|---|" + "---|---|" * len(speedups)
+    phases = _phases(table)
+    short = {"no_finetune": "no-ft", "recalibrated": "recal", "finetuned": "ft"}
+    head = "| method | " + " | ".join(f"{s}× {short[ph]}" for s in speedups for ph in phases) + " |"
+    sep = "|---|" + "---|" * (len(speedups) * len(phases))
     rows = [head, sep]
     for method, by_s in table.items():
         cells = []
         for s in speedups:
             r = by_s.get(str(s), {})
-            for ph in PHASES:
+            for ph in phases:
                 cells.append(f"{100 * r[ph]['mean']:.1f} ± {100 * r[ph]['std']:.1f}" if ph in r else "–")
         rows.append(f"| {method} | " + " | ".join(cells) + " |")
     text = f"Base (unpruned) test accuracy: {100 * base_mean:.1f}%\n\n" + "\n".join(rows)
+    phase = "finetuned" if "finetuned" in phases or not phases else phases[-1]
     if paired_diffs:
-        rows = ["| paired difference (points) | " + " | ".join(f"{s}× ft" for s in speedups) + " |",
+        rows = ["| paired difference (points) | " + " | ".join(f"{s}× {short[phase]}" for s in speedups) + " |",
                 "|---|" + "---|" * len(speedups)]
         for pair, by_s in paired_diffs.items():
             cells = []
             for s in speedups:
-                p = by_s.get(str(s), {}).get("finetuned")
+                p = by_s.get(str(s), {}).get(phase)
                 cells.append("–" if p is None else
                              f"{100 * p['mean']:+.1f} [{100 * p['ci95'][0]:+.1f}, {100 * p['ci95'][1]:+.1f}] "
                              f"{p['wins']}/{p['losses']}" + (" **" if p["separated"] else ""))
@@ -231,8 +249,13 @@ def plot(table: dict, speedups, path: Path, title: str, base_mean: float | None 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=False)
-    for ax, phase, name in zip(axes, PHASES, ("right after pruning", "after equal finetuning (epoch by val)")):
+    titles = {"no_finetune": "right after pruning", "recalibrated": "right after pruning, batch norms re-estimated",
+              "finetuned": "after equal finetuning (epoch by val)"}
+    phases = _phases(table) or ["finetuned"]
+    fig, axes = plt.subplots(1, len(phases), figsize=(5.5 * len(phases), 4.2), sharey=False, squeeze=False)
+    axes = axes[0]
+    for ax, phase in zip(axes, phases):
+        name = titles[phase]
         for method, by_s in table.items():
             xs = [float(s) for s in speedups if phase in by_s.get(str(s), {})]
             mu = [100 * by_s[str(s)][phase]["mean"] for s in speedups if phase in by_s.get(str(s), {})]
@@ -277,6 +300,14 @@ def _recalibration(c: dict) -> int:
     return recalibration_batches(Path(c["metanet_checkpoint"]))
 
 
+def _after_prune(c: dict) -> tuple[int, bool]:
+    """(batch-norm recalibration batches for the "recalibrated" score, whether the final finetune is skipped)."""
+    n = int(c.get("recalibrate_after_prune") or 0)
+    if n < 0:
+        raise ValueError(f"recalibrate_after_prune={n} must be >= 0 (0: no recalibrated score)")
+    return n, bool(c.get("prune_only", False))
+
+
 def _cell_path(cells_dir: Path, name: str, seed: int, method: str, c: dict) -> Path:
     own = {"depgraph_sl": c.get("sparse_learning")}.get(method)
     if method.startswith("metaprune"):  # the identity arm uses no metanetwork: only the ranking keys it
@@ -285,6 +316,9 @@ def _cell_path(cells_dir: Path, name: str, seed: int, method: str, c: dict) -> P
         own = f"{own}-recal{recal}" if recal else own  # (0: the key cells had before recalibration existed)
         if not c.get("metaprune_global", True):
             own = f"{own}-local"
+    after_recal, prune_only = _after_prune(c)
+    if after_recal or prune_only:  # other phases per cell: their own file (the defaults keep the keys cells had)
+        own = [own, {"recalibrate_after_prune": after_recal, "prune_only": prune_only}]
     suffix = f"-{_recipe_hash(own)}" if own is not None else ""
     return cells_dir / f"{name}-seed{seed}" / f"{method}{suffix}.json"
 

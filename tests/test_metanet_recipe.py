@@ -257,6 +257,41 @@ def test_quality_identity_arm_runs_metaprunes_pipeline_without_the_rewrite(zoo, 
     assert identity() == before
 
 
+def test_quality_right_after_pruning_scores_with_recalibrated_norms_and_can_stop_there(zoo, digits, tmp_path):
+    """``recalibrate_after_prune=N`` adds the right-after-pruning score with batch norms re-estimated on a copy (the
+    stored statistics are stale once channels are gone); ``prune_only`` skips the final finetune. Both key their own
+    cells; the defaults keep the keys finished cells already have."""
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import quality
+
+    c = {"pre_epochs": 0, "finetune_epochs": 1, "importance": "l2_max", "device": "cpu",
+         "recalibrate_after_prune": 4, "prune_only": True,
+         "finetune": {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine",
+                      "batch_size": 64}}
+    gains = []
+    for name in zoo.names("heldout"):
+        base = zoo.load(name)
+        before = {k: v.clone() for k, v in base.state_dict().items()}
+        out = quality.run_method(base, digits, None, c, 0, "depgraph", [3.0])
+        cell = out["3.0"]
+        assert "finetuned" not in cell and cell["epochs_after_prune"] == 0
+        gains.append(cell["recalibrated"] - cell["no_finetune"])
+        assert all(torch.equal(v, base.state_dict()[k]) for k, v in before.items())  # the network is untouched
+    assert min(gains) > 0, gains  # stale statistics cost accuracy that re-estimating them returns
+    full = {k: v for k, v in c.items() if k not in ("recalibrate_after_prune", "prune_only")}
+    paths = [quality._cell_path(tmp_path, "n", 0, "depgraph", x) for x in
+             (full, {**full, "recalibrate_after_prune": 0, "prune_only": False}, c, {**c, "prune_only": False})]
+    assert paths[0] == paths[1] == tmp_path / "n-seed0" / "depgraph.json" and len(set(paths[1:])) == 3
+    with pytest.raises(ValueError, match="recalibrate_after_prune=-1"):
+        quality._after_prune({"recalibrate_after_prune": -1})
+    table = {"depgraph": {"3.0": {ph: {"mean": 0.5, "std": 0.0, "n": 2} for ph in ("no_finetune", "recalibrated")}}}
+    assert "3.0× recal" in quality.markdown(table, [3.0], 0.9) and "× ft" not in quality.markdown(table, [3.0], 0.9)
+    quality.plot(table, [3.0], tmp_path / "curve.png", "right after pruning")
+    assert (tmp_path / "curve.png").stat().st_size > 0
+
+
 def test_heldout_benchmark_gives_both_arms_the_same_recovery_and_ranking(zoo, digits, tmp_path):
     """benchmarks/metanet_heldout.py with the reference's recovery and global ranking: every held-out network is
     scored with and without the rewrite, both after the same recovery steps, with the accuracies a user reads."""
