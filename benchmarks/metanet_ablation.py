@@ -26,14 +26,17 @@ KEYS = {"meta_optim": ("reg", "lam", "alpha", "task_loss", "prune_loss", "prune_
 
 
 def protocol(path: Path) -> dict:
-    """From a quality.py result: per metanetwork arm and speedup, the paired difference to ``depgraph``."""
+    """From a quality.py result: per metanetwork arm and speedup, the paired difference to ``depgraph`` (global
+    ranking) and, where the result has it, to ``depgraph_local`` (the matched baseline of an arm ranked per layer)."""
     r = json.loads(path.read_text())
-    out = {}
+    out = {"vs_depgraph": {}, "vs_depgraph_local": {}}
     for pair, by_speed in r.get("paired", {}).items():
         arm, _, other = pair.partition(" - ")
-        if other == "depgraph" and arm in ("metaprune", "metaprune_direct"):
-            out[arm] = {s: v for s, v in by_speed.items()}
-    return {"file": path.name, "base_acc": r.get("base_acc_mean"), "vs_depgraph": out}
+        if other in ("depgraph", "depgraph_local") and arm in ("metaprune", "metaprune_direct"):
+            out[f"vs_{other}"][arm] = dict(by_speed)
+    ranking = "global" if r.get("config", {}).get("metaprune_global", True) else "per layer"
+    return {"file": path.name, "base_acc": r.get("base_acc_mean"), "ranking": ranking,
+            **{k: v for k, v in out.items() if v or k == "vs_depgraph"}}
 
 
 def variant(run: Path, heldout_dir: Path | None, quality: Path | None = None) -> dict:
@@ -70,9 +73,10 @@ def markdown(rows: list[dict]) -> str:
                     key=lambda s: float(s[:-1]))
     head = ["variant", "changes", "meta-val pruned acc (best step)", "identity (step 0)", "gain"]
     head += [f"held-out {s} meta − base (wins)" for s in speeds]
-    pspeeds = sorted({s for r in rows for arm in r.get("protocol", {}).get("vs_depgraph", {}).values() for s in arm},
+    refs = [k for k in ("vs_depgraph", "vs_depgraph_local") if any(k in r.get("protocol", {}) for r in rows)]
+    pspeeds = sorted({s for r in rows for k in refs for arm in r.get("protocol", {}).get(k, {}).values() for s in arm},
                      key=float)
-    head += [f"protocol {float(s):g}× − depgraph after ft [95% CI] (wins/n)" for s in pspeeds]
+    head += [f"protocol {float(s):g}× − {k[3:]} after ft [95% CI] (wins/n)" for k in refs for s in pspeeds]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base = rows[0]["settings"]
     for r in rows:
@@ -88,8 +92,8 @@ def markdown(rows: list[dict]) -> str:
             n = sum(p["n"] for p in parts)
             gain = sum(p["gain"]["mean"] * p["n"] for p in parts) / n
             cells.append(f"{100 * gain:+.1f} ({sum(p['wins'] for p in parts)}/{n})")
-        arms = r.get("protocol", {}).get("vs_depgraph", {})
-        for s in pspeeds:
+        for k, s in [(k, s) for k in refs for s in pspeeds]:
+            arms = r.get("protocol", {}).get(k, {})
             d = next((a[s]["finetuned"] for a in arms.values() if s in a), None)
             cells.append("–" if d is None else f"{100 * d['mean']:+.1f} [{100 * d['ci95'][0]:+.1f}, "
                                                f"{100 * d['ci95'][1]:+.1f}] ({d['wins']}/{d['n']})")

@@ -180,11 +180,13 @@ def summarise(per_net: dict, methods, speedups) -> dict:
 
 def comparisons(per_net: dict, methods, speedups) -> dict:
     """Paired differences: every method against ``depgraph`` and against ``random``, and the metanetwork arms
-    against ``depgraph_sl`` (the paper's comparison), per speedup and phase."""
+    against ``depgraph_sl`` (the paper's comparison) and ``depgraph_local`` (their matched baseline when they rank
+    per layer, ``metaprune_global=false``), per speedup and phase."""
     out = {}
-    for ref in ("depgraph", "random", "depgraph_sl"):
+    for ref in ("depgraph", "random", "depgraph_sl", "depgraph_local"):
+        arms_only = ref in ("depgraph_sl", "depgraph_local")
         for method in methods:
-            if method == ref or ref not in methods or (ref == "depgraph_sl" and not method.startswith("metaprune")):
+            if method == ref or ref not in methods or (arms_only and not method.startswith("metaprune")):
                 continue
             for s in speedups:
                 for phase in PHASES:

@@ -326,6 +326,14 @@ def test_heldout_benchmark_gives_both_arms_the_same_recovery_and_ranking(zoo, di
     assert t["selected"] == "m" and row["val_best"]["step"] in (0, 1) and row["settings"]["hidden"] == 8
     assert "held-out 2x meta − base (wins)" in t["table"] and f"/{len(rows)})" in t["table"]
     assert list(row["protocol"]["vs_depgraph"]) == ["metaprune_direct"] and "-5.0 [-8.0, -2.0] (2/15)" in t["table"]
+    # an arm ranked per layer is also read against its matched baseline, depgraph_local
+    e = {**d, "mean": 0.01, "ci95": [-0.01, 0.03], "wins": 9, "losses": 6, "separated": False}
+    q.write_text(json.dumps({"base_acc_mean": 0.9, "config": {"metaprune_global": False},
+                             "paired": {"metaprune_direct - depgraph": {"3.0": {"finetuned": d}},
+                                        "metaprune_direct - depgraph_local": {"3.0": {"finetuned": e}}}}))
+    t = metanet_ablation.main([str(tmp_path / "m"), "--out", str(tmp_path / "a.json"), "--quality", f"m={q}"])
+    assert t["variants"][0]["protocol"]["ranking"] == "per layer"
+    assert "3× − depgraph_local after ft" in t["table"] and "+1.0 [-1.0, +3.0] (9/15)" in t["table"]
     with pytest.raises(SystemExit, match="RUN_NAME=FILE"):
         metanet_ablation.main([str(tmp_path / "m"), "--out", str(tmp_path / "c.json"), "--quality", "m"])
     with pytest.raises(SystemExit, match="no config.json"):
