@@ -328,7 +328,7 @@ def _cell_path(cells_dir: Path, name: str, seed: int, method: str, c: dict) -> P
 def run(c: dict) -> dict:
     from metaprune.data import get_data
     from metaprune.metanet import load_metanet
-    from metaprune.metatrain.loop import check_families
+    from metaprune.metatrain.loop import check_families, family_list
     from metaprune.train import split_data_cfg
     from metaprune.zoo import build_zoo, load_zoo
 
@@ -344,8 +344,7 @@ def run(c: dict) -> dict:
     data = get_data(**data_kwargs)
     root = Path(c["zoo"].get("root", "checkpoints/zoo")) / c["zoo"]["name"]
     zoo = load_zoo(root) if (root / "index.json").exists() else build_zoo(c["zoo"], c["data"], c["optim"], root=root)
-    fams = c.get("families")
-    fams = [fams] if isinstance(fams, str) else fams
+    fams = family_list(c.get("families"))
     check_families(fams, [m["family"] for m in zoo.members.values()], key="families")
     names = zoo.names(c["split"], fams)[: c["max_networks"] or None]
     if not names:

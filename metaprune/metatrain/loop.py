@@ -103,9 +103,7 @@ class MetaConfig:
     def from_dict(cls, d: dict | None) -> "MetaConfig":
         d = dict(d or {})
         refuse_unknown(cls, d, "meta_optim")
-        fams = d.get("families")
-        if fams is not None:
-            d["families"] = [fams] if isinstance(fams, str) else [str(f) for f in fams]
+        d["families"] = family_list(d.get("families"))
         cfg = cls(**d)
         checks = [
             (cfg.steps >= 0, "steps", ">= 0"), (cfg.nets_per_step >= 1, "nets_per_step", ">= 1"),
@@ -129,6 +127,13 @@ class MetaConfig:
         ]
         check_options(cfg, checks, "meta_optim.")
         return cfg
+
+
+def family_list(families) -> list[str] | None:
+    """A families option as a list of names: one name (``families=resnet``) or a list; None stays None (all)."""
+    if families is None:
+        return None
+    return [families] if isinstance(families, str) else [str(f) for f in families]
 
 
 def check_families(families, known, key: str = "meta_optim.families") -> None:
