@@ -81,7 +81,7 @@ def run_model(name: str, metanet_cfg: dict, device) -> dict:
         del gd
     _, s, m = stage(lambda: from_graph(g2.to("cpu"), model))
     rec["from_graph"] = {"seconds": s, "peak_mb": m}
-    del g, g2
+    g = g2 = None  # free both graphs before grouping
     grps, s, m = stage(lambda: groups(model, x))
     rec["grouping"] = {"seconds": s, "peak_mb": m, "groups": len(grps)}
     res, s, m = stage(lambda: prune(copy.deepcopy(model), x, target_speedup=2.0))
