@@ -29,14 +29,13 @@ def protocol(path: Path) -> dict:
     """From a quality.py result: per metanetwork arm and speedup, the paired difference to ``depgraph`` (global
     ranking) and, where the result has it, to ``depgraph_local`` (the matched baseline of an arm ranked per layer)."""
     r = json.loads(path.read_text())
-    out = {"vs_depgraph": {}, "vs_depgraph_local": {}}
+    out = {"vs_depgraph": {}}  # vs_depgraph_local only where the result pairs an arm with it
     for pair, by_speed in r.get("paired", {}).items():
         arm, _, other = pair.partition(" - ")
         if other in ("depgraph", "depgraph_local") and arm in ("metaprune", "metaprune_direct"):
-            out[f"vs_{other}"][arm] = dict(by_speed)
+            out.setdefault(f"vs_{other}", {})[arm] = dict(by_speed)
     ranking = "global" if r.get("config", {}).get("metaprune_global", True) else "per layer"
-    return {"file": path.name, "base_acc": r.get("base_acc_mean"), "ranking": ranking,
-            **{k: v for k, v in out.items() if v or k == "vs_depgraph"}}
+    return {"file": path.name, "base_acc": r.get("base_acc_mean"), "ranking": ranking, **out}
 
 
 def variant(run: Path, heldout_dir: Path | None, quality: Path | None = None) -> dict:

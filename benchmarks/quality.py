@@ -53,6 +53,7 @@ METHODS = ("random", "depgraph", "depgraph_local", "depgraph_sl", "metaprune", "
            "metaprune_identity")
 PRE_TRAINED = ("depgraph_sl", "metaprune", "metaprune_identity")  # methods that spend E epochs before pruning
 REWRITES = ("metaprune", "metaprune_direct")  # methods that apply the metanetwork
+LIFTED = ("rewritten_acc", "recovered_acc", "recalibrate_batches")  # per network in a cell, not per speedup
 PHASES = ("no_finetune", "recalibrated", "finetuned")
 
 
@@ -127,11 +128,10 @@ def assemble(base_acc: float, family: str, cells: dict) -> dict:
     rec = {"family": family, "base_acc": base_acc, "seconds": {}}
     for method, cell in cells.items():
         rec["seconds"][method] = cell["seconds"]
-        lifted = ("rewritten_acc", "recovered_acc", "recalibrate_batches")  # per network, not per speedup
-        for k in lifted:
+        for k in LIFTED:
             if k in cell:
                 rec[f"{method}_{k}"] = cell[k]
-        rec[method] = {k: v for k, v in cell.items() if k != "seconds" and k not in lifted}
+        rec[method] = {k: v for k, v in cell.items() if k != "seconds" and k not in LIFTED}
     return rec
 
 
