@@ -8,12 +8,15 @@ Every method receives the same trained checkpoint and trains ``pre_epochs + fine
   random            random group importance, prune, finetune E + F
   depgraph          DepGraph's CIFAR recipe: group L2 normalised by the group maximum, ranked *globally*; E + F
   depgraph_local    the same criterion with one pruning ratio per layer (per-layer ranking); E + F
+  depgraph_val      the same criterion, global or per-layer ranking chosen per network and target on val
+                    (``metaprune.prune.ranking``: both pruned, batch norms re-estimated, scored on val); E + F
   depgraph_sl       DepGraph sparse learning (GroupNormPruner regulariser) for E, prune, finetune F
   metaprune         metanetwork rewrite, E epochs of recovery finetuning, prune (global), finetune F
   metaprune_direct  metanetwork rewrite, prune at once (global), finetune E + F
   metaprune_identity  metaprune's pipeline without the rewrite (E epochs of training, prune, F): what the
                     rewrite itself adds
-``metaprune_global=false`` ranks the metaprune methods per layer (for a metanetwork selected that way).
+``metaprune_global=false`` ranks the metaprune methods per layer (for a metanetwork selected that way),
+``metaprune_global=val`` chooses their ranking on val as ``depgraph_val`` does (its matched baseline).
 Accuracy on the test split right after pruning ("no finetune") and after the final finetune, whose epoch is
 kept by **val** accuracy; nothing is selected on test. ``recalibrate_after_prune=N`` also scores the pruned
 network right after pruning with its batch-norm statistics re-estimated on N train batches ("recalibrated":
@@ -49,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 from metaprune.cli import friendly_errors, sweep_context, to_dict  # noqa: E402
 from metaprune.io import atomic_write_json  # noqa: E402
 
-METHODS = ("random", "depgraph", "depgraph_local", "depgraph_sl", "metaprune", "metaprune_direct",
+METHODS = ("random", "depgraph", "depgraph_local", "depgraph_val", "depgraph_sl", "metaprune", "metaprune_direct",
            "metaprune_identity")
 PRE_TRAINED = ("depgraph_sl", "metaprune", "metaprune_identity")  # methods that spend E epochs before pruning
 REWRITES = ("metaprune", "metaprune_direct")  # methods that apply the metanetwork
@@ -62,21 +65,30 @@ def _ft_cfg(c: dict, epochs: int, seed: int, select: str = "last") -> dict:
             "select": select}
 
 
-def _criterion(method: str, c: dict) -> tuple[str, bool]:
-    """(importance, global ranking) each method prunes with."""
+def _metaprune_ranking(c: dict) -> bool | str:
+    """``metaprune_global``: true (global), false (per layer) or "val" (chosen per network on val)."""
+    g = c.get("metaprune_global", True)
+    if g not in (True, False, "val"):
+        raise ValueError(f"metaprune_global={g!r} must be true, false or val")
+    return g
+
+
+def _criterion(method: str, c: dict) -> tuple[str, bool | str]:
+    """(importance, ranking: True global, False per layer, "val" chosen on val) each method prunes with."""
     if method == "random":
         return "random", False
     if method.startswith("metaprune"):
-        return c["importance"], bool(c.get("metaprune_global", True))
-    return c["importance"], method != "depgraph_local"
+        return c["importance"], _metaprune_ranking(c)
+    return c["importance"], {"depgraph_local": False, "depgraph_val": "val"}.get(method, True)
 
 
 def run_method(base, data, metanet, c: dict, seed: int, method: str, speedups=None) -> dict:
     """One method at each of ``speedups`` (default: the config's) on one network: {speedup: {...}, "seconds": s}."""
     from metaprune.metanet import apply_metanet
     from metaprune.prune import prune
+    from metaprune.prune.ranking import RECALIBRATE_BATCHES, prune_ranked_on_val
     from metaprune.prune.sparse import sparse_learning_hook
-    from metaprune.train import evaluate, fit, recalibrate_norms, seed_everything
+    from metaprune.train import evaluate, fit, recalibrate_norms, recalibrated_accuracy, seed_everything
 
     seed_everything(seed)  # each method's cell is reproducible on its own, whichever others ran
     x = data.example_inputs()
@@ -102,16 +114,25 @@ def run_method(base, data, metanet, c: dict, seed: int, method: str, speedups=No
             fit(start, data, _ft_cfg(c, pre, seed), desc="recovery")
             out["recovered_acc"] = acc(start)
     spent = pre if method in PRE_TRAINED else 0
-    crit, global_pruning = _criterion(method, c)
+    crit, ranking = _criterion(method, c)
     for s in c["speedups"] if speedups is None else speedups:
-        m = copy.deepcopy(start)
+        prune_fn = lambda net, g: prune(net, x, target_speedup=float(s), importance=crit, global_pruning=g,  # noqa: E731
+                                        seed=seed)
+        chosen = None
         try:
-            res = prune(m, x, target_speedup=float(s), importance=crit, global_pruning=global_pruning, seed=seed)
+            if ranking == "val":
+                m, res, chosen = prune_ranked_on_val(start, prune_fn, lambda net: recalibrated_accuracy(
+                    net, data, RECALIBRATE_BATCHES, "val", c["finetune"]["batch_size"], seed, c["device"]))
+            else:
+                m = copy.deepcopy(start)
+                res = prune_fn(m, ranking)
         except ValueError as e:  # the target removes a whole layer: recorded, left out of the statistics
             out[str(s)] = {"unreachable": str(e)}
             continue
         cell = {"no_finetune": acc(m), "speedup": res.speedup, "params_ratio": res.param_ratio,
                 "epochs_before_prune": spent, "epochs_after_prune": 0 if prune_only else pre + post - spent}
+        if chosen is not None:
+            cell["ranking"] = chosen
         if after_recal:
             cell["recalibrated"] = acc(recalibrate_norms(copy.deepcopy(m), data, after_recal,
                                                          c["finetune"]["batch_size"], seed, c["device"]))
@@ -180,11 +201,12 @@ def summarise(per_net: dict, methods, speedups) -> dict:
 
 def comparisons(per_net: dict, methods, speedups) -> dict:
     """Paired differences: every method against ``depgraph`` and against ``random``, and the metanetwork arms
-    against ``depgraph_sl`` (the paper's comparison) and ``depgraph_local`` (their matched baseline when they rank
-    per layer, ``metaprune_global=false``), per speedup and phase."""
+    against ``depgraph_sl`` (the paper's comparison), ``depgraph_local`` (their matched baseline when they rank
+    per layer, ``metaprune_global=false``) and ``depgraph_val`` (matched when ``metaprune_global=val``), per speedup
+    and phase."""
     out = {}
-    for ref in ("depgraph", "random", "depgraph_sl", "depgraph_local"):
-        arms_only = ref in ("depgraph_sl", "depgraph_local")
+    for ref in ("depgraph", "random", "depgraph_sl", "depgraph_local", "depgraph_val"):
+        arms_only = ref in ("depgraph_sl", "depgraph_local", "depgraph_val")
         for method in methods:
             if method == ref or ref not in methods or (arms_only and not method.startswith("metaprune")):
                 continue
@@ -316,8 +338,7 @@ def _cell_path(cells_dir: Path, name: str, seed: int, method: str, c: dict) -> P
         own = _metanet_digest(c["metanet_checkpoint"]) if method in REWRITES else "identity"
         recal = _recalibration(c) if method in REWRITES else 0
         own = f"{own}-recal{recal}" if recal else own  # (0: the key cells had before recalibration existed)
-        if not c.get("metaprune_global", True):
-            own = f"{own}-local"
+        own = {True: own, False: f"{own}-local", "val": f"{own}-valrank"}[_metaprune_ranking(c)]
     after_recal, prune_only = _after_prune(c)
     if after_recal or prune_only:  # other phases per cell: their own file (the defaults keep the keys cells had)
         own = [own, {"recalibrate_after_prune": after_recal, "prune_only": prune_only}]

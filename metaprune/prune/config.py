@@ -31,7 +31,8 @@ class PruneOptions:
     """``prune.*``: how groups are ranked and cut."""
     importance: str = "l2"
     init_criterion: str = "snip"
-    global_pruning: bool | None = None   # None: the route's default (OBS ranks globally, the others per layer)
+    global_pruning: bool | str | None = None   # None: the route's default (OBS ranks globally, the others per
+                                               # layer); "val": global or per layer, chosen on val (prune.ranking)
     round_to: int | str | None = None
     ignored_layers: tuple = ()
     attention_unit: str = "auto"         # dim | head | auto: what one unit of an attention removes
@@ -124,6 +125,9 @@ class PruneConfig:
         if special and prune.attention_unit != "auto":
             raise UsageError(f"prune.attention_unit={prune.attention_unit!r} applies to one-shot pruning; {special} "
                              "prunes through torch-pruning's own pruner: leave prune.attention_unit=auto")
+        if prune.global_pruning == "val" and (special or "latency_speedup" in target):
+            raise UsageError("prune.global_pruning=val chooses the ranking of one-shot pruning to a MACs or parameter "
+                             f"target; give true or false with {special or 'target.latency_speedup'}")
         metanet = _metanet_options(cfg.get("metanet"))
         return cls(model=model, data=data, output_dir=str(cfg["output_dir"]),
                    target=target, stage=stage, prune=prune, metanet=metanet,
@@ -181,7 +185,8 @@ def _prune_options(d) -> PruneOptions:
     return _checked(opts, [
         (str(opts.importance).lower() in names, "importance", f"one of {', '.join(names)}"),
         (opts.init_criterion in INIT_CRITERIA, "init_criterion", f"one of {', '.join(INIT_CRITERIA)}"),
-        (opts.global_pruning in (True, False, None), "global_pruning", "true or false"),
+        (opts.global_pruning in (True, False, None, "val"), "global_pruning",
+         "true, false or val (chosen per network on val)"),
         (r is None or r == "auto" or (isinstance(r, int) and not isinstance(r, bool) and r >= 1), "round_to",
          "null, auto or an integer >= 1"),
         (opts.attention_unit in ATTENTION_UNITS, "attention_unit", f"one of {', '.join(ATTENTION_UNITS)}"),

@@ -31,7 +31,7 @@ def build_report(cfg, model, data, device, pruned, acc: dict, lat: dict, macs_pa
         "latency_batch_size": (cfg.raw.get("latency") or {}).get("batch_size", 1),
         "device": device_name(device), "latency_device": device_name("cpu"),
         "latency_speedup": lat["base"]["cpu"] / lat["pruned"]["cpu"],
-        "latency_search": pruned.latency_search,
+        "latency_search": pruned.latency_search, "ranking_on_val": pruned.ranking,
         "pruning": {k: v for k, v in result.to_dict().items() if k not in ("removed",)},
         "finetune_history": history, "config": cfg.raw, "timings_s": timings,
         "wandb": active_run(),  # the run logging this one (id, name, group, folder), or None
@@ -70,6 +70,10 @@ def format_report(r: dict) -> str:
     if r.get("base_latency_cuda_ms") is not None:
         rows.append(f"  {'latency cuda (ms)':<22}{r['base_latency_cuda_ms']:>12.3f}"
                     f"{r['pruned_latency_cuda_ms']:>12.3f}")
+    if r.get("ranking_on_val"):
+        v = r["ranking_on_val"]["val_acc"]
+        rows.append("  ranking chosen on val (batch norms re-estimated): "
+                    + ", ".join(f"{k.replace('_', '-')} {a:.2%}" for k, a in v.items()))
     if r.get("transformed_acc") is not None:
         rows.append(f"  {'after metanet (test)':<22}{r['transformed_acc']:>12.2%}")
     if r.get("latency_search"):

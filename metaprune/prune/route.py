@@ -26,14 +26,17 @@ class Pruned:
     model: nn.Module
     result: PruneResult
     latency_search: dict | None = None
+    ranking: dict | None = None  # prune.global_pruning=val: the ranking chosen and each one's val accuracy
 
 
 def latency_dtype(cfg, device) -> torch.dtype:
     return torch.bfloat16 if (device.type == "cuda" and cfg.latency.dtype == "bfloat16") else torch.float32
 
 
-def reach_target(model: nn.Module, data: DataBundle, cfg, device) -> Pruned:
-    """Prune ``model`` to ``cfg.target`` by the route the run asks for (``cfg``: a PruneConfig)."""
+def reach_target(model: nn.Module, data: DataBundle, cfg, device, score=None) -> Pruned:
+    """Prune ``model`` to ``cfg.target`` by the route the run asks for (``cfg``: a PruneConfig). ``score(network)``:
+    how ``prune.global_pruning=val`` rates each ranking's pruned network (its val accuracy, batch norms
+    re-estimated)."""
     calib = next(iter(data.loader("train", cfg.finetune.batch_size, seed=cfg.finetune.seed)))
     opts, x = cfg.prune, data.example_inputs().to(device)
     round_to = opts.round_to
@@ -57,9 +60,14 @@ def reach_target(model: nn.Module, data: DataBundle, cfg, device) -> Pruned:
     one_shot = prune
     if measured:  # a measured multiple is lowered where this network cannot reach the target at it
         from .latency import prune_measured_round_to as one_shot
-    result = one_shot(model, x, target_speedup=cfg.target.get("speedup"), target_params=cfg.target.get("params"),
-                      **kw)
-    return Pruned(model, result)
+    to_target = lambda net, **more: one_shot(net, x, target_speedup=cfg.target.get("speedup"),  # noqa: E731
+                                             target_params=cfg.target.get("params"), **{**kw, **more})
+    if opts.global_pruning == "val":  # both rankings, the better on val kept (metaprune.prune.ranking)
+        from .ranking import prune_ranked_on_val
+
+        net, result, record = prune_ranked_on_val(model, lambda net, g: to_target(net, global_pruning=g), score)
+        return Pruned(net, result, ranking=record)
+    return Pruned(model, to_target(model))
 
 
 def _prune_special(model, x, stage_name, speedup, kw, opts) -> PruneResult:

@@ -7,6 +7,7 @@ epoch checkpoints; and an ``after_backward`` hook (e.g. DepGraph's sparse-learni
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import random
@@ -130,6 +131,15 @@ def recalibrate_norms(model: nn.Module, data, batches: int, batch_size: int = 12
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     return model.eval()
+
+
+def recalibrated_accuracy(model: nn.Module, data, batches: int, split: str = "val", batch_size: int = 128,
+                          seed: int = 0, device="cpu") -> float:
+    """Accuracy on ``split`` of a copy of ``model`` whose batch norms are re-estimated on ``batches`` train batches
+    (:func:`recalibrate_norms`): how a freshly pruned network scores once its stale statistics are refreshed.
+    ``model`` is left untouched."""
+    net = recalibrate_norms(copy.deepcopy(model), data, batches, batch_size, seed, device)
+    return evaluate(net, data.loader(split, 512, shuffle=False), device)["acc"]
 
 
 @torch.no_grad()

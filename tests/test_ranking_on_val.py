@@ -1,0 +1,121 @@
+"""Global or per-layer ranking chosen per network on val (``prune.global_pruning=val``, quality.py's
+``depgraph_val`` and ``metaprune_global=val``): the better candidate on val is kept, nothing else changes."""
+import copy
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from metaprune.cli import UsageError
+from metaprune.prune import prune
+from metaprune.prune.pipeline import run_prune
+from metaprune.prune.ranking import RECALIBRATE_BATCHES, prune_ranked_on_val
+from metaprune.prune.report import format_report
+from metaprune.train import evaluate, recalibrate_norms, recalibrated_accuracy
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_prune_routes import _cfg  # noqa: E402
+from test_zoo import tiny_zoo  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    return tiny_zoo()
+
+
+def _to(speedup, x):
+    return lambda net, g: prune(net, x, target_speedup=speedup, importance="l2_max", global_pruning=g)
+
+
+def _val(data):
+    return lambda net: recalibrated_accuracy(net, data, RECALIBRATE_BATCHES, "val", 64)
+
+
+def test_the_ranking_with_the_higher_val_accuracy_is_kept_and_the_network_is_untouched(zoo, digits):
+    x = digits.example_inputs()
+    val = digits.loader("val", 512, shuffle=False)
+    for name in zoo.names("heldout") + zoo.names("val"):
+        model = zoo.load(name)
+        before = copy.deepcopy(model.state_dict())
+        net, result, rec = prune_ranked_on_val(model, _to(3.0, x), _val(digits))
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the input is untouched
+        scores = rec["val_acc"]
+        assert set(scores) == {"global", "per_layer"} and rec["chosen"] == max(scores, key=scores.get)
+        assert result.global_pruning == (rec["chosen"] == "global") and result.speedup > 2.7
+        # what comes back is that ranking's pruned network as pruned (stored statistics, no training step) ...
+        again = copy.deepcopy(model)
+        _to(3.0, x)(again, rec["chosen"] == "global")
+        assert all(torch.equal(v, again.state_dict()[k]) for k, v in net.state_dict().items())
+        # ... and the score it was chosen by is its val accuracy with batch norms re-estimated
+        recal = recalibrate_norms(copy.deepcopy(net), digits, RECALIBRATE_BATCHES, 64, 0, "cpu")
+        assert evaluate(recal, val, "cpu")["acc"] == pytest.approx(scores[rec["chosen"]])
+
+
+def test_a_ranking_that_cannot_reach_the_target_drops_out(zoo, digits):
+    model, x = zoo.load(zoo.names("heldout")[0]), digits.example_inputs()
+
+    def only_global(net, g):
+        if not g:
+            raise ValueError("per-layer ranking would remove a whole layer")
+        return _to(2.0, x)(net, g)
+
+    _, result, rec = prune_ranked_on_val(model, only_global, _val(digits))
+    assert rec["chosen"] == "global" and "per_layer" in rec["unreachable"] and result.global_pruning
+
+    def neither(net, g):
+        raise ValueError(f"unreachable with global_pruning={g}")
+
+    with pytest.raises(ValueError, match="global_pruning=True"):
+        prune_ranked_on_val(model, neither, _val(digits))
+
+
+def test_prune_py_chooses_the_ranking_on_val_and_reports_it(tmp_path, digits):
+    r = run_prune(_cfg(tmp_path, "prune.global_pruning=val", "prune.importance=l2_max", "target.speedup=2.0",
+                       "finetune.epochs=1"), data=digits, progress=False)
+    rec = r["ranking_on_val"]
+    assert rec["chosen"] == max(rec["val_acc"], key=rec["val_acc"].get)
+    assert r["pruning"]["global_pruning"] == (rec["chosen"] == "global") and r["speedup"] >= 1.9
+    assert "ranking chosen on val" in format_report(r) and (tmp_path / "out" / "report.json").is_file()
+    # routes that do not prune one-shot to a MACs or parameter target are refused before anything is loaded
+    for bad in (["prune.importance=obs"], ["stage=init", "model.checkpoint=null", "model.name=resnet"],
+                ["target.speedup=null", "target.latency_speedup=1.5"]):
+        out = tmp_path / bad[0].replace("=", "_")
+        with pytest.raises(UsageError, match="prune.global_pruning=val"):
+            run_prune(_cfg(out, "prune.global_pruning=val", *bad), data=digits, progress=False)
+        assert not (out / "out").exists()
+    with pytest.raises(UsageError, match="prune.global_pruning"):
+        run_prune(_cfg(tmp_path / "w", "prune.global_pruning=sometimes"), data=digits, progress=False)
+
+
+def test_quality_depgraph_val_and_metaprune_ranked_on_val(zoo, digits, tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import quality
+
+    c = {"pre_epochs": 0, "finetune_epochs": 1, "importance": "l2_max", "device": "cpu", "metaprune_global": "val",
+         "finetune": {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine",
+                      "batch_size": 64}}
+    assert quality._criterion("depgraph_val", c) == ("l2_max", "val")
+    assert quality._criterion("metaprune_direct", c) == ("l2_max", "val")
+    out = quality.run_method(zoo.load(zoo.names("heldout")[0]), digits, None, c, 0, "depgraph_val", [2.0])
+    cell = out["2.0"]
+    assert cell["ranking"]["chosen"] in ("global", "per_layer") and 0 <= cell["finetuned"] <= 1
+    meta = tmp_path / "m"
+    meta.mkdir()
+    (meta / "metanet.safetensors").write_bytes(b"weights")
+    paths = {quality._cell_path(tmp_path, "n", 0, "metaprune_direct", {**c, "metanet_checkpoint": meta,
+                                                                       "metaprune_global": g})
+             for g in (True, False, "val")}
+    assert len(paths) == 3  # each ranking keys its own cells
+    with pytest.raises(ValueError, match="metaprune_global='sometimes'"):
+        quality._criterion("metaprune", {**c, "metaprune_global": "sometimes"})
+    # the metanetwork arm ranked on val is paired with its matched baseline, depgraph_val
+    per_net = {f"n{i}/seed0": {m: {"3.0": {"finetuned": 0.5 + 0.01 * i + d}} for m, d in
+                               (("depgraph", 0.0), ("depgraph_val", 0.02), ("metaprune_direct", 0.03))}
+               for i in range(4)}
+    diffs = quality.comparisons(per_net, ["depgraph", "depgraph_val", "metaprune_direct"], [3.0])
+    assert diffs["metaprune_direct - depgraph_val"]["3.0"]["finetuned"]["mean"] == pytest.approx(0.01)
+    assert diffs["depgraph_val - depgraph"]["3.0"]["finetuned"]["wins"] == 4
