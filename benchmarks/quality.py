@@ -17,6 +17,8 @@ Every method receives the same trained checkpoint and trains ``pre_epochs + fine
                     rewrite itself adds
 ``metaprune_global=false`` ranks the metaprune methods per layer (for a metanetwork selected that way),
 ``metaprune_global=val`` chooses their ranking on val as ``depgraph_val`` does (its matched baseline).
+``metaprune_max_val_drop=P`` undoes a rewrite that costs more than P points of val accuracy (batch norms re-estimated),
+as ``prune.py metanet.max_val_drop=P`` does: that network goes on with its own weights (and metaprune's E epochs).
 Accuracy on the test split right after pruning ("no finetune") and after the final finetune, whose epoch is
 kept by **val** accuracy; nothing is selected on test. ``recalibrate_after_prune=N`` also scores the pruned
 network right after pruning with its batch-norm statistics re-estimated on N train batches ("recalibrated":
@@ -56,7 +58,8 @@ METHODS = ("random", "depgraph", "depgraph_local", "depgraph_val", "depgraph_sl"
            "metaprune_identity")
 PRE_TRAINED = ("depgraph_sl", "metaprune", "metaprune_identity")  # methods that spend E epochs before pruning
 REWRITES = ("metaprune", "metaprune_direct")  # methods that apply the metanetwork
-LIFTED = ("rewritten_acc", "recovered_acc", "recalibrate_batches")  # per network in a cell, not per speedup
+LIFTED = ("rewritten_acc", "recovered_acc", "recalibrate_batches",  # per network in a cell, not per speedup
+          "rewrite_kept", "rewritten_val_acc", "base_val_acc")
 PHASES = ("no_finetune", "recalibrated", "finetuned")
 
 
@@ -110,6 +113,14 @@ def run_method(base, data, metanet, c: dict, seed: int, method: str, speedups=No
                 recalibrate_norms(start, data, recal, c["finetune"]["batch_size"], seed, c["device"])
                 out["recalibrate_batches"] = recal
             out["rewritten_acc"] = acc(start)
+            drop = _max_val_drop(c)
+            if drop is not None:  # the rewrite is undone where it costs more than ``drop`` points on val
+                val = data.loader("val", 512, shuffle=False)
+                out["rewritten_val_acc"] = evaluate(start, val, c["device"])["acc"]
+                out["base_val_acc"] = evaluate(base, val, c["device"])["acc"]
+                out["rewrite_kept"] = out["rewritten_val_acc"] >= out["base_val_acc"] - drop / 100
+                if not out["rewrite_kept"]:
+                    start = copy.deepcopy(base)
         if method != "metaprune_direct" and pre:
             fit(start, data, _ft_cfg(c, pre, seed), desc="recovery")
             out["recovered_acc"] = acc(start)
@@ -324,6 +335,14 @@ def _recalibration(c: dict) -> int:
     return recalibration_batches(Path(c["metanet_checkpoint"]))
 
 
+def _max_val_drop(c: dict) -> float | None:
+    """``metaprune_max_val_drop``: points of val accuracy a rewrite may cost before it is undone (None: kept)."""
+    drop = c.get("metaprune_max_val_drop")
+    if drop is not None and (isinstance(drop, bool) or not isinstance(drop, (int, float)) or drop < 0):
+        raise ValueError(f"metaprune_max_val_drop={drop!r} must be null or points >= 0")
+    return drop
+
+
 def _after_prune(c: dict) -> tuple[int, bool]:
     """(batch-norm recalibration batches for the "recalibrated" score, whether the final finetune is skipped)."""
     n = int(c.get("recalibrate_after_prune") or 0)
@@ -339,6 +358,8 @@ def _cell_path(cells_dir: Path, name: str, seed: int, method: str, c: dict) -> P
         recal = _recalibration(c) if method in REWRITES else 0
         own = f"{own}-recal{recal}" if recal else own  # (0: the key cells had before recalibration existed)
         own = {True: own, False: f"{own}-local", "val": f"{own}-valrank"}[_metaprune_ranking(c)]
+        if method in REWRITES and _max_val_drop(c) is not None:
+            own = f"{own}-guard{_max_val_drop(c):g}"
     after_recal, prune_only = _after_prune(c)
     if after_recal or prune_only:  # other phases per cell: their own file (the defaults keep the keys cells had)
         own = [own, {"recalibrate_after_prune": after_recal, "prune_only": prune_only}]

@@ -119,3 +119,58 @@ def test_quality_depgraph_val_and_metaprune_ranked_on_val(zoo, digits, tmp_path)
     diffs = quality.comparisons(per_net, ["depgraph", "depgraph_val", "metaprune_direct"], [3.0])
     assert diffs["metaprune_direct - depgraph_val"]["3.0"]["finetuned"]["mean"] == pytest.approx(0.01)
     assert diffs["depgraph_val - depgraph"]["3.0"]["finetuned"]["wins"] == 4
+
+
+def _scramble(model, data):
+    """A rewrite that wrecks the network (every weight shuffled): what the guard is there to catch."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.flatten()[torch.randperm(p.numel(), generator=g)].view_as(p))
+    return model
+
+
+def test_a_rewrite_that_costs_val_accuracy_is_undone(tmp_path, digits):
+    """``metanet.max_val_drop``: a rewrite that costs more val accuracy than allowed is undone, the run prunes the
+    network's own weights and says so; a generous bound keeps it; a bad bound is refused up front."""
+    undone = run_prune(_cfg(tmp_path / "a", "metanet.max_val_drop=0.5", "finetune.epochs=0"), transform=_scramble,
+                       data=digits, progress=False)
+    plain = run_prune(_cfg(tmp_path / "b", "finetune.epochs=0"), data=digits, progress=False)
+    assert "undone" in undone["metanet"] and "max_val_drop=0.5" in undone["metanet"]
+    assert undone["transformed_acc"] is None and undone["pruned_acc"] == pytest.approx(plain["pruned_acc"])
+    kept = run_prune(_cfg(tmp_path / "c", "metanet.max_val_drop=100", "finetune.epochs=0"), transform=_scramble,
+                     data=digits, progress=False)
+    assert kept["metanet"] == "transform given by the caller" and kept["transformed_acc"] < 0.5
+    for bad in ("-1", "true", "abc"):
+        with pytest.raises(UsageError, match="metanet.max_val_drop"):
+            run_prune(_cfg(tmp_path / "d", f"metanet.max_val_drop={bad}"), data=digits, progress=False)
+        assert not (tmp_path / "d" / "out").exists()
+
+
+def test_quality_guard_undoes_a_costly_rewrite_and_keys_its_cells(zoo, digits, tmp_path, monkeypatch):
+    import metaprune.metanet
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import quality
+
+    monkeypatch.setattr(metaprune.metanet, "apply_metanet", lambda net, model, x: _scramble(model, None))
+    monkeypatch.setattr(quality, "_recalibration", lambda c: 0)
+    c = {"pre_epochs": 0, "finetune_epochs": 0, "importance": "l2_max", "device": "cpu",
+         "finetune": {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine",
+                      "batch_size": 64}}
+    base = zoo.load(zoo.names("heldout")[0])
+    guarded = quality.run_method(base, digits, None, {**c, "metaprune_max_val_drop": 0.5}, 0, "metaprune_direct",
+                                 [2.0])
+    plain = quality.run_method(base, digits, None, c, 0, "depgraph", [2.0])
+    wrecked = quality.run_method(base, digits, None, c, 0, "metaprune_direct", [2.0])
+    assert guarded["rewrite_kept"] is False and guarded["rewritten_val_acc"] < guarded["base_val_acc"] - 0.005
+    assert guarded["2.0"]["no_finetune"] == pytest.approx(plain["2.0"]["no_finetune"])  # its own weights, pruned
+    assert "rewrite_kept" not in wrecked and wrecked["rewritten_acc"] < guarded["base_val_acc"]
+    meta = tmp_path / "m"
+    meta.mkdir()
+    (meta / "metanet.safetensors").write_bytes(b"weights")
+    key = lambda d: quality._cell_path(tmp_path, "n", 0, "metaprune_direct",  # noqa: E731
+                                       {**c, "metanet_checkpoint": meta, "metaprune_max_val_drop": d})
+    assert len({key(None), key(0.5), key(1.0)}) == 3
+    with pytest.raises(ValueError, match="metaprune_max_val_drop=-1"):
+        quality._max_val_drop({"metaprune_max_val_drop": -1})

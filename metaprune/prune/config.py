@@ -63,6 +63,8 @@ class MetanetOptions:
     finetune_epochs: int | str = "auto"   # recovery after the rewrite; auto: what the metanetwork was validated with
     recalibrate_batches: int | str = "auto"  # train batches re-estimating batch-norm statistics after the rewrite;
                                              # auto: what the metanetwork was meta-trained with
+    max_val_drop: float | None = None    # points of val accuracy the rewrite may cost (batch norms re-estimated);
+                                         # a rewrite that costs more is undone (None: always kept)
 
 
 @dataclass
@@ -245,6 +247,9 @@ def _metanet_options(d) -> MetanetOptions:
     for key in ("finetune_epochs", "recalibrate_batches"):
         if getattr(opts, key) != "auto":
             check_int(f"metanet.{key}", getattr(opts, key), 0)
+    drop = opts.max_val_drop
+    if drop is not None and (isinstance(drop, bool) or not isinstance(drop, (int, float)) or not 0 <= drop <= 100):
+        raise UsageError(f"metanet.max_val_drop={drop!r} must be null or points of accuracy in [0, 100]")
     return opts
 
 

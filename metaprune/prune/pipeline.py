@@ -79,7 +79,8 @@ def _run_prune(cfg: PruneConfig, out: Path, transform, data, stages: Stages) -> 
         acc = {"base": _acc(model, data, "test", device), "base_val": _acc(model, data, "val", device)}
     with stages("base_latency"):
         lat = {"base": _latency(model, data, cfg, device)}
-    model, metanet, acc["transformed"] = apply_metanet_stage(model, data, cfg, transform, device, stages)
+    model, metanet, acc["transformed"] = apply_metanet_stage(model, data, cfg, transform, device, stages,
+                                                             base_val=acc["base_val"])
     with stages("prune"):  # groups -> importance -> the amount that reaches the target
         pruned = reach_target(model, data, cfg, device, score=lambda net: recalibrated_accuracy(
             net, data, RECALIBRATE_BATCHES, "val", cfg.finetune.batch_size, cfg.seed, device))
@@ -147,11 +148,14 @@ class Stages:
                 self.logger = self.own_logger = self.logger()
 
 
-def apply_metanet_stage(model, data, cfg: PruneConfig, transform, device, stages: Stages):
+def apply_metanet_stage(model, data, cfg: PruneConfig, transform, device, stages: Stages, base_val: float):
     """``(model, what was applied or why not, its test accuracy)``: the metanetwork of ``cfg.metanet`` (or the
-    caller's ``transform``) rewrites the weights, then ``metanet.finetune_epochs`` of recovery finetuning."""
+    caller's ``transform``) rewrites the weights, then ``metanet.finetune_epochs`` of recovery finetuning. With
+    ``metanet.max_val_drop`` a rewrite whose val accuracy (batch norms re-estimated) falls more than that many points
+    below the original's (``base_val``) is undone: the network's own weights are pruned, with no recovery."""
     if transform is None and cfg.metanet_checkpoint is None:
         return model, None, None
+    original = copy.deepcopy(model) if cfg.metanet.max_val_drop is not None else None
     with stages("transform"):
         if transform is not None:
             model, label, skipped = transform(model.eval(), data), "transform given by the caller", None
@@ -169,6 +173,14 @@ def apply_metanet_stage(model, data, cfg: PruneConfig, transform, device, stages
     if batches > 0:
         with stages("transform_recalibrate"):
             recalibrate_norms(model, data, batches, cfg.finetune.batch_size, cfg.seed, device)
+    if original is not None:
+        with stages("transform_guard"):
+            val = _acc(model, data, "val", device)
+        if val < base_val - cfg.metanet.max_val_drop / 100:
+            why = (f"undone: val accuracy {val:.2%} after the rewrite, {base_val:.2%} before, more than "
+                   f"metanet.max_val_drop={cfg.metanet.max_val_drop:g} points lost")
+            print(f"note: metanetwork {label} {why}; pruning the network's own weights")
+            return original, f"{label} ({why})", None
     epochs = recovery_epochs(own, cfg.metanet.finetune_epochs)
     if epochs > 0:
         with stages("transform_finetune"):
