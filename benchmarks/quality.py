@@ -145,8 +145,8 @@ def run_method(base, data, metanet, c: dict, seed: int, method: str, speedups=No
         if chosen is not None:
             cell["ranking"] = chosen
         if after_recal:
-            cell["recalibrated"] = acc(recalibrate_norms(copy.deepcopy(m), data, after_recal,
-                                                         c["finetune"]["batch_size"], seed, c["device"]))
+            cell["recalibrated"] = recalibrated_accuracy(m, data, after_recal, "test", c["finetune"]["batch_size"],
+                                                         seed, c["device"])
         if not prune_only:
             fit(m, data, _ft_cfg(c, pre + post - spent, seed, select="best_val"), desc="ft")
             cell["finetuned"] = acc(m)
@@ -358,8 +358,9 @@ def _cell_path(cells_dir: Path, name: str, seed: int, method: str, c: dict) -> P
         recal = _recalibration(c) if method in REWRITES else 0
         own = f"{own}-recal{recal}" if recal else own  # (0: the key cells had before recalibration existed)
         own = {True: own, False: f"{own}-local", "val": f"{own}-valrank"}[_metaprune_ranking(c)]
-        if method in REWRITES and _max_val_drop(c) is not None:
-            own = f"{own}-guard{_max_val_drop(c):g}"
+        drop = _max_val_drop(c) if method in REWRITES else None
+        if drop is not None:
+            own = f"{own}-guard{drop:g}"
     after_recal, prune_only = _after_prune(c)
     if after_recal or prune_only:  # other phases per cell: their own file (the defaults keep the keys cells had)
         own = [own, {"recalibrate_after_prune": after_recal, "prune_only": prune_only}]
