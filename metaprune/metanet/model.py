@@ -5,6 +5,13 @@ reuses the encoders of the types it shares with the zoo), ``layers`` rounds of :
 decoders, and a residual output ``new = old + scale * rms_t * delta`` where ``rms_t`` is the root mean square
 of the type's features in this graph (so ``scale`` is a relative change). Decoders start at zero: an untrained
 metanetwork is the identity. Padding slots of node features (``x_mask`` false) never change.
+
+``mode="gain"`` rewrites no weight freely: it multiplies all the incoming weights of each batch-normalised neuron
+(a node with a ``running_var`` slot) by one gain ``exp(scale * tanh(out))``. After the batch norm's statistics
+are re-estimated the network computes exactly what it did (the norm divides the gain out), so the rewrite cannot
+cost accuracy; what it changes is each unit's weight norm, i.e. which units norm pruning keeps, within a layer and,
+under global ranking, how many units each layer keeps. Neurons without a batch norm (ViTs, classifiers) keep
+their weights.
 """
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ from .. import graph as G
 from .conv import EdgeNodeConv, aggregators, mlp
 
 _EPS = 1e-8
+MODES = ("delta", "gain")
 CHUNK_EDGES = 1 << 21  # without autograd, graphs with more edges run chunk by chunk (Metanet._forward_chunked)
 
 
@@ -73,14 +81,22 @@ class Metanet(nn.Module):
     node feature columns never rewritten (running statistics by default: they describe the data, not weights);
     ``constant_edges``: edge types that carry a constant (residual identities), encoded but never rewritten.
     ``unseen``: what an unknown type does: ``width`` reuses the first known type with the same feature width
-    (warning once), ``error`` refuses the graph.
+    (warning once), ``error`` refuses the graph. ``mode``: ``delta`` (a residual change of every weight) or
+    ``gain`` (one gain per batch-normalised neuron on its incoming weights; ``gain_slot``: the node feature column
+    present exactly on batch-normalised neurons, the running variance).
     """
 
     def __init__(self, node_types, edge_types: dict, f_node: int, hidden: int = 32, layers: int = 4,
-                 aggr="mean", scale: float = 0.05, frozen_slots=(), constant_edges=(), unseen: str = "width"):
+                 aggr="mean", scale: float = 0.05, frozen_slots=(), constant_edges=(), unseen: str = "width",
+                 mode: str = "delta", gain_slot: int | None = None):
         super().__init__()
         if unseen not in ("width", "error"):
             raise ValueError(f"metanet.unseen={unseen!r} is invalid: must be width or error")
+        if mode not in MODES:
+            raise ValueError(f"metanet.mode={mode!r} is invalid: must be one of {', '.join(MODES)}")
+        if mode == "gain" and (gain_slot is None or not 0 <= int(gain_slot) < f_node):
+            raise ValueError(f"metanet.mode=gain needs gain_slot, the node feature column of the running variance "
+                             f"(one of the {f_node} slots), got {gain_slot!r}")
         aggr = aggregators(aggr)
         aggr = aggr[0] if len(aggr) == 1 else aggr
         if hidden < 1 or layers < 0:
@@ -93,17 +109,20 @@ class Metanet(nn.Module):
         self.config = {"node_types": list(node_types), "edge_types": {k: int(v) for k, v in edge_types.items()},
                        "f_node": int(f_node), "hidden": int(hidden), "layers": int(layers), "aggr": aggr,
                        "scale": float(scale), "frozen_slots": sorted(int(i) for i in frozen_slots),
-                       "constant_edges": sorted(constant_edges), "unseen": unseen}
+                       "constant_edges": sorted(constant_edges), "unseen": unseen, "mode": mode,
+                       "gain_slot": None if gain_slot is None else int(gain_slot)}
+        self.mode = mode
         self.f_node, self.hidden, self.scale, self.unseen = int(f_node), int(hidden), float(scale), unseen
         self.constant_edges = frozenset(constant_edges)
         writable = torch.ones(f_node)
         writable[list(self.config["frozen_slots"])] = 0
         self.register_buffer("writable", writable, persistent=False)
         self.node_enc = nn.ModuleDict({n: mlp(2 * f_node, hidden, hidden) for n in node_types})
-        self.node_dec = nn.ModuleDict({n: nn.Linear(hidden, f_node) for n in node_types})
+        gain = mode == "gain"  # one output per neuron (its gain) instead of a change of every feature
+        self.node_dec = nn.ModuleDict({n: nn.Linear(hidden, 1 if gain else f_node) for n in node_types})
         self.edge_enc = nn.ModuleDict({n: mlp(k, hidden, hidden) for n, k in edge_types.items()})
-        self.edge_dec = nn.ModuleDict({n: nn.Linear(hidden, k) for n, k in edge_types.items()
-                                       if n not in self.constant_edges})
+        self.edge_dec = nn.ModuleDict({} if gain else {n: nn.Linear(hidden, k) for n, k in edge_types.items()
+                                                       if n not in self.constant_edges})
         self.convs = nn.ModuleList([EdgeNodeConv(hidden, aggr) for _ in range(layers)])
         self._warned: set[str] = set()
         self.reset_parameters()
@@ -136,6 +155,11 @@ class Metanet(nn.Module):
             if unknown:
                 raise ValueError(f"metanet.frozen_features {unknown} are not node features {list(node_features)}")
             cfg["frozen_slots"] = [list(node_features).index(f) for f in frozen_features]
+        if cfg.get("mode") == "gain" and cfg.get("gain_slot") is None:
+            names = list(node_features if node_features is not None else G.NODE_FEATURES)
+            if "running_var" not in names:
+                raise ValueError("metanet.mode=gain needs a running_var node feature to find batch-normalised neurons")
+            cfg["gain_slot"] = names.index("running_var")
         return cls(sorted(node_types), dict(sorted(edge_types.items())), f_node, constant_edges=sorted(const), **cfg)
 
     def reset_parameters(self) -> None:
@@ -200,11 +224,20 @@ class Metanet(nn.Module):
             w = graph.edge_attr[sl].view(len(ids), k)
             rms = w.pow(2).mean().sqrt().clamp_min(_EPS).detach()
             e = e.index_copy(0, ids, self.edge_enc[name](symlog(w / rms)))
-            if edge_name(t) not in const and name in self.edge_dec:
+            if edge_name(t) not in const and (self.mode == "gain" or name in self.edge_dec):
                 edges.append((name, ids, sl, rms))
 
         for conv in self.convs:
             h, e = conv(h, e, graph.edge_index)
+
+        if self.mode == "gain":
+            gain = self._gains(graph, nodes, h)
+            factor = torch.ones_like(graph.edge_attr)
+            for _, ids, sl, _ in edges:
+                k = (sl.stop - sl.start) // max(len(ids), 1)
+                positions = torch.arange(sl.start, sl.stop, device=factor.device)
+                factor = factor.index_copy(0, positions, gain[graph.edge_index[1, ids]].repeat_interleave(k))
+            return x, graph.edge_attr * factor
 
         new_x = self._decode_nodes(x, mask, nodes, node_rms, h)
 
@@ -213,6 +246,15 @@ class Metanet(nn.Module):
             positions = torch.arange(sl.start, sl.stop, device=d_attr.device)
             d_attr = d_attr.index_copy(0, positions, self.edge_dec[name](e[ids]).reshape(-1) * rms)
         return new_x, graph.edge_attr + self.scale * d_attr
+
+    def _gains(self, graph, nodes, h) -> Tensor:
+        """Per node: the gain on its incoming weights, ``exp(scale * tanh(out))`` on batch-normalised neurons,
+        1 elsewhere (``mode="gain"``)."""
+        log_gain = h.new_zeros(h.shape[0])
+        for name, ids in nodes:
+            log_gain = log_gain.index_copy(0, ids, torch.tanh(self.node_dec[name](h[ids]).squeeze(-1)))
+        normalised = graph.x_mask[:, self.config["gain_slot"]].to(h.dtype)
+        return torch.exp(self.scale * log_gain * normalised)
 
     def _decode_nodes(self, x, mask, nodes, node_rms, h):
         dx = torch.zeros_like(x)
@@ -237,10 +279,18 @@ class Metanet(nn.Module):
             for a in range(0, len(ids), C):
                 b = min(a + C, len(ids))
                 e[e0 + a:e0 + b] = self.edge_enc[name](symlog(w[a:b] / rms))
-            if edge_name(t) not in const and name in self.edge_dec:
+            if edge_name(t) not in const and (self.mode == "gain" or name in self.edge_dec):
                 layout.append((name, e0, len(ids), k, sl, rms))
         for conv in self.convs:
             h = conv.forward_chunked_(h, e, graph.edge_index, C)
+        if self.mode == "gain":
+            gain = self._gains(graph, nodes, h)
+            for _, e0, n, k, sl, _ in layout:
+                out = new_attr[sl].view(n, k)
+                for a in range(0, n, C):
+                    b = min(a + C, n)
+                    out[a:b] *= gain[graph.edge_index[1, e0 + a:e0 + b]].unsqueeze(1)
+            return x, new_attr
         for name, e0, n, k, sl, rms in layout:
             out = new_attr[sl].view(n, k)
             for a in range(0, n, C):

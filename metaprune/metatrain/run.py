@@ -15,7 +15,7 @@ from ..train.network import split_data_cfg
 from ..zoo import build_zoo, load_zoo, plan_members, split_members
 from .loop import MetaConfig, check_families, dist_info, meta_train
 
-METANET_KEYS = {"hidden", "layers", "aggr", "scale", "frozen_features", "unseen"}
+METANET_KEYS = {"hidden", "layers", "aggr", "scale", "frozen_features", "unseen", "mode"}
 
 
 def check_run_config(c: dict) -> MetaConfig:
@@ -23,7 +23,8 @@ def check_run_config(c: dict) -> MetaConfig:
     unknown = sorted(set(c["metanet"]) - METANET_KEYS)
     if unknown:
         raise ValueError(f"unknown metanet option(s) {unknown}; known: {sorted(METANET_KEYS)}")
-    Metanet(["conv"], {"linear": 1}, 5, **{k: v for k, v in c["metanet"].items() if k != "frozen_features"})
+    Metanet(["conv"], {"linear": 1}, 5, gain_slot=4,
+            **{k: v for k, v in c["metanet"].items() if k != "frozen_features"})
     members = plan_members(c["zoo"], c["optim"])
     split_members(members, c["zoo"].get("split") or {})
     cfg = MetaConfig.from_dict(c["meta_optim"])
