@@ -240,3 +240,20 @@ def test_fashion_mnist_direct_preset_is_the_published_recipe_plus_the_changes_th
     assert new["zoo"] == ref["zoo"] and new["data"] == ref["data"] and new["name"] == "fashion_mnist_direct"
     cfg = check_run_config(new)
     assert cfg.recalibrate_batches == 20 and cfg.val_recovery_steps == 0 and cfg.val_global
+
+
+def test_fashion_mnist_gain_preset_is_the_direct_recipe_with_the_gain_rewrite_and_its_objective():
+    """``experiment=fashion_mnist_gain`` differs from ``fashion_mnist_direct`` only in the gain rewrite and the
+    options that train it (README ablation, gain_s0-2), and passes the run's checks."""
+    from omegaconf import OmegaConf
+
+    from metaprune.metatrain import check_run_config
+
+    base = OmegaConf.to_container(_compose(["experiment=fashion_mnist_direct", "logger=none"]), resolve=True)
+    gain = OmegaConf.to_container(_compose(["experiment=fashion_mnist_gain", "logger=none"]), resolve=True)
+    assert {k for k in gain["metanet"] if gain["metanet"][k] != base["metanet"][k]} == {"mode", "scale"}
+    changed = {k for k in gain["meta_optim"] if gain["meta_optim"][k] != base["meta_optim"][k]}
+    assert changed == {"lr", "task_loss", "lam", "prune_mask", "mask_temperature"}
+    assert gain["metanet"]["mode"] == "gain" and gain["name"] == "fashion_mnist_gain"
+    cfg = check_run_config(gain)
+    assert cfg.prune_mask == "dynamic" and cfg.mask_temperature > 0 and cfg.recalibrate_batches == 20
