@@ -22,7 +22,7 @@ from pathlib import Path
 KEYS = {"meta_optim": ("reg", "lam", "alpha", "task_loss", "prune_loss", "prune_mask", "mask_temperature",
                        "recalibrate_batches", "families", "batches_per_step", "steps", "lr", "val_recovery_steps",
                        "val_finetune_steps", "val_importance", "val_global", "val_speedup"),
-        "metanet": ("hidden", "layers", "aggr", "scale")}
+        "metanet": ("hidden", "layers", "aggr", "scale", "mode")}
 
 
 def protocol(path: Path) -> dict:
@@ -45,7 +45,7 @@ def variant(run: Path, heldout_dir: Path | None, quality: Path | None = None) ->
 
     cfg = json.loads((run / "config.json").read_text())
     meta = {**asdict(MetaConfig()), **cfg.get("meta_optim", {})}  # runs older than an option ran its default
-    arch = cfg.get("metanet", cfg.get("run", {}).get("metanet", {}))
+    arch = {"mode": "delta", **cfg.get("metanet", cfg.get("run", {}).get("metanet", {}))}  # older runs: delta
     hist = cfg.get("history") or []
     first = next((h for h in hist if h["step"] == 0), None)
     row = {"variant": run.name, "seed": cfg.get("seed"),

@@ -88,9 +88,10 @@ def test_target_speedup_reached(key):
 @pytest.mark.parametrize("key", ["resnet20", "vit"])
 def test_global_pruning_and_params_target(key):
     model = _model(key)
-    res = prune(model, X32, target_params=2.0, global_pruning=True)
+    res = prune(model, X32, target_params=2.0, global_pruning=True, importance="l2_max")
     assert res.param_ratio == pytest.approx(2.0, rel=0.02)
     assert model(X32).shape == (1, 10)
+    assert res.importance == "l2_max"  # the report names the criterion asked for (DepGraph's max-normalised L2)
 
 
 def test_vit_prunes_head_dims_and_keeps_heads():

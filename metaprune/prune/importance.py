@@ -60,7 +60,7 @@ class Magnitude(Importance):
 
     def __init__(self, p: int = 2, normalizer: str | None = "mean"):
         self.p, self.normalizer = p, normalizer
-        self.name = f"l{p}"
+        self.name = f"l{p}_max" if normalizer == "max" else f"l{p}"  # the name it is asked for by, in reports
         self._tp = GroupMagnitudeImportance(p=p, group_reduction="mean", normalizer=None)
 
     def raw(self, group: Group, params) -> torch.Tensor:
