@@ -25,16 +25,21 @@ KEYS = {"meta_optim": ("reg", "lam", "alpha", "task_loss", "prune_loss", "prune_
         "metanet": ("hidden", "layers", "aggr", "scale", "mode")}
 
 
+MATCHED = ("depgraph", "depgraph_local", "depgraph_val")  # baselines a metanetwork arm is paired with
+
+
 def protocol(path: Path) -> dict:
     """From a quality.py result: per metanetwork arm and speedup, the paired difference to ``depgraph`` (global
-    ranking) and, where the result has it, to ``depgraph_local`` (the matched baseline of an arm ranked per layer)."""
+    ranking) and, where the result has them, to ``depgraph_local`` and ``depgraph_val`` (the matched baselines of an
+    arm ranked per layer or with the ranking chosen on val)."""
     r = json.loads(path.read_text())
     out = {"vs_depgraph": {}}  # vs_depgraph_local only where the result pairs an arm with it
     for pair, by_speed in r.get("paired", {}).items():
         arm, _, other = pair.partition(" - ")
-        if other in ("depgraph", "depgraph_local") and arm in ("metaprune", "metaprune_direct"):
+        if other in MATCHED and arm in ("metaprune", "metaprune_direct"):
             out.setdefault(f"vs_{other}", {})[arm] = dict(by_speed)
-    ranking = "global" if r.get("config", {}).get("metaprune_global", True) else "per layer"
+    ranking = {True: "global", False: "per layer", "val": "chosen on val"}[r.get("config", {}).get("metaprune_global",
+                                                                                                  True)]
     return {"file": path.name, "base_acc": r.get("base_acc_mean"), "ranking": ranking, **out}
 
 
@@ -72,7 +77,7 @@ def markdown(rows: list[dict]) -> str:
                     key=lambda s: float(s[:-1]))
     head = ["variant", "changes", "meta-val pruned acc (best step)", "identity (step 0)", "gain"]
     head += [f"held-out {s} meta − base (wins)" for s in speeds]
-    refs = [k for k in ("vs_depgraph", "vs_depgraph_local") if any(k in r.get("protocol", {}) for r in rows)]
+    refs = [f"vs_{m}" for m in MATCHED if any(f"vs_{m}" in r.get("protocol", {}) for r in rows)]
     pspeeds = sorted({s for r in rows for k in refs for arm in r.get("protocol", {}).get(k, {}).values() for s in arm},
                      key=float)
     head += [f"protocol {float(s):g}× − {k[3:]} after ft [95% CI] (wins/n)" for k in refs for s in pspeeds]

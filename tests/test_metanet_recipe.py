@@ -334,6 +334,12 @@ def test_heldout_benchmark_gives_both_arms_the_same_recovery_and_ranking(zoo, di
     t = metanet_ablation.main([str(tmp_path / "m"), "--out", str(tmp_path / "a.json"), "--quality", f"m={q}"])
     assert t["variants"][0]["protocol"]["ranking"] == "per layer"
     assert "3× − depgraph_local after ft" in t["table"] and "+1.0 [-1.0, +3.0] (9/15)" in t["table"]
+    # an arm with the ranking chosen on val is read against depgraph_val, and the settings name the gain rewrite
+    q.write_text(json.dumps({"base_acc_mean": 0.9, "config": {"metaprune_global": "val"},
+                             "paired": {"metaprune_direct - depgraph_val": {"3.0": {"finetuned": e}}}}))
+    t = metanet_ablation.main([str(tmp_path / "m"), "--out", str(tmp_path / "a.json"), "--quality", f"m={q}"])
+    assert t["variants"][0]["protocol"]["ranking"] == "chosen on val" and "3× − depgraph_val after ft" in t["table"]
+    assert t["variants"][0]["settings"]["mode"] == "delta"
     with pytest.raises(SystemExit, match="RUN_NAME=FILE"):
         metanet_ablation.main([str(tmp_path / "m"), "--out", str(tmp_path / "c.json"), "--quality", "m"])
     with pytest.raises(SystemExit, match="no config.json"):
