@@ -13,6 +13,7 @@ from metaprune.graph import to_graph
 from metaprune.metanet import Metanet, apply_metanet, load_metanet, save_metanet
 from metaprune.metanet import model as metanet_model
 from metaprune.prune import prune
+from metaprune.train import reestimate_norms
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -34,19 +35,6 @@ def trained_gain_metanet(graph, scale=1.5, seed=1):
     return net.eval()
 
 
-def recalibrated(model, batches):
-    """``model`` with its batch norms' statistics re-estimated on ``batches`` (as a rewrite is before use)."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None
-            m.train()
-    with torch.no_grad():
-        for x in batches:
-            model(x)
-    return model.eval()
-
-
 def test_untrained_gain_metanet_is_the_identity_and_bad_modes_are_refused():
     model = small_cnn()
     ex = torch.randn(2, 1, 8, 8)
@@ -63,7 +51,7 @@ def test_untrained_gain_metanet_is_the_identity_and_bad_modes_are_refused():
 def test_gain_rewrite_keeps_the_function_after_recalibration_and_moves_the_pruning():
     model = small_cnn()
     data = [torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(4)]
-    recalibrated(model, data)
+    reestimate_norms(model, data)
     graph = to_graph(model, data[0][:2])
     before = copy.deepcopy(model.state_dict())
     rewritten = apply_metanet(trained_gain_metanet(graph), model, data[0][:2])
@@ -77,7 +65,7 @@ def test_gain_rewrite_keeps_the_function_after_recalibration_and_moves_the_pruni
     # batch-norm parameters, running statistics and the classifier (no batch norm after it) are not rewritten
     for k in ("1.weight", "1.bias", "1.running_var", "11.weight", "11.bias"):
         assert torch.equal(new[k], model.state_dict()[k]), k
-    recalibrated(rewritten, data)
+    reestimate_norms(rewritten, data)
     x = torch.randn(32, 1, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(rewritten(x), model(x), rtol=1e-3, atol=1e-4)

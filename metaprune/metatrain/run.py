@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 
 from ..data import get_data
+from ..graph.vocab import F_NODE, SLOT
 from ..metanet import Metanet
 from ..train.loop import pick_device
 from ..train.network import split_data_cfg
@@ -23,7 +24,7 @@ def check_run_config(c: dict) -> MetaConfig:
     unknown = sorted(set(c["metanet"]) - METANET_KEYS)
     if unknown:
         raise ValueError(f"unknown metanet option(s) {unknown}; known: {sorted(METANET_KEYS)}")
-    Metanet(["conv"], {"linear": 1}, 5, gain_slot=4,
+    Metanet(["conv"], {"linear": 1}, F_NODE, gain_slot=SLOT["running_var"],
             **{k: v for k, v in c["metanet"].items() if k != "frozen_features"})
     members = plan_members(c["zoo"], c["optim"])
     split_members(members, c["zoo"].get("split") or {})

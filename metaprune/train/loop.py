@@ -109,14 +109,12 @@ def _autocast(device: torch.device, amp: bool):
 
 
 @torch.no_grad()
-def recalibrate_norms(model: nn.Module, data, batches: int, batch_size: int = 128, seed: int = 0,
-                      device="cpu") -> nn.Module:
-    """Re-estimate every batch norm's running statistics over ``batches`` batches of the train split: forward
-    passes only, no weight changes. A rewrite that changes the weights in front of a batch norm leaves its stored
-    statistics stale, and in eval mode the network then falls to chance although its function is intact. Returns
-    ``model`` in eval mode; ``batches=0`` or a network without batch norms leaves the statistics as they are."""
+def reestimate_norms(model: nn.Module, inputs) -> nn.Module:
+    """Re-estimate every batch norm's running statistics as the plain average over the batches ``inputs`` yields
+    (forward passes only, no weight changes). Returns ``model`` in eval mode; a network without batch norms is left
+    as it is and ``inputs`` is not read."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not batches or not norms:
+    if not norms:
         return model.eval()
     momenta = [m.momentum for m in norms]
     model.eval()
@@ -124,13 +122,28 @@ def recalibrate_norms(model: nn.Module, data, batches: int, batch_size: int = 12
         m.reset_running_stats()
         m.momentum = None  # a plain average over the batches
         m.train()
-    for i, (x, _) in enumerate(data.loader("train", batch_size, shuffle=True, seed=seed)):
-        if i >= batches:
-            break
-        model(x.to(device))
+    for x in inputs:
+        model(x)
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     return model.eval()
+
+
+def recalibrate_norms(model: nn.Module, data, batches: int, batch_size: int = 128, seed: int = 0,
+                      device="cpu") -> nn.Module:
+    """Re-estimate every batch norm's running statistics over ``batches`` batches of the train split
+    (:func:`reestimate_norms`). A rewrite that changes the weights in front of a batch norm leaves its stored
+    statistics stale, and in eval mode the network then falls to chance although its function is intact. Returns
+    ``model`` in eval mode; ``batches=0`` or a network without batch norms leaves the statistics as they are."""
+    if not batches:
+        return model.eval()
+
+    def inputs():  # the loader is built only when a batch norm reads it
+        loader = data.loader("train", batch_size, shuffle=True, seed=seed)
+        for _, (x, _) in zip(range(batches), loader):
+            yield x.to(device)
+
+    return reestimate_norms(model, inputs())
 
 
 def recalibrated_accuracy(model: nn.Module, data, batches: int, split: str = "val", batch_size: int = 128,
