@@ -51,7 +51,7 @@ from omegaconf import DictConfig
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from metaprune.cli import friendly_errors, sweep_context, to_dict  # noqa: E402
+from metaprune.cli import check_points, friendly_errors, sweep_context, to_dict  # noqa: E402
 from metaprune.io import atomic_write_json  # noqa: E402
 
 METHODS = ("random", "depgraph", "depgraph_local", "depgraph_val", "depgraph_sl", "metaprune", "metaprune_direct",
@@ -89,9 +89,9 @@ def run_method(base, data, metanet, c: dict, seed: int, method: str, speedups=No
     """One method at each of ``speedups`` (default: the config's) on one network: {speedup: {...}, "seconds": s}."""
     from metaprune.metanet import apply_metanet
     from metaprune.prune import prune
-    from metaprune.prune.ranking import RECALIBRATE_BATCHES, prune_ranked_on_val
+    from metaprune.prune.ranking import prune_ranked_on_val
     from metaprune.prune.sparse import sparse_learning_hook
-    from metaprune.train import evaluate, fit, recalibrate_norms, recalibrated_accuracy, seed_everything
+    from metaprune.train import evaluate, fit, ranking_scorer, recalibrate_norms, recalibrated_accuracy, seed_everything
 
     seed_everything(seed)  # each method's cell is reproducible on its own, whichever others ran
     x = data.example_inputs()
@@ -132,8 +132,8 @@ def run_method(base, data, metanet, c: dict, seed: int, method: str, speedups=No
         chosen = None
         try:
             if ranking == "val":
-                m, res, chosen = prune_ranked_on_val(start, prune_fn, lambda net: recalibrated_accuracy(
-                    net, data, RECALIBRATE_BATCHES, "val", c["finetune"]["batch_size"], seed, c["device"]))
+                m, res, chosen = prune_ranked_on_val(start, prune_fn, ranking_scorer(
+                    data, c["finetune"]["batch_size"], seed, c["device"]))
             else:
                 m = copy.deepcopy(start)
                 res = prune_fn(m, ranking)
@@ -337,10 +337,7 @@ def _recalibration(c: dict) -> int:
 
 def _max_val_drop(c: dict) -> float | None:
     """``metaprune_max_val_drop``: points of val accuracy a rewrite may cost before it is undone (None: kept)."""
-    drop = c.get("metaprune_max_val_drop")
-    if drop is not None and (isinstance(drop, bool) or not isinstance(drop, (int, float)) or drop < 0):
-        raise ValueError(f"metaprune_max_val_drop={drop!r} must be null or points >= 0")
-    return drop
+    return check_points("metaprune_max_val_drop", c.get("metaprune_max_val_drop"))
 
 
 def _after_prune(c: dict) -> tuple[int, bool]:

@@ -33,6 +33,13 @@ def check_int(key: str, value, minimum: int) -> int:
     return value
 
 
+def check_points(key: str, value) -> float | None:
+    """``value`` must be null or points of accuracy in [0, 100] (e.g. how much val accuracy a rewrite may cost)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100):
+        raise UsageError(f"{key}={value!r} must be null or points of accuracy in [0, 100]")
+    return value
+
+
 def check_device(device) -> None:
     """``auto``, ``cpu`` or an accelerator that is present here (``cuda``, ``cuda:N``, ``mps``)."""
     import torch

@@ -205,6 +205,47 @@ def test_meta_validation_with_recovery_and_global_ranking(zoo, digits, tmp_path)
         MetaConfig.from_dict({"batches_per_step": 0})
 
 
+def test_meta_training_ranks_as_the_metanetwork_is_used_when_the_ranking_is_chosen_on_val(zoo, digits, tmp_path):
+    """``val_global=val``: meta-val prunes each network both ways and goes on with the ranking val prefers (as
+    ``prune.global_pruning=val`` and the benchmark's ``metaprune_global=val`` use the metanetwork), and the
+    pruned-network loss counts each meta-train network's units with the ranking val chose for it."""
+    from metaprune.metatrain.loop import pruned_accuracy, removed_units
+    from metaprune.prune import prune
+    from metaprune.prune.ranking import prune_ranked_on_val
+    from metaprune.train import ranking_scorer
+
+    x, score = digits.example_inputs(), ranking_scorer(digits, 64)
+    kw = {"importance": "l2_max"}
+    cases = prepare(zoo, zoo.names("train")[:2], x, speedup=3.0, global_pruning="val", score=score, **kw)
+    def to3(net, global_pruning):
+        net.requires_grad_(True)  # the zoo networks are loaded frozen; torch-pruning traces through autograd
+        return prune(net, x, target_speedup=3.0, global_pruning=global_pruning, **kw)
+
+    for case in cases:
+        choice = prune_ranked_on_val(case.model, to3, score)[2]
+        assert case.global_pruning == (choice["chosen"] == "global")
+        assert case.removed == removed_units(case.model, x, case.groups, 3.0, global_pruning=case.global_pruning, **kw)
+    loader = digits.loader("val", 512, shuffle=False)
+    model = zoo.load(zoo.names("val")[0])
+    chosen = pruned_accuracy(model, x, loader, 3.0, global_pruning="val", score=score, **kw)
+    fixed = pruned_accuracy(model, x, loader, 3.0, global_pruning=chosen["ranking"] == "global", **kw)
+    assert chosen["ranking"] in ("global", "per_layer")
+    assert (chosen["acc"], chosen["speedup"]) == (fixed["acc"], fixed["speedup"])
+    with pytest.raises(ValueError, match="score"):
+        pruned_accuracy(model, x, loader, 3.0, global_pruning="val", **kw)
+    cfg = {"steps": 1, "nets_per_step": 1, "batch_size": 16, "warmup_steps": 0, "val_every": 1, "prune_loss": 1.0,
+           "prune_mask": "dynamic", "val_speedup": 2.0, "val_importance": "l2_max", "val_global": "val"}
+    out = meta_train(zoo, digits, SMALL_NET, cfg, tmp_path / "m", device="cpu", progress=False)
+    n_val = len(zoo.names("val"))
+    assert [h["step"] for h in out["history"]] == [0, 1]
+    assert all(0 <= h["ranked_global"] <= n_val for h in out["history"])
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert saved["meta_optim"]["val_global"] == "val" and "ranked_global" in saved["best"]
+    for bad in ("sometimes", 1, None):
+        with pytest.raises(ValueError, match="val_global"):
+            MetaConfig.from_dict({"val_global": bad})
+
+
 def test_meta_validation_scores_after_a_short_finetune_of_the_pruned_network(digits):
     """Right after pruning to 3x every network sits near chance, so meta-val can score after ``val_finetune_steps``
     of SGD on the pruned copy: a signal that separates, and the zoo network itself is never trained."""

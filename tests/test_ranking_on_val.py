@@ -11,9 +11,10 @@ import torch
 from metaprune.cli import UsageError
 from metaprune.prune import prune
 from metaprune.prune.pipeline import run_prune
-from metaprune.prune.ranking import RECALIBRATE_BATCHES, prune_ranked_on_val
+from metaprune.prune.ranking import prune_ranked_on_val
 from metaprune.prune.report import format_report
-from metaprune.train import evaluate, recalibrate_norms, recalibrated_accuracy
+from metaprune.train import evaluate, ranking_scorer, recalibrate_norms
+from metaprune.train.loop import RECALIBRATE_BATCHES
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_prune_routes import _cfg  # noqa: E402
@@ -32,7 +33,7 @@ def _to(speedup, x):
 
 
 def _val(data):
-    return lambda net: recalibrated_accuracy(net, data, RECALIBRATE_BATCHES, "val", 64)
+    return ranking_scorer(data, 64)
 
 
 def test_the_ranking_with_the_higher_val_accuracy_is_kept_and_the_network_is_untouched(zoo, digits):
@@ -172,5 +173,6 @@ def test_quality_guard_undoes_a_costly_rewrite_and_keys_its_cells(zoo, digits, t
     key = lambda d: quality._cell_path(tmp_path, "n", 0, "metaprune_direct",  # noqa: E731
                                        {**c, "metanet_checkpoint": meta, "metaprune_max_val_drop": d})
     assert len({key(None), key(0.5), key(1.0)}) == 3
-    with pytest.raises(ValueError, match="metaprune_max_val_drop=-1"):
-        quality._max_val_drop({"metaprune_max_val_drop": -1})
+    for bad in (-1, 101, True, "half"):  # the bounds prune.py's metanet.max_val_drop has
+        with pytest.raises(ValueError, match=f"metaprune_max_val_drop={bad!r}"):
+            quality._max_val_drop({"metaprune_max_val_drop": bad})

@@ -47,8 +47,9 @@ from ..io import atomic_write_json
 from ..metanet import Metanet, save_metanet
 from ..prune import find_output_layers, groups, prune
 from ..prune.importance import available as importance_names
-from ..train.loop import (check_options, evaluate, fit, load_resume, lr_factor, pick_device, recalibrate_norms,
-                          refuse_unknown, save_resume, seed_everything)
+from ..prune.ranking import prune_ranked_on_val
+from ..train.loop import (check_options, evaluate, fit, load_resume, lr_factor, pick_device, ranking_scorer,
+                          recalibrate_norms, refuse_unknown, save_resume, seed_everything)
 from ..train.objectives import REGULARISERS, meta_loss
 
 
@@ -90,7 +91,10 @@ class MetaConfig:
     val_every: int = 50             # 0: never validate; the last metanetwork is kept
     val_speedup: float = 2.0
     val_importance: str = "l2"      # l2_max with val_global: DepGraph's / the reference's ranking
-    val_global: bool = False        # rank groups across layers (as prune.py and the benchmark do) or per layer
+    val_global: bool | str = False  # rank groups across layers (true, as DepGraph does), per layer (false), or
+                                    # "val": the ranking chosen per network on val, as prune.global_pruning=val and
+                                    # the benchmark's metaprune_global=val use the metanetwork (meta-val prunes both
+                                    # ways; the pruned-network loss takes each meta-train network's val choice)
     val_recovery_steps: int = 0     # SGD steps of recovery finetuning on train after the rewrite, before pruning
     val_recovery_lr: float = 0.01   # (the reference finetunes the rewritten network before it prunes)
     val_finetune_steps: int = 0     # SGD steps (at val_recovery_lr) after pruning, before scoring: right after
@@ -120,6 +124,8 @@ class MetaConfig:
             (cfg.val_every >= 0, "val_every", ">= 0 (0: no validation)"),
             (cfg.val_speedup > 1, "val_speedup", "> 1"), (cfg.save_every >= 1, "save_every", ">= 1"),
             (cfg.val_importance in importance_names(), "val_importance", " or ".join(importance_names())),
+            (cfg.val_global is True or cfg.val_global is False or cfg.val_global == "val", "val_global",
+             "true, false or val"),
             (cfg.val_recovery_steps >= 0, "val_recovery_steps", ">= 0"),
             (cfg.val_recovery_lr > 0, "val_recovery_lr", "> 0"),
             (cfg.val_finetune_steps >= 0, "val_finetune_steps", ">= 0"),
@@ -153,13 +159,17 @@ class NetCase:
     groups: list              # metaprune.prune Group (channel units as parameter slices)
     buffers: frozenset        # names of buffers (running statistics): read, never differentiated
     removed: list | None = None  # per group: units that pruning to the val speedup removes (prune_loss)
+    global_pruning: bool = False  # the ranking the pruned-network loss counts units with (prune_loss)
 
 
 def prepare(zoo, names, example_inputs, device="cpu", speedup: float | None = None, importance: str = "l2",
-            global_pruning: bool = False) -> list[NetCase]:
-    """Load zoo members and precompute their graphs and DepGraph groups (classifier protected); with
-    ``speedup``, also how many units of each group pruning to that speedup (with ``importance`` and
-    ``global_pruning``, as validation prunes) removes."""
+            global_pruning: bool | str = False, count: bool = True, score=None) -> list[NetCase]:
+    """Load zoo members and precompute their graphs and DepGraph groups (classifier protected). With ``speedup``,
+    also each network's ranking at that speedup (``global_pruning``; ``"val"``: chosen on the original network by
+    ``score``, as :func:`pruned_accuracy` chooses) and, unless ``count`` is false, how many units of each group
+    pruning to it (with ``importance``, as validation prunes) removes."""
+    if speedup is not None and global_pruning == "val" and score is None:
+        raise ValueError("val_global=val needs the data to choose each network's ranking on")
     cases = []
     for name in names:
         model = zoo.load(name).to(device).eval()
@@ -167,11 +177,23 @@ def prepare(zoo, names, example_inputs, device="cpu", speedup: float | None = No
         for p in model.parameters():
             p.requires_grad_(False)
         case_groups = groups(model, ex, ignored=find_output_layers(model, ex))
-        removed = None if speedup is None else removed_units(model, ex, case_groups, speedup, importance,
-                                                             global_pruning)
+        ranking = global_pruning
+        if speedup is not None and global_pruning == "val":
+            ranking = prune_ranked_on_val(model, _pruner(ex, speedup, importance), score)[2]["chosen"] == "global"
+        removed = removed_units(model, ex, case_groups, speedup, importance, ranking) if speedup and count else None
         cases.append(NetCase(name, model, to_graph(model, ex).to(device), case_groups,
-                             frozenset(n for n, _ in model.named_buffers()), removed))
+                             frozenset(n for n, _ in model.named_buffers()), removed, ranking is True))
     return cases
+
+
+def _pruner(example_inputs, speedup: float, importance: str):
+    """``prune_fn(network, global_pruning)`` for :func:`prune_ranked_on_val`: prunes ``network`` in place."""
+    def prune_fn(net: nn.Module, global_pruning: bool):
+        for p in net.parameters():  # torch-pruning traces through autograd
+            p.requires_grad_(True)
+        return prune(net, example_inputs, target_speedup=speedup, importance=importance,
+                     global_pruning=global_pruning)
+    return prune_fn
 
 
 def removed_units(model: nn.Module, example_inputs, case_groups, speedup: float, importance: str = "l2",
@@ -189,18 +211,27 @@ def removed_units(model: nn.Module, example_inputs, case_groups, speedup: float,
 
 
 def pruned_accuracy(model: nn.Module, example_inputs, loader, speedup: float, importance: str = "l2",
-                    device="cpu", global_pruning: bool = False, finetune: dict | None = None) -> dict:
+                    device="cpu", global_pruning: bool | str = False, finetune: dict | None = None,
+                    score=None) -> dict:
     """Accuracy of ``model`` before and after pruning a copy to ``speedup`` on ``loader``; with ``finetune``
-    (the keyword arguments of :func:`recover`, with its ``data``), after that short finetune of the pruned copy."""
+    (the keyword arguments of :func:`recover`, with its ``data``), after that short finetune of the pruned copy.
+    ``global_pruning="val"``: both rankings prune a copy and the one ``score`` rates higher goes on
+    (:func:`metaprune.prune.ranking.prune_ranked_on_val`); ``ranking`` in the result says which."""
     model = copy.deepcopy(model).eval()
-    for p in model.parameters():  # torch-pruning traces through autograd
-        p.requires_grad_(True)
     before = evaluate(model, loader, device)["acc"]
-    res = prune(model, example_inputs, target_speedup=speedup, importance=importance, global_pruning=global_pruning)
+    prune_fn = _pruner(example_inputs, speedup, importance)
+    out = {}
+    if global_pruning == "val":
+        if score is None:
+            raise ValueError("global_pruning='val' needs the score that chooses the ranking")
+        model, res, chosen = prune_ranked_on_val(model, prune_fn, score)
+        out["ranking"] = chosen["chosen"]
+    else:
+        res = prune_fn(model, global_pruning)
     if finetune:
         recover(model, **finetune)
     after = evaluate(model, loader, device)["acc"]
-    return {"acc": after, "unpruned_acc": before, "speedup": res.speedup}
+    return {"acc": after, "unpruned_acc": before, "speedup": res.speedup, **out}
 
 
 def rewrite(metanet, case: NetCase, data=None, recalibrate: int = 0, seed: int = 0, device="cpu") -> nn.Module:
@@ -232,8 +263,11 @@ def validate(metanet, cases, example_inputs, loader, cfg: MetaConfig, device="cp
         raise ValueError("val_recovery_steps and val_finetune_steps need the data to finetune on")
     recovery = {"steps": cfg.val_recovery_steps, "lr": cfg.val_recovery_lr, "batch_size": cfg.batch_size,
                 "seed": seed, "device": device}
+    if cfg.val_global == "val" and data is None:
+        raise ValueError("val_global=val needs the data to choose each network's ranking on")
     prune_kw = {"importance": cfg.val_importance, "device": device, "global_pruning": cfg.val_global,
-                "finetune": {**recovery, "data": data, "steps": cfg.val_finetune_steps}}
+                "finetune": {**recovery, "data": data, "steps": cfg.val_finetune_steps},
+                "score": ranking_scorer(data, cfg.batch_size, seed, device) if cfg.val_global == "val" else None}
     if cfg.recalibrate_batches and data is None:
         raise ValueError("recalibrate_batches needs the data to re-estimate the batch norms on")
     rewritten = lambda c: rewrite(metanet, c, data, cfg.recalibrate_batches, seed, device)  # noqa: E731
@@ -243,9 +277,10 @@ def validate(metanet, cases, example_inputs, loader, cfg: MetaConfig, device="cp
         baseline = {c.name: pruned_accuracy(c.model, example_inputs, loader, cfg.val_speedup, **prune_kw)
                     for c in cases}
     mean = lambda d, k: sum(v[k] for v in d.values()) / max(len(d), 1)  # noqa: E731
+    chosen = {"ranked_global": sum(v["ranking"] == "global" for v in per.values())} if cfg.val_global == "val" else {}
     return {"pruned_acc": mean(per, "acc"), "unpruned_acc": mean(per, "unpruned_acc"),
             "pruned_acc_base": mean(baseline, "acc"), "unpruned_acc_base": mean(baseline, "unpruned_acc"),
-            "per_network": per, "baseline": baseline}
+            "per_network": per, "baseline": baseline, **chosen}
 
 
 # --- the loop ---------------------------------------------------------------------------------------------
@@ -307,8 +342,9 @@ def meta_train(zoo, data, metanet_cfg: dict, cfg: MetaConfig | dict, out_dir, *,
     if len(train_names) < world:
         raise ValueError(f"{len(train_names)} meta-train networks cannot be shared by {world} ranks")
     counted_once = cfg.prune_loss > 0 and cfg.prune_mask == "fixed"
-    train_cases = prepare(zoo, train_names, ex, device, cfg.val_speedup if counted_once else None,
-                          cfg.val_importance, cfg.val_global)
+    train_cases = prepare(zoo, train_names, ex, device, cfg.val_speedup if cfg.prune_loss > 0 else None,
+                          cfg.val_importance, cfg.val_global, count=counted_once,
+                          score=ranking_scorer(data, cfg.batch_size, seed, device))
     mine = train_cases[rank::world]
     val_cases = prepare(zoo, val_names, ex, device) if rank == 0 and cfg.val_every else []
     torch.manual_seed(seed)  # the metanetwork's initial weights depend only on the seed
@@ -345,7 +381,8 @@ def meta_train(zoo, data, metanet_cfg: dict, cfg: MetaConfig | dict, out_dir, *,
             return
         v = validate(metanet, val_cases, ex, val_loader, cfg, device, baseline, data, seed)
         baseline = v["baseline"]
-        rec = {k: v[k] for k in ("pruned_acc", "pruned_acc_base", "unpruned_acc", "unpruned_acc_base")}
+        rec = {k: v[k] for k in ("pruned_acc", "pruned_acc_base", "unpruned_acc", "unpruned_acc_base",
+                                 "ranked_global") if k in v}
         history.append({"step": step, **rec})
         log({f"val/{k}": x for k, x in rec.items()}, step=step)
         if best is None or v["pruned_acc"] > best["pruned_acc"]:
@@ -372,7 +409,7 @@ def meta_train(zoo, data, metanet_cfg: dict, cfg: MetaConfig | dict, out_dir, *,
             recount = None
             if cfg.prune_loss > 0 and cfg.prune_mask == "dynamic":
                 recount = functools.partial(removed_units, mine[n].model, ex.to(device), mine[n].groups,
-                                            cfg.val_speedup, cfg.val_importance, cfg.val_global)
+                                            cfg.val_speedup, cfg.val_importance, mine[n].global_pruning)
             with contextlib.nullcontext() if sync else model.no_sync():
                 loss, stats = meta_loss(model, mine[n], batches, cfg.lam, cfg.alpha, cfg.reg, cfg.prune_loss,
                                         recount, cfg.task_loss, batch_stats=cfg.recalibrate_batches > 0,

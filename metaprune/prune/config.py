@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..cli import UsageError, check_device, check_int, check_logger, check_types
+from ..cli import UsageError, check_device, check_int, check_logger, check_points, check_types
 from ..depgraph import ATTENTION_UNITS
 from ..export import parse_formats
 from ..metanet.resolve import resolve_metanet
@@ -247,9 +247,7 @@ def _metanet_options(d) -> MetanetOptions:
     for key in ("finetune_epochs", "recalibrate_batches"):
         if getattr(opts, key) != "auto":
             check_int(f"metanet.{key}", getattr(opts, key), 0)
-    drop = opts.max_val_drop
-    if drop is not None and (isinstance(drop, bool) or not isinstance(drop, (int, float)) or not 0 <= drop <= 100):
-        raise UsageError(f"metanet.max_val_drop={drop!r} must be null or points of accuracy in [0, 100]")
+    check_points("metanet.max_val_drop", opts.max_val_drop)
     return opts
 
 

@@ -30,10 +30,9 @@ from ..io import check_output_dir as check_output_path
 from ..logging import Logger
 from ..metanet.resolve import recalibration_batches, recovery_epochs, rewrite_for_pruning
 from ..metrics import latency, macs_and_params
-from ..train import evaluate, fit, pick_device, recalibrate_norms, recalibrated_accuracy, seed_everything
+from ..train import evaluate, fit, pick_device, ranking_scorer, recalibrate_norms, seed_everything
 from .config import PruneConfig
 from .load import load
-from .ranking import RECALIBRATE_BATCHES
 from .report import add_exports, build_report
 from .route import reach_target
 
@@ -82,8 +81,8 @@ def _run_prune(cfg: PruneConfig, out: Path, transform, data, stages: Stages) -> 
     model, metanet, acc["transformed"] = apply_metanet_stage(model, data, cfg, transform, device, stages,
                                                              base_val=acc["base_val"])
     with stages("prune"):  # groups -> importance -> the amount that reaches the target
-        pruned = reach_target(model, data, cfg, device, score=lambda net: recalibrated_accuracy(
-            net, data, RECALIBRATE_BATCHES, "val", cfg.finetune.batch_size, cfg.seed, device))
+        pruned = reach_target(model, data, cfg, device,
+                              score=ranking_scorer(data, cfg.finetune.batch_size, cfg.seed, device))
     model = pruned.model
     stages.start_logger()  # every input is validated by now: a refused run starts no logging run
     with stages("pruned_eval"):

@@ -16,7 +16,6 @@ from typing import Callable
 
 import torch.nn as nn
 
-RECALIBRATE_BATCHES = 20  # train batches that re-estimate the batch norms of each candidate before it is scored
 CHOICES = {"global": True, "per_layer": False}
 
 
@@ -26,7 +25,7 @@ def prune_ranked_on_val(model: nn.Module, prune_fn: Callable[[nn.Module, bool], 
 
     ``prune_fn(network, global_pruning)`` prunes ``network`` in place and returns its result (a
     :class:`~metaprune.prune.PruneResult`); ``score(network)`` is its val accuracy with batch norms re-estimated,
-    on a copy (:func:`metaprune.train.recalibrated_accuracy`). ``model`` itself is left untouched. Returns (the chosen
+    on a copy (:func:`metaprune.train.ranking_scorer`). ``model`` itself is left untouched. Returns (the chosen
     pruned copy, its result, ``{"chosen": "global" | "per_layer", "val_acc": {ranking: score}, "unreachable":
     {ranking: why}}``). A ranking that cannot reach the target (``ValueError``) drops out; when both fail, the global
     one's error is raised."""

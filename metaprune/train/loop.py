@@ -155,6 +155,17 @@ def recalibrated_accuracy(model: nn.Module, data, batches: int, split: str = "va
     return evaluate(net, data.loader(split, 512, shuffle=False), device)["acc"]
 
 
+RECALIBRATE_BATCHES = 20  # train batches that re-estimate each ranking candidate's batch norms before it is scored
+
+
+def ranking_scorer(data, batch_size: int = 128, seed: int = 0, device="cpu") -> Callable[[nn.Module], float]:
+    """The score that chooses a network's ranking on val (:func:`metaprune.prune.ranking.prune_ranked_on_val`): a
+    pruned candidate's val accuracy once its batch norms are re-estimated on ``RECALIBRATE_BATCHES`` train batches
+    (:func:`recalibrated_accuracy`). One scorer for prune.py, meta-training and the benchmark, so all three choose
+    alike."""
+    return lambda net: recalibrated_accuracy(net, data, RECALIBRATE_BATCHES, "val", batch_size, seed, device)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, device="auto", amp: bool = True) -> dict:
     """Top-1 accuracy and mean cross-entropy of ``model`` over ``loader``."""
