@@ -2,13 +2,14 @@
 for the report, its held-out result from ``benchmarks/metanet_heldout.py``.
 
     python benchmarks/metanet_ablation.py RUN_DIR [RUN_DIR ...] --heldout-dir DIR --out benchmarks/results/X.json \
-        [--quality RUN_NAME=quality-....json ...]
+        [--quality RUN_NAME=quality-....json ...] [--merge benchmarks/results/X.json]
 
 ``RUN_DIR``: a metanetwork directory ``train_meta.py`` wrote (its ``config.json`` holds the settings, the best
 val step and the whole val curve). ``--heldout-dir``: where ``metanet_heldout-<run name>.json`` files live.
 ``--quality``: a ``benchmarks/quality.py`` result for a run (the proving ground's protocol, equal budgets): the
 table adds the metanetwork arm minus ``depgraph`` after the final finetune, with its 95% interval and wins.
-Every variant is listed, the ones that lost included. Variants may score meta-val differently (e.g.
+``--merge``: an earlier table's rows are kept as they were recorded (their run directories may be long gone) and the
+runs given now are added, replacing a row of the same name. Every variant is listed, the ones that lost included. Variants may score meta-val differently (e.g.
 ``val_finetune_steps`` or ``val_global``), so the winner is the largest gain of the best step over the identity
 metanetwork (step 0) scored the same way, not the largest raw score.
 """
@@ -115,6 +116,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--quality", action="append", default=[], metavar="RUN_NAME=FILE",
                     help="a quality.py result (the proving ground's protocol) for the run of that name")
+    ap.add_argument("--merge", type=Path, default=None, metavar="TABLE.json",
+                    help="an earlier metanet_ablation result whose rows are kept (a run given now replaces its row)")
     args = ap.parse_args(argv)
     quality = dict(q.split("=", 1) for q in args.quality if "=" in q)
     bad = [q for q in args.quality if "=" not in q] + [f for f in quality.values() if not Path(f).is_file()]
@@ -123,7 +126,13 @@ def main(argv=None) -> dict:
     missing = [str(r) for r in args.runs if not (r / "config.json").is_file()]
     if missing:
         raise SystemExit(f"error: not metanetwork runs (no config.json): {', '.join(missing)}")
+    if args.merge is not None and not args.merge.is_file():
+        raise SystemExit(f"error: --merge {args.merge}: no such ablation table")
     rows = [variant(r, args.heldout_dir, Path(quality[r.name]) if r.name in quality else None) for r in args.runs]
+    if args.merge is not None:
+        earlier = json.loads(args.merge.read_text()).get("variants", [])
+        new = {r["variant"] for r in rows}
+        rows = [r for r in earlier if r["variant"] not in new] + rows
     scored = [r for r in rows if r["val_best"] and r["val_identity"]]
     result = {"benchmark": "metanet_ablation", "variants": rows,
               "selected": max(scored, key=_gain)["variant"] if scored else None,

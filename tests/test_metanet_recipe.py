@@ -381,6 +381,15 @@ def test_heldout_benchmark_gives_both_arms_the_same_recovery_and_ranking(zoo, di
     t = metanet_ablation.main([str(tmp_path / "m"), "--out", str(tmp_path / "a.json"), "--quality", f"m={q}"])
     assert t["variants"][0]["protocol"]["ranking"] == "chosen on val" and "3× − depgraph_val after ft" in t["table"]
     assert t["variants"][0]["settings"]["mode"] == "delta"
+    # --merge keeps an earlier table's rows (their run directories may be gone) and adds or replaces the runs given
+    earlier = {"variants": [{**t["variants"][0], "variant": "gone"}, {**t["variants"][0], "variant": "m", "seed": -1}]}
+    (tmp_path / "old.json").write_text(json.dumps(earlier))
+    t = metanet_ablation.main([str(tmp_path / "m"), "--out", str(tmp_path / "a.json"), "--merge",
+                               str(tmp_path / "old.json")])
+    assert [r["variant"] for r in t["variants"]] == ["gone", "m"] and t["variants"][1]["seed"] != -1
+    assert "| gone |" in t["table"]
+    with pytest.raises(SystemExit, match="--merge"):
+        metanet_ablation.main([str(tmp_path / "m"), "--out", str(tmp_path / "d.json"), "--merge", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="RUN_NAME=FILE"):
         metanet_ablation.main([str(tmp_path / "m"), "--out", str(tmp_path / "c.json"), "--quality", "m"])
     with pytest.raises(SystemExit, match="no config.json"):
