@@ -9,9 +9,9 @@ val step and the whole val curve). ``--heldout-dir``: where ``metanet_heldout-<r
 ``--quality``: a ``benchmarks/quality.py`` result for a run (the proving ground's protocol, equal budgets): the
 table adds the metanetwork arm minus ``depgraph`` after the final finetune, with its 95% interval and wins.
 ``--merge``: an earlier table's rows are kept as they were recorded (their run directories may be long gone) and the
-runs given now are added, replacing a row of the same name. Every variant is listed, the ones that lost included. Variants may score meta-val differently (e.g.
-``val_finetune_steps`` or ``val_global``), so the winner is the largest gain of the best step over the identity
-metanetwork (step 0) scored the same way, not the largest raw score.
+runs given now are added, replacing a row of the same name. Every variant is listed, the ones that lost included.
+Variants may score meta-val differently (e.g. ``val_finetune_steps`` or ``val_global``), so the winner is the largest
+gain of the best step over the identity metanetwork (step 0) scored the same way, not the largest raw score.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 KEYS = {"meta_optim": ("reg", "lam", "alpha", "task_loss", "prune_loss", "prune_mask", "mask_temperature",
                        "recalibrate_batches", "families", "batches_per_step", "steps", "lr", "val_recovery_steps",
-                       "val_finetune_steps", "val_importance", "val_global", "val_speedup"),
+                       "val_finetune_steps", "val_importance", "val_global", "loss_global", "val_speedup"),
         "metanet": ("hidden", "layers", "aggr", "scale", "mode")}
 
 

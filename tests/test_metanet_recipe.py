@@ -205,7 +205,8 @@ def test_meta_validation_with_recovery_and_global_ranking(zoo, digits, tmp_path)
         MetaConfig.from_dict({"batches_per_step": 0})
 
 
-def test_meta_training_ranks_as_the_metanetwork_is_used_when_the_ranking_is_chosen_on_val(zoo, digits, tmp_path):
+def test_meta_training_ranks_as_the_metanetwork_is_used_when_the_ranking_is_chosen_on_val(zoo, digits, tmp_path,
+                                                                                         monkeypatch):
     """``val_global=val``: meta-val prunes each network both ways and goes on with the ranking val prefers (as
     ``prune.global_pruning=val`` and the benchmark's ``metaprune_global=val`` use the metanetwork), and the
     pruned-network loss counts each meta-train network's units with the ranking val chose for it."""
@@ -244,6 +245,19 @@ def test_meta_training_ranks_as_the_metanetwork_is_used_when_the_ranking_is_chos
     for bad in ("sometimes", 1, None):
         with pytest.raises(ValueError, match="val_global"):
             MetaConfig.from_dict({"val_global": bad})
+    # loss_global=true: meta-val still chooses on val, the pruned-network loss ranks globally on every network
+    glob = prepare(zoo, zoo.names("train")[:2], x, speedup=3.0, global_pruning=True, **kw)
+    assert all(c.global_pruning for c in glob)
+    from metaprune.metatrain import loop
+
+    seen = []
+    monkeypatch.setattr(loop, "prepare", lambda *a, **k: seen.append(a[6] if len(a) > 6 else None) or prepare(*a, **k))
+    out = meta_train(zoo, digits, SMALL_NET, {**cfg, "loss_global": True}, tmp_path / "g", device="cpu",
+                     progress=False)
+    assert seen[0] is True and out["finished"] and all("ranked_global" in h for h in out["history"])
+    for bad in ("val", 1):
+        with pytest.raises(ValueError, match="loss_global"):
+            MetaConfig.from_dict({"loss_global": bad})
 
 
 def test_meta_validation_scores_after_a_short_finetune_of_the_pruned_network(digits):

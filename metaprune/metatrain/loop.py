@@ -95,6 +95,9 @@ class MetaConfig:
                                     # "val": the ranking chosen per network on val, as prune.global_pruning=val and
                                     # the benchmark's metaprune_global=val use the metanetwork (meta-val prunes both
                                     # ways; the pruned-network loss takes each meta-train network's val choice)
+    loss_global: bool | None = None  # the ranking the pruned-network loss counts units with (true: global, false:
+                                    # per layer); None: val_global's. E.g. val_global=val with loss_global=true trains
+                                    # the rewrite to move width between layers and lets val keep it where it helps
     val_recovery_steps: int = 0     # SGD steps of recovery finetuning on train after the rewrite, before pruning
     val_recovery_lr: float = 0.01   # (the reference finetunes the rewritten network before it prunes)
     val_finetune_steps: int = 0     # SGD steps (at val_recovery_lr) after pruning, before scoring: right after
@@ -126,6 +129,8 @@ class MetaConfig:
             (cfg.val_importance in importance_names(), "val_importance", " or ".join(importance_names())),
             (cfg.val_global is True or cfg.val_global is False or cfg.val_global == "val", "val_global",
              "true, false or val"),
+            (cfg.loss_global is None or isinstance(cfg.loss_global, bool), "loss_global",
+             "true, false or null (val_global's ranking)"),
             (cfg.val_recovery_steps >= 0, "val_recovery_steps", ">= 0"),
             (cfg.val_recovery_lr > 0, "val_recovery_lr", "> 0"),
             (cfg.val_finetune_steps >= 0, "val_finetune_steps", ">= 0"),
@@ -343,7 +348,8 @@ def meta_train(zoo, data, metanet_cfg: dict, cfg: MetaConfig | dict, out_dir, *,
         raise ValueError(f"{len(train_names)} meta-train networks cannot be shared by {world} ranks")
     counted_once = cfg.prune_loss > 0 and cfg.prune_mask == "fixed"
     train_cases = prepare(zoo, train_names, ex, device, cfg.val_speedup if cfg.prune_loss > 0 else None,
-                          cfg.val_importance, cfg.val_global, count=counted_once,
+                          cfg.val_importance, cfg.val_global if cfg.loss_global is None else cfg.loss_global,
+                          count=counted_once,
                           score=ranking_scorer(data, cfg.batch_size, seed, device))
     mine = train_cases[rank::world]
     val_cases = prepare(zoo, val_names, ex, device) if rank == 0 and cfg.val_every else []
