@@ -85,7 +85,8 @@ def markdown(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base = rows[0]["settings"]
     for r in rows:
-        diff = ", ".join(f"{k}={v}" for k, v in r["settings"].items() if v != base.get(k)) or "(reference)"
+        order = [k for k in (*KEYS["meta_optim"], *KEYS["metanet"]) if k in r["settings"]]  # merged rows: sorted keys
+        diff = ", ".join(f"{k}={r['settings'][k]}" for k in order if r["settings"][k] != base.get(k)) or "(reference)"
         best, ident = r["val_best"] or {}, r["val_identity"] or {}
         cells = [r["variant"], diff, f"{100 * best.get('pruned_acc', float('nan')):.1f} ({best.get('step')})",
                  f"{100 * ident.get('pruned_acc', float('nan')):.1f}", f"{100 * _gain(r):+.1f}"]
