@@ -218,6 +218,7 @@ def test_meta_training_ranks_as_the_metanetwork_is_used_when_the_ranking_is_chos
     x, score = digits.example_inputs(), ranking_scorer(digits, 64)
     kw = {"importance": "l2_max"}
     cases = prepare(zoo, zoo.names("train")[:2], x, speedup=3.0, global_pruning="val", score=score, **kw)
+
     def to3(net, global_pruning):
         net.requires_grad_(True)  # the zoo networks are loaded frozen; torch-pruning traces through autograd
         return prune(net, x, target_speedup=3.0, global_pruning=global_pruning, **kw)

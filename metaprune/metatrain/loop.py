@@ -208,10 +208,7 @@ def removed_units(model: nn.Module, example_inputs, case_groups, speedup: float,
     model = copy.deepcopy(model)
     if state is not None:
         model.load_state_dict({k: v.detach() for k, v in state.items()}, strict=False)
-    for p in model.parameters():  # torch-pruning traces through autograd
-        p.requires_grad_(True)
-    channels = prune(model, example_inputs, target_speedup=speedup, importance=importance,
-                     global_pruning=global_pruning).channels
+    channels = _pruner(example_inputs, speedup, importance)(model, global_pruning).channels
     return [channels[g.root][0] - channels[g.root][1] if g.root in channels else 0 for g in case_groups]
 
 
