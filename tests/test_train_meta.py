@@ -257,3 +257,21 @@ def test_fashion_mnist_gain_preset_is_the_direct_recipe_with_the_gain_rewrite_an
     assert gain["metanet"]["mode"] == "gain" and gain["name"] == "fashion_mnist_gain"
     cfg = check_run_config(gain)
     assert cfg.prune_mask == "dynamic" and cfg.mask_temperature > 0 and cfg.recalibrate_batches == 20
+
+
+def test_a_zoo_of_held_out_networks_only_is_built_but_never_meta_trained_on():
+    """``zoo=fashion_mnist_fresh`` holds every family out (fresh seeds to evaluate on): ``zoo_only=true`` accepts
+    it, meta-training refuses it before any work, naming the split."""
+    from omegaconf import OmegaConf
+
+    from metaprune.metatrain import check_run_config
+
+    cfg = OmegaConf.to_container(_compose(["data=fashion_mnist", "zoo=fashion_mnist_fresh", "logger=none"]),
+                                 resolve=True)
+    with pytest.raises(ValueError, match="no meta-train networks"):
+        check_run_config(cfg)
+    check_run_config({**cfg, "zoo_only": True})
+    seeds = {s for f in cfg["zoo"]["families"].values() for s in f["seeds"]}
+    zoo = OmegaConf.load(REPO / "configs/zoo/fashion_mnist.yaml")
+    zoo_seeds = {s for f in zoo["families"].values() for s in f["seeds"]}
+    assert seeds and not seeds & zoo_seeds  # seeds no zoo member uses

@@ -27,7 +27,10 @@ def check_run_config(c: dict) -> MetaConfig:
     Metanet(["conv"], {"linear": 1}, F_NODE, gain_slot=SLOT["running_var"],
             **{k: v for k, v in c["metanet"].items() if k != "frozen_features"})
     members = plan_members(c["zoo"], c["optim"])
-    split_members(members, c["zoo"].get("split") or {})
+    split = split_members(members, c["zoo"].get("split") or {})
+    if not split["train"] and not c.get("zoo_only"):
+        raise ValueError("zoo split leaves no meta-train networks: add members or lower zoo.split fractions "
+                         "(a zoo of held-out networks only is built with zoo_only=true, to evaluate on)")
     cfg = MetaConfig.from_dict(c["meta_optim"])
     check_families(cfg.families, [m["family"] for m in members])
     return cfg
