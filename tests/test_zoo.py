@@ -163,3 +163,17 @@ def test_the_committed_fashion_mnist_zoo_meets_its_spec():
         assert m["test_acc"] > 0.8, name  # realistic for the architecture, nowhere near chance
         model = zoo.load(name)
         assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_the_committed_fresh_seed_zoo_is_held_out_and_trained_like_the_zoo():
+    """``fashion_mnist_fresh``: the zoo's held-out architectures of every family, trained by the same recipe with
+    seeds the zoo never uses, every member held out (an evaluation zoo: README, "Networks no zoo holds")."""
+    repo = Path(__file__).resolve().parents[1]
+    zoo, main = load_zoo(repo / "checkpoints/zoo/fashion_mnist_fresh"), load_zoo(repo / "checkpoints/zoo/fashion_mnist")
+    assert len(zoo) == 10 and zoo.split["heldout"] == sorted(zoo.members) and not zoo.split["train"]
+    assert {m["family"] for m in zoo.members.values()} == {m["family"] for m in main.members.values()}
+    assert zoo.index["data"] == main.index["data"]
+    main_archs = {(m["model"], json.dumps(m["args"], sort_keys=True)) for m in main.members.values()}
+    for name, m in zoo.members.items():
+        assert (m["model"], json.dumps(m["args"], sort_keys=True)) in main_archs, name
+        assert m["seed"] not in {x["seed"] for x in main.members.values()} and m["test_acc"] > 0.8, name
