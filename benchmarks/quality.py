@@ -133,7 +133,7 @@ def run_method(base, data, metanet, c: dict, seed: int, method: str, speedups=No
         try:
             if ranking == "val":
                 m, res, chosen = prune_ranked_on_val(start, prune_fn, ranking_scorer(
-                    data, c["finetune"]["batch_size"], seed, c["device"]))
+                    data, c["finetune"]["batch_size"], seed, c["device"], _probe_steps(c), c["finetune"]["lr"]))
             else:
                 m = copy.deepcopy(start)
                 res = prune_fn(m, ranking)
@@ -340,6 +340,14 @@ def _max_val_drop(c: dict) -> float | None:
     return check_points("metaprune_max_val_drop", c.get("metaprune_max_val_drop"))
 
 
+def _probe_steps(c: dict) -> int:
+    """``ranking_probe_steps``: SGD steps each candidate ranking trains before it is scored (0: val accuracy)."""
+    n = c.get("ranking_probe_steps") or 0
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"ranking_probe_steps={n!r} must be an integer >= 0 (0: candidates scored by val accuracy)")
+    return n
+
+
 def _after_prune(c: dict) -> tuple[int, bool]:
     """(batch-norm recalibration batches for the "recalibrated" score, whether the final finetune is skipped)."""
     n = int(c.get("recalibrate_after_prune") or 0)
@@ -358,6 +366,9 @@ def _cell_path(cells_dir: Path, name: str, seed: int, method: str, c: dict) -> P
         drop = _max_val_drop(c) if method in REWRITES else None
         if drop is not None:
             own = f"{own}-guard{drop:g}"
+    probe = _probe_steps(c)
+    if probe and _criterion(method, c)[1] == "val":  # the ranking choice's own score (0 keeps the earlier keys)
+        own = f"{own}-probe{probe}" if own is not None else f"probe{probe}"
     after_recal, prune_only = _after_prune(c)
     if after_recal or prune_only:  # other phases per cell: their own file (the defaults keep the keys cells had)
         own = [own, {"recalibrate_after_prune": after_recal, "prune_only": prune_only}]
@@ -377,6 +388,7 @@ def run(c: dict) -> dict:
         raise ValueError(f"methods: unknown {bad}; known: {', '.join(METHODS)}")
     if int(c["pre_epochs"]) < 0 or int(c["finetune_epochs"]) < 0:
         raise ValueError(f"pre_epochs={c['pre_epochs']} and finetune_epochs={c['finetune_epochs']} must be >= 0")
+    _probe_steps(c)  # refused before any data is read
     c["data"] = {**c["data"], **(c["zoo"].get("data") or {})}  # finetune on the data the zoo was trained on
     if c.get("train_subset"):  # ... or on fewer of its images, to trade data for CPU time (recorded in the cells key)
         c["data"]["train_subset"] = int(c["train_subset"])

@@ -176,3 +176,43 @@ def test_quality_guard_undoes_a_costly_rewrite_and_keys_its_cells(zoo, digits, t
     for bad in (-1, 101, True, "half"):  # the bounds prune.py's metanet.max_val_drop has
         with pytest.raises(ValueError, match=f"metaprune_max_val_drop={bad!r}"):
             quality._max_val_drop({"metaprune_max_val_drop": bad})
+
+
+def test_a_probed_choice_keeps_the_ranking_with_the_lower_val_loss_after_a_few_steps(zoo, digits, tmp_path):
+    """``ranking_probe_steps=N``: each candidate's copy (batch norms re-estimated) trains N SGD steps and the lower
+    val loss wins; the network returned is still the candidate as pruned, the input untouched; bad values are
+    refused by the scorer, prune.py and quality.py before any work."""
+    from metaprune.train.loop import probed_val_loss
+
+    x, model = digits.example_inputs(), zoo.load(zoo.names("heldout")[0])
+    before = copy.deepcopy(model.state_dict())
+    score = ranking_scorer(digits, 64, probe_steps=3, lr=0.01)
+    assert score.key == "val_loss_after_3_steps" and not score.higher_is_better
+    net, result, rec = prune_ranked_on_val(model, _to(3.0, x), score)
+    losses = rec["val_loss_after_3_steps"]
+    assert "val_acc" not in rec and rec["chosen"] == min(losses, key=losses.get)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    again = copy.deepcopy(model)
+    _to(3.0, x)(again, rec["chosen"] == "global")  # returned as pruned: the probe trained a copy
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in net.state_dict().items())
+    assert losses[rec["chosen"]] == pytest.approx(probed_val_loss(net, digits, 3, 0.01, 64))  # repeatable
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="probe_steps"):
+            ranking_scorer(digits, probe_steps=bad)
+    # prune.py: the option reaches the choice, and the report names the score
+    r = run_prune(_cfg(tmp_path, "prune.global_pruning=val", "prune.importance=l2_max", "target.speedup=2.0",
+                       "prune.ranking_probe_steps=2", "finetune.epochs=0"), data=digits, progress=False)
+    assert set(r["ranking_on_val"]["val_loss_after_2_steps"]) == {"global", "per_layer"}
+    assert "val loss after 2 steps" in format_report(r)
+    with pytest.raises(UsageError, match="prune.ranking_probe_steps"):
+        run_prune(_cfg(tmp_path / "bad", "prune.ranking_probe_steps=-2"), data=digits, progress=False)
+    assert not (tmp_path / "bad" / "out").exists()
+    # quality.py: refused up front, and the probe keys the cells of the methods that choose on val
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import quality
+
+    with pytest.raises(ValueError, match="ranking_probe_steps=-1"):
+        quality._probe_steps({"ranking_probe_steps": -1})
+    c = {"metaprune_global": True, "importance": "l2_max"}
+    key = lambda m, n: quality._cell_path(tmp_path, "n", 0, m, {**c, "ranking_probe_steps": n})  # noqa: E731
+    assert key("depgraph_val", 10) != key("depgraph_val", 0) and key("depgraph", 10) == key("depgraph", 0)

@@ -33,6 +33,8 @@ class PruneOptions:
     init_criterion: str = "snip"
     global_pruning: bool | str | None = None   # None: the route's default (OBS ranks globally, the others per
                                                # layer); "val": global or per layer, chosen on val (prune.ranking)
+    ranking_probe_steps: int = 0               # with global_pruning=val: 0 scores each candidate's val accuracy
+                                               # (batch norms re-estimated); N > 0 its val loss after N SGD steps
     round_to: int | str | None = None
     ignored_layers: tuple = ()
     attention_unit: str = "auto"         # dim | head | auto: what one unit of an attention removes
@@ -189,6 +191,8 @@ def _prune_options(d) -> PruneOptions:
         (opts.init_criterion in INIT_CRITERIA, "init_criterion", f"one of {', '.join(INIT_CRITERIA)}"),
         (opts.global_pruning in (True, False, None, "val"), "global_pruning",
          "true, false or val (chosen per network on val)"),
+        (isinstance(opts.ranking_probe_steps, int) and not isinstance(opts.ranking_probe_steps, bool)
+         and opts.ranking_probe_steps >= 0, "ranking_probe_steps", "an integer >= 0 (SGD steps per candidate)"),
         (r is None or r == "auto" or (isinstance(r, int) and not isinstance(r, bool) and r >= 1), "round_to",
          "null, auto or an integer >= 1"),
         (opts.attention_unit in ATTENTION_UNITS, "attention_unit", f"one of {', '.join(ATTENTION_UNITS)}"),

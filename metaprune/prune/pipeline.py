@@ -82,7 +82,8 @@ def _run_prune(cfg: PruneConfig, out: Path, transform, data, stages: Stages) -> 
                                                              base_val=acc["base_val"])
     with stages("prune"):  # groups -> importance -> the amount that reaches the target
         pruned = reach_target(model, data, cfg, device,
-                              score=ranking_scorer(data, cfg.finetune.batch_size, cfg.seed, device))
+                              score=ranking_scorer(data, cfg.finetune.batch_size, cfg.seed, device,
+                                                   cfg.prune.ranking_probe_steps, cfg.finetune.lr))
     model = pruned.model
     stages.start_logger()  # every input is validated by now: a refused run starts no logging run
     with stages("pruned_eval"):

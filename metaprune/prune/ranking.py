@@ -7,7 +7,9 @@ pruned both ways (on copies), each copy has its batch-norm statistics re-estimat
 further copy: right after pruning the stored statistics no longer fit the thinned layers and every candidate sits
 near chance), the two are scored on **val**, and the better ranking wins (a tie keeps global ranking, the published
 recipe). What is returned is the winning copy as pruned, with its stored statistics: the finetune that follows is
-the one a fixed ranking gets. The choice costs forward passes only, no training step.
+the one a fixed ranking gets. The choice costs forward passes only, no training step; with ``probe_steps`` (the
+scorer's) each candidate's copy also trains that many SGD steps and is scored by its val loss, because at 4x and
+beyond every candidate's val accuracy right after pruning sits near chance (README, "Networks no zoo holds").
 """
 from __future__ import annotations
 
@@ -24,9 +26,10 @@ def prune_ranked_on_val(model: nn.Module, prune_fn: Callable[[nn.Module, bool], 
     """Prune ``model`` with global and with per-layer ranking and keep the one that ``score`` rates higher.
 
     ``prune_fn(network, global_pruning)`` prunes ``network`` in place and returns its result (a
-    :class:`~metaprune.prune.PruneResult`); ``score(network)`` is its val accuracy with batch norms re-estimated,
-    on a copy (:func:`metaprune.train.ranking_scorer`). ``model`` itself is left untouched. Returns (the chosen
-    pruned copy, its result, ``{"chosen": "global" | "per_layer", "val_acc": {ranking: score}, "unreachable":
+    :class:`~metaprune.prune.PruneResult`); ``score(network)`` rates it on val, on a copy
+    (:func:`metaprune.train.ranking_scorer`: val accuracy with batch norms re-estimated, or val loss after a few SGD
+    steps; its ``key`` and ``higher_is_better`` say which). ``model`` itself is left untouched. Returns (the chosen
+    pruned copy, its result, ``{"chosen": "global" | "per_layer", <score.key>: {ranking: score}, "unreachable":
     {ranking: why}}``). A ranking that cannot reach the target (``ValueError``) drops out; when both fail, the global
     one's error is raised."""
     candidates, errors, scores = {}, {}, {}
@@ -41,6 +44,8 @@ def prune_ranked_on_val(model: nn.Module, prune_fn: Callable[[nn.Module, bool], 
         candidates[name] = (net, result)
     if not candidates:
         raise errors["global"]
-    chosen = max(candidates, key=lambda n: (scores[n], n == "global"))  # a tie keeps the published global ranking
+    sign = 1 if getattr(score, "higher_is_better", True) else -1
+    chosen = max(candidates, key=lambda n: (sign * scores[n], n == "global"))  # a tie keeps global ranking
     net, result = candidates[chosen]
-    return net, result, {"chosen": chosen, "val_acc": scores, "unreachable": {n: str(e) for n, e in errors.items()}}
+    return net, result, {"chosen": chosen, getattr(score, "key", "val_acc"): scores,
+                         "unreachable": {n: str(e) for n, e in errors.items()}}

@@ -71,9 +71,14 @@ def format_report(r: dict) -> str:
         rows.append(f"  {'latency cuda (ms)':<22}{r['base_latency_cuda_ms']:>12.3f}"
                     f"{r['pruned_latency_cuda_ms']:>12.3f}")
     if r.get("ranking_on_val"):
-        v = r["ranking_on_val"]["val_acc"]
-        rows.append("  ranking chosen on val (batch norms re-estimated): "
-                    + ", ".join(f"{k.replace('_', '-')} {a:.2%}" for k, a in v.items()))
+        v = r["ranking_on_val"]
+        if "val_acc" in v:
+            rows.append("  ranking chosen on val (batch norms re-estimated): "
+                        + ", ".join(f"{k.replace('_', '-')} {a:.2%}" for k, a in v["val_acc"].items()))
+        else:  # val_loss_after_<n>_steps: the probe's val loss, lower wins
+            key = next(k for k in v if k.startswith("val_loss_after_"))
+            rows.append(f"  ranking chosen on val ({key.replace('_', ' ')}): "
+                        + ", ".join(f"{k.replace('_', '-')} {a:.3f}" for k, a in v[key].items()))
     if r.get("transformed_acc") is not None:
         rows.append(f"  {'after metanet (test)':<22}{r['transformed_acc']:>12.2%}")
     if r.get("latency_search"):

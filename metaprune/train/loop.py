@@ -158,12 +158,44 @@ def recalibrated_accuracy(model: nn.Module, data, batches: int, split: str = "va
 RECALIBRATE_BATCHES = 20  # train batches that re-estimate each ranking candidate's batch norms before it is scored
 
 
-def ranking_scorer(data, batch_size: int = 128, seed: int = 0, device="cpu") -> Callable[[nn.Module], float]:
-    """The score that chooses a network's ranking on val (:func:`metaprune.prune.ranking.prune_ranked_on_val`): a
-    pruned candidate's val accuracy once its batch norms are re-estimated on ``RECALIBRATE_BATCHES`` train batches
-    (:func:`recalibrated_accuracy`). One scorer for prune.py, meta-training and the benchmark, so all three choose
-    alike."""
-    return lambda net: recalibrated_accuracy(net, data, RECALIBRATE_BATCHES, "val", batch_size, seed, device)
+def probed_val_loss(model: nn.Module, data, steps: int, lr: float, batch_size: int = 128, seed: int = 0,
+                    device="cpu") -> float:
+    """Val cross-entropy of a copy of ``model`` whose batch norms are re-estimated on ``RECALIBRATE_BATCHES`` train
+    batches and which then trains for ``steps`` SGD steps (momentum 0.9, constant ``lr``) on train batches: how
+    readily a freshly pruned network learns. Right after pruning at 4x and beyond, val accuracy sits near chance
+    for every candidate and stops telling them apart; a few steps separate a network that will recover from one
+    whose thinnest layers cannot. ``model`` is left untouched."""
+    net = recalibrate_norms(copy.deepcopy(model), data, RECALIBRATE_BATCHES, batch_size, seed, device).train()
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
+    with torch.enable_grad():
+        for _, (x, y) in zip(range(steps), data.loader("train", batch_size, shuffle=True, seed=seed)):
+            loss = F.cross_entropy(net(x.to(device)), y.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return evaluate(net, data.loader("val", 512, shuffle=False), device)["loss"]
+
+
+def ranking_scorer(data, batch_size: int = 128, seed: int = 0, device="cpu", probe_steps: int = 0,
+                   lr: float = 0.01) -> Callable[[nn.Module], float]:
+    """The score that chooses a network's ranking on val (:func:`metaprune.prune.ranking.prune_ranked_on_val`):
+    a pruned candidate's val accuracy once its batch norms are re-estimated on ``RECALIBRATE_BATCHES`` train batches
+    (:func:`recalibrated_accuracy`), or with ``probe_steps > 0`` its val loss after that many SGD steps at ``lr``
+    on a copy (:func:`probed_val_loss`; lower is better). The scorer's ``key`` names what it measures and
+    ``higher_is_better`` its direction. One scorer for prune.py, meta-training and the benchmark, so all three
+    choose alike."""
+    if not isinstance(probe_steps, int) or isinstance(probe_steps, bool) or probe_steps < 0:
+        raise ValueError(f"ranking probe_steps={probe_steps!r} must be an integer >= 0 (0: val accuracy, no step)")
+    if probe_steps:
+        def score(net):
+            return probed_val_loss(net, data, probe_steps, lr, batch_size, seed, device)
+        score.key, score.higher_is_better = f"val_loss_after_{probe_steps}_steps", False
+    else:
+        def score(net):
+            return recalibrated_accuracy(net, data, RECALIBRATE_BATCHES, "val", batch_size, seed, device)
+        score.key, score.higher_is_better = "val_acc", True
+    return score
 
 
 @torch.no_grad()
