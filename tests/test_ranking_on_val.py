@@ -216,3 +216,18 @@ def test_a_probed_choice_keeps_the_ranking_with_the_lower_val_loss_after_a_few_s
     c = {"metaprune_global": True, "importance": "l2_max"}
     key = lambda m, n: quality._cell_path(tmp_path, "n", 0, m, {**c, "ranking_probe_steps": n})  # noqa: E731
     assert key("depgraph_val", 10) != key("depgraph_val", 0) and key("depgraph", 10) == key("depgraph", 0)
+
+
+def test_ranking_choice_benchmark_scores_each_choice_by_the_points_it_loses():
+    """benchmarks/ranking_choice.py: a score that picks the better finisher loses nothing; one that picks the other
+    loses the difference (accuracy higher-is-better, loss lower-is-better, a tie keeps global ranking)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import ranking_choice
+
+    rows = [{"net": "a", "speedup": 3.0, "global": {"recal_acc": 0.3, "probe10_loss": 9.0, "final": 0.70},
+             "per_layer": {"recal_acc": 0.2, "probe10_loss": 1.0, "final": 0.80}},
+            {"net": "b", "speedup": 4.0, "global": {"recal_acc": 0.2, "probe10_loss": 2.0, "final": 0.75},
+             "per_layer": {"recal_acc": 0.2, "probe10_loss": 3.0, "final": 0.60}}]
+    out = ranking_choice.summarise(rows)
+    assert out["recal_acc"] == {"right": 1, "n": 2, "mean_regret": pytest.approx(5.0), "max_regret": pytest.approx(10.0)}
+    assert out["probe10_loss"]["right"] == 2 and out["probe10_loss"]["mean_regret"] == 0

@@ -8,8 +8,9 @@ further copy: right after pruning the stored statistics no longer fit the thinne
 near chance), the two are scored on **val**, and the better ranking wins (a tie keeps global ranking, the published
 recipe). What is returned is the winning copy as pruned, with its stored statistics: the finetune that follows is
 the one a fixed ranking gets. The choice costs forward passes only, no training step; with ``probe_steps`` (the
-scorer's) each candidate's copy also trains that many SGD steps and is scored by its val loss, because at 4x and
-beyond every candidate's val accuracy right after pruning sits near chance (README, "Networks no zoo holds").
+scorer's) each candidate's copy also trains that many SGD steps and is scored by its val loss, meant for 4x and
+beyond, where every candidate's val accuracy right after pruning sits near chance; it is off by default because a
+very thin candidate can diverge in those few steps and still finish best (README, "Networks no zoo holds").
 """
 from __future__ import annotations
 

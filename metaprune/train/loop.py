@@ -158,22 +158,29 @@ def recalibrated_accuracy(model: nn.Module, data, batches: int, split: str = "va
 RECALIBRATE_BATCHES = 20  # train batches that re-estimate each ranking candidate's batch norms before it is scored
 
 
-def probed_val_loss(model: nn.Module, data, steps: int, lr: float, batch_size: int = 128, seed: int = 0,
-                    device="cpu") -> float:
-    """Val cross-entropy of a copy of ``model`` whose batch norms are re-estimated on ``RECALIBRATE_BATCHES`` train
-    batches and which then trains for ``steps`` SGD steps (momentum 0.9, constant ``lr``) on train batches: how
-    readily a freshly pruned network learns. Right after pruning at 4x and beyond, val accuracy sits near chance
-    for every candidate and stops telling them apart; a few steps separate a network that will recover from one
-    whose thinnest layers cannot. ``model`` is left untouched."""
+def probe_trained(model: nn.Module, data, steps: int, lr: float, batch_size: int = 128, seed: int = 0,
+                  device="cpu") -> nn.Module:
+    """A copy of ``model`` whose batch norms are re-estimated on ``RECALIBRATE_BATCHES`` train batches and which then
+    trains for ``steps`` SGD steps (momentum 0.9, constant ``lr``) on train batches, in eval mode. ``model`` is left
+    untouched."""
     net = recalibrate_norms(copy.deepcopy(model), data, RECALIBRATE_BATCHES, batch_size, seed, device).train()
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr, momentum=0.9)
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=lr, momentum=0.9)
     with torch.enable_grad():
         for _, (x, y) in zip(range(steps), data.loader("train", batch_size, shuffle=True, seed=seed)):
             loss = F.cross_entropy(net(x.to(device)), y.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+    return net.eval()
+
+
+def probed_val_loss(model: nn.Module, data, steps: int, lr: float, batch_size: int = 128, seed: int = 0,
+                    device="cpu") -> float:
+    """Val cross-entropy of :func:`probe_trained`'s copy: how readily a freshly pruned network learns (meant for 4x
+    and beyond, where val accuracy right after pruning sits near chance for every candidate; a very thin network
+    can diverge in these few steps and still recover over a full finetune, which is why ``ranking_scorer`` uses it
+    only when asked). ``model`` is left untouched."""
+    net = probe_trained(model, data, steps, lr, batch_size, seed, device)
     return evaluate(net, data.loader("val", 512, shuffle=False), device)["loss"]
 
 

@@ -1,0 +1,115 @@
+"""How well does each cheap score pick the ranking (global or per layer) that finishes better after the finetune?
+
+``prune.global_pruning=val`` (and quality.py's ``depgraph_val`` / ``metaprune_global=val``) prunes a network both
+ways and keeps the candidate a score prefers. This script scores both candidates of every network of a zoo split at
+each speedup with several scores and reads, from a quality.py result that ran ``depgraph`` (global) and
+``depgraph_local`` (per layer) on the same networks, which one finished better after the protocol's finetune. It
+reports, per score, how often it picked the better ranking and the accuracy points lost where it did not (regret).
+
+Scores (all on val, each on a copy whose batch norms are re-estimated on 20 train batches):
+``recal_acc`` / ``recal_loss`` right after pruning (the default choice uses ``recal_acc``), and ``probeK_acc`` /
+``probeK_loss`` after K SGD steps (momentum 0.9, the finetune's lr) on train batches.
+
+    python benchmarks/ranking_choice.py --split val \
+        --quality benchmarks/results/quality-fashion_mnist-val_ranking.json \
+        --out benchmarks/results/ranking_choice-fashion_mnist-val.json
+
+Select a score on the meta-val networks (``--split val``); held-out networks are for the final report only.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from metaprune.data import get_data  # noqa: E402
+from metaprune.io import atomic_write_json  # noqa: E402
+from metaprune.prune import prune  # noqa: E402
+from metaprune.train import evaluate, recalibrate_norms  # noqa: E402
+from metaprune.train.loop import RECALIBRATE_BATCHES, probe_trained  # noqa: E402
+from metaprune.zoo import load_zoo  # noqa: E402
+
+RANKINGS = {"global": ("depgraph", True), "per_layer": ("depgraph_local", False)}
+
+
+def score_candidates(base, data, speedup, probes, lr):
+    """Both rankings' scores for one network at one speedup."""
+    x, val = data.example_inputs(), data.loader("val", 512, shuffle=False)
+    out = {}
+    for name, (_, global_pruning) in RANKINGS.items():
+        m = copy.deepcopy(base)
+        prune(m, x, target_speedup=speedup, importance="l2_max", global_pruning=global_pruning, seed=0)
+        recal = recalibrate_norms(copy.deepcopy(m), data, RECALIBRATE_BATCHES, 128, 0, "cpu")
+        e = evaluate(recal, val, "cpu")
+        s = {"recal_acc": e["acc"], "recal_loss": e["loss"]}
+        for k in probes:  # the probe prune.ranking_probe_steps=k scores by its loss
+            p = evaluate(probe_trained(m, data, k, lr, 128, 0, "cpu"), val, "cpu")
+            s[f"probe{k}_acc"], s[f"probe{k}_loss"] = p["acc"], p["loss"]
+        out[name] = s
+    return out
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Per score: choices right, mean and largest regret (accuracy points after the finetune)."""
+    scores = [k for k in rows[0]["global"] if k != "final"] if rows else []
+    out = {}
+    for sc in scores:
+        sign = -1 if sc.endswith("loss") else 1
+        regret = []
+        for r in rows:
+            pick = max(RANKINGS, key=lambda n: (sign * r[n][sc], n == "global"))
+            regret.append(100 * (max(r[n]["final"] for n in RANKINGS) - r[pick]["final"]))
+        out[sc] = {"right": sum(g == 0 for g in regret), "n": len(regret),
+                   "mean_regret": sum(regret) / max(len(regret), 1), "max_regret": max(regret, default=0.0)}
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--zoo", default="checkpoints/zoo/fashion_mnist")
+    ap.add_argument("--split", default="val")
+    ap.add_argument("--quality", required=True, help="quality.py JSON with depgraph and depgraph_local cells")
+    ap.add_argument("--speedups", type=float, nargs="+", default=[3.0, 4.0])
+    ap.add_argument("--probes", type=int, nargs="+", default=[10, 30])
+    ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--train-subset", type=int, default=5000)
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    q = json.loads(Path(a.quality).read_text())["per_network"]
+    data = get_data("fashion_mnist", train_subset=a.train_subset, seed=0, val_size=5000)
+    zoo = load_zoo(a.zoo)
+    rows, t0 = [], time.perf_counter()
+    for name in zoo.names(a.split):
+        cells = q.get(f"{name}/seed0")
+        if cells is None:
+            continue
+        base = zoo.load(name)
+        for s in a.speedups:
+            finals = {n: cells.get(m, {}).get(str(s), {}).get("finetuned") for n, (m, _) in RANKINGS.items()}
+            if None in finals.values():
+                continue
+            row = {"net": name, "speedup": s, **score_candidates(base, data, s, a.probes, a.lr)}
+            for n in RANKINGS:
+                row[n]["final"] = finals[n]
+            rows.append(row)
+            print(f"{name} {s}x: " + ", ".join(f"{n} final {row[n]['final']:.3f}" for n in RANKINGS), flush=True)
+    result = {"benchmark": "ranking_choice", "date": time.strftime("%Y-%m-%d"), "zoo": a.zoo, "split": a.split,
+              "quality": a.quality, "speedups": a.speedups, "probes": a.probes, "lr": a.lr,
+              "machine": {"machine": platform.machine(), "threads": 1, "torch": torch.__version__},
+              "seconds": round(time.perf_counter() - t0, 1), "summary": summarise(rows), "rows": rows}
+    atomic_write_json(Path(a.out), result)
+    for sc, v in result["summary"].items():
+        print(f"{sc:14s} right {v['right']}/{v['n']}  mean regret {v['mean_regret']:.2f}  max {v['max_regret']:.1f}")
+
+
+if __name__ == "__main__":
+    main()
