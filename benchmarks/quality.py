@@ -342,10 +342,9 @@ def _max_val_drop(c: dict) -> float | None:
 
 def _probe_steps(c: dict) -> int:
     """``ranking_probe_steps``: SGD steps each candidate ranking trains before it is scored (0: val accuracy)."""
-    n = c.get("ranking_probe_steps") or 0
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-        raise ValueError(f"ranking_probe_steps={n!r} must be an integer >= 0 (0: candidates scored by val accuracy)")
-    return n
+    from metaprune.train.loop import check_probe_steps
+
+    return check_probe_steps(c.get("ranking_probe_steps") or 0, "ranking_probe_steps")
 
 
 def _after_prune(c: dict) -> tuple[int, bool]:

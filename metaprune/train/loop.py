@@ -184,6 +184,13 @@ def probed_val_loss(model: nn.Module, data, steps: int, lr: float, batch_size: i
     return evaluate(net, data.loader("val", 512, shuffle=False), device)["loss"]
 
 
+def check_probe_steps(n, key: str = "probe_steps") -> int:
+    """A ranking probe's step count: an integer >= 0, else one ``ValueError`` naming ``key``."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"{key}={n!r} must be an integer >= 0 (SGD steps per candidate; 0: scored by val accuracy)")
+    return n
+
+
 def ranking_scorer(data, batch_size: int = 128, seed: int = 0, device="cpu", probe_steps: int = 0,
                    lr: float = 0.01) -> Callable[[nn.Module], float]:
     """The score that chooses a network's ranking on val (:func:`metaprune.prune.ranking.prune_ranked_on_val`):
@@ -192,9 +199,7 @@ def ranking_scorer(data, batch_size: int = 128, seed: int = 0, device="cpu", pro
     on a copy (:func:`probed_val_loss`; lower is better). The scorer's ``key`` names what it measures and
     ``higher_is_better`` its direction. One scorer for prune.py, meta-training and the benchmark, so all three
     choose alike."""
-    if not isinstance(probe_steps, int) or isinstance(probe_steps, bool) or probe_steps < 0:
-        raise ValueError(f"ranking probe_steps={probe_steps!r} must be an integer >= 0 (0: val accuracy, no step)")
-    if probe_steps:
+    if check_probe_steps(probe_steps):
         def score(net):
             return probed_val_loss(net, data, probe_steps, lr, batch_size, seed, device)
         score.key, score.higher_is_better = f"val_loss_after_{probe_steps}_steps", False
