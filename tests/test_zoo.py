@@ -80,6 +80,42 @@ def test_rebuild_reuses_finished_members_and_retrains_missing_or_changed(zoo, tm
     assert "1 trained, 3 reused" in lines[1]  # a different recipe is not reused
 
 
+def test_a_zoo_grown_with_new_seeds_copies_the_old_members_and_keeps_its_val_and_held_out_networks(zoo, tmp_path):
+    """``reuse_from`` + ``split.train_seeds``: the grown zoo trains only the new seeds' members, copies the rest
+    bit for bit from the zoo it grows from (which stays untouched), and only its meta-train split grows."""
+    grown_cfg = {**TINY, "name": "grown", "reuse_from": [str(zoo.root)],
+                 "families": {**TINY["families"], "resnet": {**TINY["families"]["resnet"], "seeds": [0, 1, 2, 3]}},
+                 "split": {**TINY["split"], "train_seeds": [3]}}
+    before = {n: (zoo.root / n / "model.safetensors").read_bytes() for n in zoo.members}
+    lines = []
+    grown = build_zoo(grown_cfg, DATA, OPTIM, root=tmp_path / "grown", progress=False, log=lines.append)
+    assert "7 members (1 trained, 6 reused)" in lines[0]
+    assert grown.split["val"] == zoo.split["val"] and grown.split["heldout"] == zoo.split["heldout"]
+    assert grown.split["train"] == sorted(zoo.split["train"] + ["resnet-d8-w4-s3"])
+    for n, raw in before.items():
+        assert (grown.root / n / "model.safetensors").read_bytes() == raw
+        assert (zoo.root / n / "model.safetensors").read_bytes() == raw  # the source zoo untouched
+    assert grown.members["resnet-d8-w4-s0"]["val_acc"] == zoo.members["resnet-d8-w4-s0"]["val_acc"]
+    assert not list(grown.root.glob(".*.copy"))  # no half-copied member left behind
+    # a member whose recipe differs in the source is trained, not copied
+    changed = {**grown_cfg, "families": {**grown_cfg["families"], "vgg": {**TINY["families"]["vgg"],
+                                                                             "optim": {"lr": 0.02}}}}
+    build_zoo(changed, DATA, OPTIM, root=tmp_path / "changed", progress=False, log=lines.append)
+    assert "7 members (2 trained, 5 reused)" in lines[1]
+    with pytest.raises(ValueError, match="zoo.reuse_from: .*missing"):
+        build_zoo({**grown_cfg, "reuse_from": [str(tmp_path / "missing")]}, DATA, OPTIM, root=tmp_path / "x",
+                  progress=False, log=None)
+    with pytest.raises(ValueError, match="zoo.reuse_from=.*list"):
+        build_zoo({**grown_cfg, "reuse_from": str(zoo.root)}, DATA, OPTIM, root=tmp_path / "x", progress=False,
+                  log=None)
+    with pytest.raises(ValueError, match="own directory"):
+        build_zoo({**grown_cfg, "reuse_from": [str(tmp_path / "grown")]}, DATA, OPTIM, root=tmp_path / "grown",
+                  progress=False, log=None)
+    with pytest.raises(ValueError, match="zoo.split.train_seeds"):
+        split_members(plan_members(TINY, OPTIM), {"train_seeds": "3"})
+    assert not (tmp_path / "x").exists()
+
+
 def test_bad_zoo_configs_fail_with_the_key_named():
     members = plan_members(TINY, OPTIM)
     with pytest.raises(ValueError, match="heldout_families"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 
 import torch.nn as nn
@@ -55,14 +56,21 @@ def plan_members(zoo_cfg: dict, optim: dict) -> list[dict]:
 
 
 def split_members(members: list[dict], split_cfg: dict) -> dict[str, list[str]]:
-    """Split by network: whole ``heldout_families`` go to heldout; each other family is shuffled (seeded) and cut
-    into ``heldout`` and ``val`` fractions (at least one each when the family has 3+ members), the rest train.
+    """Split by network: whole ``heldout_families`` go to heldout; members trained with one of ``train_seeds`` go to
+    train; each other family's remaining members are shuffled (seeded) and cut into ``heldout`` and ``val`` fractions
+    (at least one each when there are 3+), the rest train. So a zoo grown with new seeds listed in ``train_seeds``
+    keeps the meta-val and held-out networks of the zoo it grew from, and only its meta-train split grows.
     Every family held out gives a zoo of held-out networks only, to evaluate on (``train_meta.py zoo_only=true``)."""
     held_fams = set(split_cfg.get("heldout_families") or [])
     fams = {m["family"] for m in members}
     unknown = held_fams - fams
     if unknown:
         raise ValueError(f"zoo.split.heldout_families names families not in the zoo: {sorted(unknown)}")
+    train_seeds = split_cfg.get("train_seeds") or []
+    if not isinstance(train_seeds, (list, tuple)) or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                             for s in train_seeds):
+        raise ValueError(f"zoo.split.train_seeds={train_seeds!r} must be a list of member seeds (integers)")
+    grown = {m["name"] for m in members if m["seed"] in set(train_seeds) and m["family"] not in held_fams}
     val_f, held_f = float(split_cfg.get("val", 0.15)), float(split_cfg.get("heldout", 0.25))
     if not (0 <= val_f < 1 and 0 <= held_f < 1 and val_f + held_f < 1):
         raise ValueError(f"zoo.split.val={val_f} and zoo.split.heldout={held_f} must be fractions summing below 1")
@@ -73,6 +81,8 @@ def split_members(members: list[dict], split_cfg: dict) -> dict[str, list[str]]:
         if fam in held_fams:
             split["heldout"] += names
             continue
+        split["train"] += [n for n in names if n in grown]
+        names = [n for n in names if n not in grown]
         rng.shuffle(names)
         n = len(names)
         n_held = max(1, round(held_f * n)) if n >= 3 and held_f > 0 else 0
@@ -173,6 +183,37 @@ def _reusable(path: Path, recipe: dict) -> dict | None:
     return extra
 
 
+def _reuse_dirs(zoo_cfg: dict, root: Path) -> list[Path]:
+    """The other zoos (``zoo.reuse_from``) whose finished members are copied instead of trained again."""
+    dirs = zoo_cfg.get("reuse_from") or []
+    if isinstance(dirs, (str, Path)) or not all(isinstance(d, (str, Path)) for d in dirs):
+        raise ValueError(f"zoo.reuse_from={dirs!r} must be a list of zoo directories")
+    out = [Path(d) for d in dirs]
+    for d in out:
+        if not d.is_dir():
+            raise ValueError(f"zoo.reuse_from: {d} is not a directory (a built zoo whose members to reuse)")
+        if d.resolve() == root.resolve():
+            raise ValueError(f"zoo.reuse_from: {d} is this zoo's own directory")
+    return out
+
+
+def _copy_member(sources: list[Path], root: Path, name: str, recipe: dict) -> dict | None:
+    """Copy ``name`` from the first zoo of ``sources`` holding it with the same recipe (whole, via a temporary
+    folder renamed into place); its stored record, or None when no source has it."""
+    for src in sources:
+        record = _reusable(src / name, recipe)
+        if record is None:
+            continue
+        tmp, dst = root / f".{name}.copy", root / name
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src / name, tmp)
+        if dst.exists():
+            shutil.rmtree(dst)
+        os.replace(tmp, dst)
+        return record
+    return None
+
+
 def build_zoo(zoo_cfg: dict, data_cfg: dict, optim: dict | None = None, root: str | Path | None = None,
               device: str = "cpu", progress: bool = True, data=None, log=print) -> Zoo | None:
     """Train (or reuse) every member of ``zoo_cfg`` on ``data_cfg``; returns the indexed :class:`Zoo`.
@@ -181,7 +222,8 @@ def build_zoo(zoo_cfg: dict, data_cfg: dict, optim: dict | None = None, root: st
     data?, shard?, num_shards?}``; ``data`` overrides ``data_cfg`` keys for the members (a ``train_subset``, say). With ``num_shards`` N > 1 this call trains only members ``i`` with ``i % N == shard``
     (in plan order), so N processes build one zoo in parallel without writing the same member; a sharded call
     writes ``index.json`` only once every member is on disk, and returns None before that. An unsharded call
-    afterwards reuses everything and writes the index.
+    afterwards reuses everything and writes the index. ``reuse_from``: other zoo directories; a member one of them
+    holds with the same recipe is copied, not trained (growing a zoo with new seeds trains only those).
     """
     root = Path(root or Path(zoo_cfg.get("root", "checkpoints/zoo")) / zoo_cfg.get("name", data_cfg["name"]))
     if zoo_cfg.get("data"):  # the zoo's own data settings (e.g. a train_subset) are part of its recipe
@@ -193,6 +235,7 @@ def build_zoo(zoo_cfg: dict, data_cfg: dict, optim: dict | None = None, root: st
         raise ValueError(f"zoo.shard={shard} must lie in [0, zoo.num_shards={num_shards})")
     members = plan_members(zoo_cfg, optim or {})
     split = split_members(members, zoo_cfg.get("split") or {})
+    sources = _reuse_dirs(zoo_cfg, root)
     index = {"data": data_cfg, "config": {k: v for k, v in zoo_cfg.items() if k not in ("shard", "num_shards")},
              "split": split, "members": {}}
     bar = tqdm(members, desc=f"zoo {root.name}" + (f" shard {shard}/{num_shards}" if num_shards > 1 else ""),
@@ -201,6 +244,8 @@ def build_zoo(zoo_cfg: dict, data_cfg: dict, optim: dict | None = None, root: st
     for i, m in enumerate(bar):
         path, recipe = root / m["name"], _recipe(m, data_cfg)
         record = _reusable(path, recipe)
+        if record is None and sources and i % num_shards == shard:
+            record = _copy_member(sources, root, m["name"], recipe)
         if record is None and i % num_shards != shard:
             missing.append(m["name"])  # another shard's member, not finished yet
             continue
