@@ -403,6 +403,14 @@ def test_heldout_benchmark_gives_both_arms_the_same_recovery_and_ranking(zoo, di
                                str(tmp_path / "old.json")])
     assert [r["variant"] for r in t["variants"]] == ["gone", "m"] and t["variants"][1]["seed"] != -1
     assert "| gone |" in t["table"]
+    # the zoo a run meta-trained on is one of its settings: named where it differs from the first row's
+    assert t["variants"][1]["settings"]["zoo"] == zoo.root.name
+    older = {**t["variants"][0], "variant": "older",
+             "settings": {k: v for k, v in t["variants"][0]["settings"].items() if k != "zoo"}}
+    (tmp_path / "old.json").write_text(json.dumps({"variants": [older]}))
+    t = metanet_ablation.main([str(tmp_path / "m"), "--out", str(tmp_path / "a.json"), "--merge",
+                               str(tmp_path / "old.json")])
+    assert "| older | (reference) |" in t["table"] and f"| m | zoo={zoo.root.name} |" in t["table"]
     with pytest.raises(SystemExit, match="--merge"):
         metanet_ablation.main([str(tmp_path / "m"), "--out", str(tmp_path / "d.json"), "--merge", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="RUN_NAME=FILE"):
