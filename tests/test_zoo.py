@@ -213,3 +213,19 @@ def test_the_committed_fresh_seed_zoo_is_held_out_and_trained_like_the_zoo():
     for name, m in zoo.members.items():
         assert (m["model"], json.dumps(m["args"], sort_keys=True)) in main_archs, name
         assert m["seed"] not in {x["seed"] for x in main.members.values()} and m["test_acc"] > 0.8, name
+
+
+def test_the_committed_grown_zoo_keeps_the_zoos_val_and_held_out_networks():
+    """``fashion_mnist_more``: the zoo plus seeds 3 and 4 of every ResNet, MobileNetV2 and DenseNet architecture, all
+    meta-train; the zoo's own members are its members bit for bit, and meta-val and held-out are unchanged."""
+    repo = Path(__file__).resolve().parents[1]
+    grown, main = load_zoo(repo / "checkpoints/zoo/fashion_mnist_more"), load_zoo(repo / "checkpoints/zoo/fashion_mnist")
+    assert grown.split["val"] == main.split["val"] and grown.split["heldout"] == main.split["heldout"]
+    new = sorted(set(grown.members) - set(main.members))
+    assert len(new) == 10 and grown.split["train"] == sorted(main.split["train"] + new)
+    assert {grown.members[n]["family"] for n in new} == {"resnet", "mobilenet_v2", "densenet"}
+    for n in new:
+        assert grown.members[n]["seed"] in (3, 4) and grown.members[n]["test_acc"] > 0.8, n
+        assert grown.load(n)(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    for n in main.members:
+        assert (grown.root / n / "model.safetensors").read_bytes() == (main.root / n / "model.safetensors").read_bytes()
