@@ -56,7 +56,7 @@ def variant(run: Path, heldout_dir: Path | None, quality: Path | None = None) ->
     first = next((h for h in hist if h["step"] == 0), None)
     row = {"variant": run.name, "seed": cfg.get("seed"),
            "settings": {**{k: meta.get(k) for k in KEYS["meta_optim"]}, **{k: arch.get(k) for k in KEYS["metanet"]},
-                        "zoo": Path(cfg["zoo"]).name if cfg.get("zoo") else None},  # the zoo it meta-trained on
+                        **({"zoo": Path(cfg["zoo"]).name} if cfg.get("zoo") else {})},  # the zoo it meta-trained on
            "val_best": cfg.get("best"), "val_identity": first, "val_curve": hist}
     h = heldout_dir / f"metanet_heldout-{run.name}.json" if heldout_dir else None
     if h is not None and h.is_file():
@@ -87,8 +87,7 @@ def markdown(rows: list[dict]) -> str:
     base = rows[0]["settings"]
     for r in rows:
         order = [k for k in (*KEYS["meta_optim"], *KEYS["metanet"], "zoo") if k in r["settings"]]  # merged rows
-        diff = ", ".join(f"{k}={r['settings'][k]}" for k in order if r["settings"][k] != base.get(k)
-                         and not (k == "zoo" and r["settings"][k] is None)) or "(reference)"
+        diff = ", ".join(f"{k}={r['settings'][k]}" for k in order if r["settings"][k] != base.get(k)) or "(reference)"
         best, ident = r["val_best"] or {}, r["val_identity"] or {}
         cells = [r["variant"], diff, f"{100 * best.get('pruned_acc', float('nan')):.1f} ({best.get('step')})",
                  f"{100 * ident.get('pruned_acc', float('nan')):.1f}", f"{100 * _gain(r):+.1f}"]

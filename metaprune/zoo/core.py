@@ -70,7 +70,7 @@ def split_members(members: list[dict], split_cfg: dict) -> dict[str, list[str]]:
     if not isinstance(train_seeds, (list, tuple)) or not all(isinstance(s, int) and not isinstance(s, bool)
                                                              for s in train_seeds):
         raise ValueError(f"zoo.split.train_seeds={train_seeds!r} must be a list of member seeds (integers)")
-    grown = {m["name"] for m in members if m["seed"] in set(train_seeds) and m["family"] not in held_fams}
+    grown = {m["name"] for m in members if m["seed"] in train_seeds and m["family"] not in held_fams}
     val_f, held_f = float(split_cfg.get("val", 0.15)), float(split_cfg.get("heldout", 0.25))
     if not (0 <= val_f < 1 and 0 <= held_f < 1 and val_f + held_f < 1):
         raise ValueError(f"zoo.split.val={val_f} and zoo.split.heldout={held_f} must be fractions summing below 1")
