@@ -133,7 +133,8 @@ def run_method(base, data, metanet, c: dict, seed: int, method: str, speedups=No
         try:
             if ranking == "val":
                 m, res, chosen = prune_ranked_on_val(start, prune_fn, ranking_scorer(
-                    data, c["finetune"]["batch_size"], seed, c["device"], _probe_steps(c), c["finetune"]["lr"]))
+                    data, c["finetune"]["batch_size"], seed, c["device"], _probe_steps(c), c["finetune"]["lr"]),
+                    margin=_margin(c))
             else:
                 m = copy.deepcopy(start)
                 res = prune_fn(m, ranking)
@@ -347,6 +348,13 @@ def _probe_steps(c: dict) -> int:
     return check_probe_steps(c.get("ranking_probe_steps") or 0, "ranking_probe_steps")
 
 
+def _margin(c: dict) -> float:
+    """``ranking_margin``: how far global ranking must lead on val to be kept (0: the higher score wins)."""
+    from metaprune.prune.ranking import check_margin
+
+    return check_margin(c.get("ranking_margin") or 0.0)
+
+
 def _after_prune(c: dict) -> tuple[int, bool]:
     """(batch-norm recalibration batches for the "recalibrated" score, whether the final finetune is skipped)."""
     n = int(c.get("recalibrate_after_prune") or 0)
@@ -365,9 +373,11 @@ def _cell_path(cells_dir: Path, name: str, seed: int, method: str, c: dict) -> P
         drop = _max_val_drop(c) if method in REWRITES else None
         if drop is not None:
             own = f"{own}-guard{drop:g}"
-    probe = _probe_steps(c)
+    probe, margin = _probe_steps(c), _margin(c)
     if probe and _criterion(method, c)[1] == "val":  # the ranking choice's own score (0 keeps the earlier keys)
         own = f"{own}-probe{probe}" if own is not None else f"probe{probe}"
+    if margin and _criterion(method, c)[1] == "val":  # ... and its margin (0 keeps the earlier keys)
+        own = f"{own}-margin{margin:g}" if own is not None else f"margin{margin:g}"
     after_recal, prune_only = _after_prune(c)
     if after_recal or prune_only:  # other phases per cell: their own file (the defaults keep the keys cells had)
         own = [own, {"recalibrate_after_prune": after_recal, "prune_only": prune_only}]
@@ -387,7 +397,7 @@ def run(c: dict) -> dict:
         raise ValueError(f"methods: unknown {bad}; known: {', '.join(METHODS)}")
     if int(c["pre_epochs"]) < 0 or int(c["finetune_epochs"]) < 0:
         raise ValueError(f"pre_epochs={c['pre_epochs']} and finetune_epochs={c['finetune_epochs']} must be >= 0")
-    _probe_steps(c)  # refused before any data is read
+    _probe_steps(c), _margin(c)  # refused before any data is read
     c["data"] = {**c["data"], **(c["zoo"].get("data") or {})}  # finetune on the data the zoo was trained on
     if c.get("train_subset"):  # ... or on fewer of its images, to trade data for CPU time (recorded in the cells key)
         c["data"]["train_subset"] = int(c["train_subset"])

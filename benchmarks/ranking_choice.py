@@ -15,6 +15,13 @@ Scores (all on val, each on a copy whose batch norms are re-estimated on 20 trai
         --out benchmarks/results/ranking_choice-fashion_mnist-val.json
 
 Select a score on the meta-val networks (``--split val``); held-out networks are for the final report only.
+
+It also sweeps the margin of ``prune.ranking_margin`` for ``recal_acc`` (global ranking kept only when its val
+accuracy leads per-layer ranking's by at least the margin): the regret of every interval of margins between the
+observed leads, and the selected margin, the middle of the least-regret interval. ``--rows-from`` re-summarises an earlier result's scores without scoring again:
+
+    python benchmarks/ranking_choice.py --rows-from benchmarks/results/ranking_choice-fashion_mnist-val.json \
+        --out benchmarks/results/ranking_choice-fashion_mnist-val.json
 """
 from __future__ import annotations
 
@@ -59,30 +66,60 @@ def score_candidates(base, data, speedup, probes, lr):
 
 def summarise(rows: list[dict]) -> dict:
     """Per score: choices right, mean and largest regret (accuracy points after the finetune)."""
+    from metaprune.prune.ranking import choose
+
     scores = [k for k in rows[0]["global"] if k != "final"] if rows else []
     out = {}
     for sc in scores:
-        sign = -1 if sc.endswith("loss") else 1
         regret = []
         for r in rows:
-            pick = max(RANKINGS, key=lambda n: (sign * r[n][sc], n == "global"))
+            pick = choose({n: r[n][sc] for n in RANKINGS}, 0.0, higher_is_better=not sc.endswith("loss"))
             regret.append(100 * (max(r[n]["final"] for n in RANKINGS) - r[pick]["final"]))
         out[sc] = {"right": sum(g == 0 for g in regret), "n": len(regret),
                    "mean_regret": sum(regret) / max(len(regret), 1), "max_regret": max(regret, default=0.0)}
     return out
 
 
+def margin_sweep(rows: list[dict], score: str = "recal_acc") -> dict:
+    """Regret of ``metaprune.prune.ranking.choose`` with each margin >= 0 (``score`` higher is better). Global ranking
+    is kept when its lead is >= the margin, so every margin in (lo, hi] between two observed leads makes the same
+    choices: one entry per such interval (hi None: no upper end), after the margin 0 itself; ``selected`` is the
+    middle of the least-regret interval (the lowest such interval on a tie; lo + 0.01 when it has no upper end)."""
+    from metaprune.prune.ranking import choose
+
+    leads = sorted({round(r["global"][score] - r["per_layer"][score], 6) for r in rows} - {0.0})
+    edges = [0.0, *(x for x in leads if x > 0)]
+    spans = [(0.0, 0.0), *zip(edges, [*edges[1:], None])]
+    intervals = []
+    for lo, hi in spans:
+        m = lo if hi == lo else (lo + 0.01 if hi is None else (lo + hi) / 2)
+        regret = [100 * (max(r[n]["final"] for n in RANKINGS)
+                         - r[choose({n: r[n][score] for n in RANKINGS}, m)]["final"]) for r in rows]
+        intervals.append({"from": lo, "to": hi, "margin": round(m, 6), "right": sum(g == 0 for g in regret),
+                          "n": len(regret), "mean_regret": sum(regret) / max(len(regret), 1),
+                          "max_regret": max(regret, default=0.0)})
+    best = min(intervals, key=lambda i: round(i["mean_regret"], 9))
+    return {"score": score, "intervals": intervals, "selected": round(best["margin"], 3)}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--zoo", default="checkpoints/zoo/fashion_mnist")
     ap.add_argument("--split", default="val")
-    ap.add_argument("--quality", required=True, help="quality.py JSON with depgraph and depgraph_local cells")
+    ap.add_argument("--quality", help="quality.py JSON with depgraph and depgraph_local cells")
+    ap.add_argument("--rows-from", help="an earlier result of this script: re-summarise its rows, score nothing")
     ap.add_argument("--speedups", type=float, nargs="+", default=[3.0, 4.0])
     ap.add_argument("--probes", type=int, nargs="+", default=[10, 30])
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--train-subset", type=int, default=5000)
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
+    if a.rows_from:
+        result = json.loads(Path(a.rows_from).read_text())
+        result.update(summary=summarise(result["rows"]), margin=margin_sweep(result["rows"]))
+        return _write(result, a.out)
+    if not a.quality:
+        ap.error("--quality is required unless --rows-from is given")
     torch.set_num_threads(1)
     q = json.loads(Path(a.quality).read_text())["per_network"]
     data = get_data("fashion_mnist", train_subset=a.train_subset, seed=0, val_size=5000)
@@ -105,10 +142,22 @@ def main(argv=None):
     result = {"benchmark": "ranking_choice", "date": time.strftime("%Y-%m-%d"), "zoo": a.zoo, "split": a.split,
               "quality": a.quality, "speedups": a.speedups, "probes": a.probes, "lr": a.lr,
               "machine": {"machine": platform.machine(), "threads": 1, "torch": torch.__version__},
-              "seconds": round(time.perf_counter() - t0, 1), "summary": summarise(rows), "rows": rows}
-    atomic_write_json(Path(a.out), result)
+              "seconds": round(time.perf_counter() - t0, 1), "summary": summarise(rows),
+              "margin": margin_sweep(rows), "rows": rows}
+    _write(result, a.out)
+
+
+def _write(result: dict, out: str) -> None:
+    atomic_write_json(Path(out), result)
     for sc, v in result["summary"].items():
         print(f"{sc:14s} right {v['right']}/{v['n']}  mean regret {v['mean_regret']:.2f}  max {v['max_regret']:.1f}")
+    m = result["margin"]
+    for i in m["intervals"]:
+        hi = "" if i["to"] is None else f"{100 * i['to']:.2f}"
+        span = "0 (a tie keeps global)" if i["to"] == i["from"] else f"({100 * i['from']:.2f}, {hi}]"
+        print(f"margin {span:>22s} pts: right {i['right']}/{i['n']}  "
+              f"mean regret {i['mean_regret']:.2f}  max {i['max_regret']:.1f}")
+    print(f"selected margin: {m['selected']} ({m['score']})")
 
 
 if __name__ == "__main__":

@@ -231,3 +231,62 @@ def test_ranking_choice_benchmark_scores_each_choice_by_the_points_it_loses():
     out = ranking_choice.summarise(rows)
     assert out["recal_acc"] == {"right": 1, "n": 2, "mean_regret": pytest.approx(5.0), "max_regret": pytest.approx(10.0)}
     assert out["probe10_loss"]["right"] == 2 and out["probe10_loss"]["mean_regret"] == 0
+
+
+def test_a_margin_keeps_global_ranking_only_when_it_leads_by_that_much(zoo, digits, tmp_path):
+    """``prune.ranking_margin=m`` (quality.py ``ranking_margin``): global ranking is kept only when its val score leads
+    per-layer ranking's by at least m; 0 keeps the old rule (the higher score wins, a tie keeps global). Bad margins
+    are refused by prune.py (nothing written) and quality.py, and the margin keys the cells of the methods that
+    choose on val only."""
+    from metaprune.prune.ranking import check_margin, choose
+
+    assert choose({"global": 0.20, "per_layer": 0.20}) == "global"  # margin 0: the published recipe on a tie
+    assert choose({"global": 0.21, "per_layer": 0.20}) == "global"
+    assert choose({"global": 0.21, "per_layer": 0.20}, 0.05) == "per_layer"  # a near-chance lead says nothing
+    assert choose({"global": 0.30, "per_layer": 0.20}, 0.05) == "global"
+    assert choose({"global": 2.0, "per_layer": 2.2}, 0.1, higher_is_better=False) == "global"  # losses: lower leads
+    assert choose({"global": 2.0, "per_layer": 2.05}, 0.1, higher_is_better=False) == "per_layer"
+    assert choose({"global": 0.1}, 0.5) == "global"  # the only candidate that reached the target
+    # on a real network: a margin no lead can reach keeps per-layer ranking; the record says which margin applied
+    x, model = digits.example_inputs(), zoo.load(zoo.names("heldout")[0])
+    _, result, rec = prune_ranked_on_val(model, _to(3.0, x), _val(digits), margin=0.99)
+    assert rec["chosen"] == "per_layer" and not result.global_pruning and rec["margin"] == 0.99
+    assert "margin" not in prune_ranked_on_val(model, _to(3.0, x), _val(digits))[2]
+    r = run_prune(_cfg(tmp_path, "prune.global_pruning=val", "prune.importance=l2_max", "target.speedup=2.0",
+                       "prune.ranking_margin=0.99", "finetune.epochs=0"), data=digits, progress=False)
+    assert r["ranking_on_val"]["chosen"] == "per_layer" and not r["pruning"]["global_pruning"]
+    assert "global kept only with a lead of at least 99.0%" in format_report(r)
+    for bad in ("-0.1", "1.5", "true", "big"):
+        with pytest.raises(UsageError, match="prune.ranking_margin"):
+            run_prune(_cfg(tmp_path / "bad", f"prune.ranking_margin={bad}"), data=digits, progress=False)
+        assert not (tmp_path / "bad" / "out").exists()
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import quality
+
+    for bad in (-0.1, 1.0, True, "big"):
+        with pytest.raises(ValueError, match="ranking_margin"):
+            check_margin(bad)
+        with pytest.raises(ValueError, match="ranking_margin"):
+            quality._margin({"ranking_margin": bad})
+    c = {"metaprune_global": "val", "importance": "l2_max", "metanet_checkpoint": None}
+    key = lambda m, v: quality._cell_path(tmp_path, "n", 0, m, {**c, "ranking_margin": v})  # noqa: E731
+    assert key("depgraph_val", 0.077) != key("depgraph_val", 0.0) and key("depgraph", 0.077) == key("depgraph", 0.0)
+    assert key("depgraph_val", 0.0) == key("depgraph_val", None)  # 0 keeps the cells run before margins existed
+
+
+def test_ranking_choice_benchmark_selects_the_middle_of_the_least_regret_margins():
+    """benchmarks/ranking_choice.py's margin sweep: each interval of margins between observed leads is scored by the
+    points its choices lose after the finetune, and the middle of the best interval is selected."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import ranking_choice
+
+    def row(g, pl, fg, fl):
+        return {"global": {"recal_acc": g, "final": fg}, "per_layer": {"recal_acc": pl, "final": fl}}
+    # leads 0.02 (global wrong by 10 points), 0.06 (global wrong by 2), 0.20 (global right by 5)
+    rows = [row(0.14, 0.12, 0.70, 0.80), row(0.36, 0.30, 0.80, 0.82), row(0.50, 0.30, 0.85, 0.80)]
+    sweep = ranking_choice.margin_sweep(rows)
+    by_span = {(i["from"], i["to"]): i["mean_regret"] for i in sweep["intervals"]}
+    assert by_span[(0.0, 0.0)] == pytest.approx(4.0) and by_span[(0.0, 0.02)] == pytest.approx(4.0)
+    assert by_span[(0.02, 0.06)] == pytest.approx(2 / 3) and by_span[(0.06, 0.2)] == pytest.approx(0.0)
+    assert by_span[(0.2, None)] == pytest.approx(5 / 3)
+    assert sweep["selected"] == pytest.approx(0.13)

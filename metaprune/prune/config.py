@@ -35,6 +35,8 @@ class PruneOptions:
                                                # layer); "val": global or per layer, chosen on val (prune.ranking)
     ranking_probe_steps: int = 0               # with global_pruning=val: 0 scores each candidate's val accuracy
                                                # (batch norms re-estimated); N > 0 its val loss after N SGD steps
+    ranking_margin: float = 0.0                # with global_pruning=val: global ranking must lead per-layer ranking
+                                               # by at least this much (score units; 0: a tie keeps global)
     round_to: int | str | None = None
     ignored_layers: tuple = ()
     attention_unit: str = "auto"         # dim | head | auto: what one unit of an attention removes
@@ -193,6 +195,9 @@ def _prune_options(d) -> PruneOptions:
          "true, false or val (chosen per network on val)"),
         (isinstance(opts.ranking_probe_steps, int) and not isinstance(opts.ranking_probe_steps, bool)
          and opts.ranking_probe_steps >= 0, "ranking_probe_steps", "an integer >= 0 (SGD steps per candidate)"),
+        (not isinstance(opts.ranking_margin, bool) and isinstance(opts.ranking_margin, (int, float))
+         and 0 <= opts.ranking_margin < 1, "ranking_margin",
+         "a number in [0, 1) (how far global ranking must lead on val; 0.05 = 5 points)"),
         (r is None or r == "auto" or (isinstance(r, int) and not isinstance(r, bool) and r >= 1), "round_to",
          "null, auto or an integer >= 1"),
         (opts.attention_unit in ATTENTION_UNITS, "attention_unit", f"one of {', '.join(ATTENTION_UNITS)}"),

@@ -6,7 +6,10 @@ Which ranking prunes a network better depends on the network: on the Fashion-MNI
 pruned both ways (on copies), each copy has its batch-norm statistics re-estimated on a few train batches (on a
 further copy: right after pruning the stored statistics no longer fit the thinned layers and every candidate sits
 near chance), the two are scored on **val**, and the better ranking wins (a tie keeps global ranking, the published
-recipe). What is returned is the winning copy as pruned, with its stored statistics: the finetune that follows is
+recipe). With a ``margin``, global ranking must beat per-layer ranking by at least that much to be kept: per-layer
+ranking is the safe default (it thins every layer alike and never empties one, where global ranking can collapse a
+CNN), and right after pruning to 4x and beyond both candidates often score near chance, where a small lead says
+nothing (README, "A ranking choice with a margin"). What is returned is the winning copy as pruned, with its stored statistics: the finetune that follows is
 the one a fixed ranking gets. The choice costs forward passes only, no training step; with ``probe_steps`` (the
 scorer's) each candidate's copy also trains that many SGD steps and is scored by its val loss, meant for 4x and
 beyond, where every candidate's val accuracy right after pruning sits near chance; it is off by default because a
@@ -23,8 +26,10 @@ CHOICES = {"global": True, "per_layer": False}
 
 
 def prune_ranked_on_val(model: nn.Module, prune_fn: Callable[[nn.Module, bool], object],
-                        score: Callable[[nn.Module], float]) -> tuple[nn.Module, object, dict]:
-    """Prune ``model`` with global and with per-layer ranking and keep the one that ``score`` rates higher.
+                        score: Callable[[nn.Module], float], margin: float = 0.0) -> tuple[nn.Module, object, dict]:
+    """Prune ``model`` with global and with per-layer ranking and keep the one that ``score`` rates higher;
+    global ranking only when it is ahead by at least ``margin`` (in the score's units: 0.05 = 5 points of val
+    accuracy; 0: a tie keeps global ranking).
 
     ``prune_fn(network, global_pruning)`` prunes ``network`` in place and returns its result (a
     :class:`~metaprune.prune.PruneResult`); ``score(network)`` rates it on val, on a copy
@@ -45,8 +50,25 @@ def prune_ranked_on_val(model: nn.Module, prune_fn: Callable[[nn.Module, bool], 
         candidates[name] = (net, result)
     if not candidates:
         raise errors["global"]
-    sign = 1 if getattr(score, "higher_is_better", True) else -1
-    chosen = max(candidates, key=lambda n: (sign * scores[n], n == "global"))  # a tie keeps global ranking
+    chosen = choose(scores, margin, getattr(score, "higher_is_better", True))
     net, result = candidates[chosen]
-    return net, result, {"chosen": chosen, getattr(score, "key", "val_acc"): scores,
-                         "unreachable": {n: str(e) for n, e in errors.items()}}
+    record = {"chosen": chosen, getattr(score, "key", "val_acc"): scores,
+              "unreachable": {n: str(e) for n, e in errors.items()}}
+    return net, result, {**record, "margin": margin} if margin else record
+
+
+def choose(scores: dict[str, float], margin: float = 0.0, higher_is_better: bool = True) -> str:
+    """The ranking kept from ``scores`` ({ranking: score}; either may be missing, not both): global ranking when
+    it is ahead of per-layer ranking by at least ``margin`` (0: a tie keeps global), else per-layer."""
+    if "per_layer" not in scores or "global" not in scores:
+        return next(iter(scores))
+    lead = scores["global"] - scores["per_layer"]
+    return "global" if (lead if higher_is_better else -lead) >= margin else "per_layer"
+
+
+def check_margin(margin, key: str = "ranking_margin") -> float:
+    """A ranking margin: a number in [0, 1) (a fraction of val accuracy), else one ``ValueError`` naming ``key``."""
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
+        raise ValueError(f"{key}={margin!r} must be a number in [0, 1): how far global ranking must lead per-layer "
+                         "ranking on val to be kept (0.05 = 5 points of val accuracy; 0: the higher score wins)")
+    return float(margin)

@@ -74,7 +74,8 @@ def format_report(r: dict) -> str:
         v = r["ranking_on_val"]
         if "val_acc" in v:
             rows.append("  ranking chosen on val (batch norms re-estimated): "
-                        + ", ".join(f"{k.replace('_', '-')} {a:.2%}" for k, a in v["val_acc"].items()))
+                        + ", ".join(f"{k.replace('_', '-')} {a:.2%}" for k, a in v["val_acc"].items())
+                        + (f" (global kept only with a lead of at least {v['margin']:.1%})" if v.get("margin") else ""))
         else:  # val_loss_after_<n>_steps: the probe's val loss, lower wins
             key = next(k for k in v if k.startswith("val_loss_after_"))
             rows.append(f"  ranking chosen on val ({key.replace('_', ' ')}): "

@@ -65,7 +65,8 @@ def reach_target(model: nn.Module, data: DataBundle, cfg, device, score=None) ->
     if opts.global_pruning == "val":  # both rankings, the better on val kept (metaprune.prune.ranking)
         from .ranking import prune_ranked_on_val
 
-        net, result, record = prune_ranked_on_val(model, lambda net, g: to_target(net, global_pruning=g), score)
+        net, result, record = prune_ranked_on_val(model, lambda net, g: to_target(net, global_pruning=g), score,
+                                                  margin=float(opts.ranking_margin))
         return Pruned(net, result, ranking=record)
     return Pruned(model, to_target(model))
 
