@@ -26,7 +26,8 @@ forward passes only, on a copy; the stored statistics are stale once channels ar
 method at chance at 3x and hides the differences the paper's figure shows); ``prune_only=true`` stops there
 (no final finetune: the right-after-pruning curve alone, at a fraction of the cost). Each finished (network, seed, method) cell is kept under
 ``cells_dir``, so an interrupted run resumes, a new method reuses the others' cells, and ``shard=I num_shards=N``
-splits the cells over N processes. Paired differences between methods (per network,
+splits the cells over N processes; ``cells_from=[quality-<tag>.json]`` reads back the cells of an earlier
+result's methods that apply no metanetwork. Paired differences between methods (per network,
 averaged over pruning seeds) with a 95% t-interval over networks, wins and losses, and per-family means go in
 ``quality-<tag>.json``; ``.png`` plots accuracy against speedup, one line per method with its spread.
 """
@@ -323,6 +324,34 @@ def _cells_dir(c: dict) -> Path:
     return Path(c.get("cells_dir") or "outputs/quality/cells") / _recipe_hash({k: c.get(k) for k in keys})
 
 
+def cells_from_results(c: dict, cells_dir: Path, paths) -> int:
+    """``cells_from=[quality-<tag>.json, ...]``: the cells earlier results hold, written back where this run looks for
+    them (speedups a cell already has are kept), so a committed result's methods need not run again on a fresh
+    clone. Only results run with this run's shared settings (the same cells directory) are read, and only methods
+    that apply no metanetwork: a metanetwork's cells are keyed by its weights, which a result file does not hold.
+    Returns how many cells were written or extended."""
+    written = 0
+    for p in paths or ():
+        old = json.loads(Path(p).read_text())
+        oc = {**old["config"], "cells_dir": c.get("cells_dir")}
+        if _cells_dir(oc) != cells_dir:
+            raise ValueError(f"cells_from: {p} was run with other shared settings (data, zoo, split, importance, "
+                             "epochs or finetune) than this run; its cells would not be this run's")
+        for key, rec in old["per_network"].items():
+            name, seed = key.rsplit("/seed", 1)
+            for method in oc["methods"]:
+                if method in REWRITES or method not in rec:
+                    continue
+                cell = {**rec[method], **{k: rec[f"{method}_{k}"] for k in LIFTED if f"{method}_{k}" in rec},
+                        "seconds": rec["seconds"][method]}
+                path = _cell_path(cells_dir, name, int(seed), method, oc)
+                have = json.loads(path.read_text()) if path.is_file() else {}
+                if set(cell) - set(have):
+                    atomic_write_json(path, {**cell, **have})
+                    written += 1
+    return written
+
+
 def _metanet_digest(path) -> str:
     """Content hash of a metanetwork's weights: a retrained metanetwork gets fresh cells (notes added to its
     config.json do not)."""
@@ -415,6 +444,8 @@ def run(c: dict) -> dict:
     if num_shards < 1 or not 0 <= shard < num_shards:
         raise ValueError(f"shard={shard} must lie in [0, num_shards={num_shards})")
     cells_dir = _cells_dir(c)
+    if c.get("cells_from"):
+        print(f"cells_from: {cells_from_results(c, cells_dir, c['cells_from'])} cell(s) read from earlier results")
     t0 = time.perf_counter()
     jobs = [(name, seed, method) for name in names for seed in c["seeds"] for method in c["methods"]]
     wanted = [str(s) for s in c["speedups"]]
