@@ -150,6 +150,16 @@ def test_paper_presets_run_on_cifar_fixture(tmp_path, experiment, data):
     # the table reproduces: the same cells computed afresh (another cells_dir) give the same numbers
     fresh = quality.run({**c, "cells_dir": str(tmp_path / "cells-again"), "tag": "again"})
     assert fresh["summary"] == r["summary"] and fresh["paired"] == r["paired"]
+    # cells_from: a committed result's cells, read back into an empty cells_dir, reproduce it without training
+    quality.run_method = no_training
+    try:
+        reread = quality.run({**c, "cells_dir": str(tmp_path / "cells-read"), "tag": "reread",
+                              "cells_from": [str(tmp_path / "results" / "quality-fixture.json")]})
+    finally:
+        quality.run_method = computed
+    assert reread["summary"] == r["summary"] and reread["paired"] == r["paired"]
+    with pytest.raises(ValueError, match="cells_from: .*other shared settings"):  # another budget: not its cells
+        quality.run({**c, "finetune_epochs": 1, "cells_from": [str(tmp_path / "results" / "quality-fixture.json")]})
     # the result goes to the logger as one benchmark run: means, paired differences and the JSON as an artifact
     import metaprune.logging as mlog
 
