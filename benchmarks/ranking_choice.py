@@ -18,7 +18,8 @@ Select a score on the meta-val networks (``--split val``); held-out networks are
 
 It also sweeps the margin of ``prune.ranking_margin`` for ``recal_acc`` (global ranking kept only when its val
 accuracy leads per-layer ranking's by at least the margin): the regret of every interval of margins between the
-observed leads, and the selected margin, the middle of the least-regret interval. ``--rows-from`` re-summarises an earlier result's scores without scoring again:
+observed leads, and the selected margin, the middle of the least-regret interval. ``--rows-from`` re-summarises
+an earlier result's scores without scoring again:
 
     python benchmarks/ranking_choice.py --rows-from benchmarks/results/ranking_choice-fashion_mnist-val.json \
         --out benchmarks/results/ranking_choice-fashion_mnist-val.json

@@ -9,11 +9,12 @@ near chance), the two are scored on **val**, and the better ranking wins (a tie 
 recipe). With a ``margin``, global ranking must beat per-layer ranking by at least that much to be kept: per-layer
 ranking is the safe default (it thins every layer alike and never empties one, where global ranking can collapse a
 CNN), and right after pruning to 4x and beyond both candidates often score near chance, where a small lead says
-nothing (README, "A ranking choice with a margin"). What is returned is the winning copy as pruned, with its stored statistics: the finetune that follows is
-the one a fixed ranking gets. The choice costs forward passes only, no training step; with ``probe_steps`` (the
-scorer's) each candidate's copy also trains that many SGD steps and is scored by its val loss, meant for 4x and
-beyond, where every candidate's val accuracy right after pruning sits near chance; it is off by default because a
-very thin candidate can diverge in those few steps and still finish best (README, "Networks no zoo holds").
+nothing (README, "A ranking choice with a margin"). What is returned is the winning copy as pruned, with its
+stored statistics: the finetune that follows is the one a fixed ranking gets. The choice costs forward passes
+only, no training step; with ``probe_steps`` (the scorer's) each candidate's copy also trains that many SGD steps
+and is scored by its val loss, meant for 4x and beyond, where every candidate's val accuracy right after pruning
+sits near chance; it is off by default because a very thin candidate can diverge in those few steps and still
+finish best (README, "Networks no zoo holds").
 """
 from __future__ import annotations
 
