@@ -18,6 +18,7 @@ from ..train import TrainConfig, split_data_cfg
 from ..train.loop import check_options, refuse_unknown
 from .at_init import CRITERIA as INIT_CRITERIA
 from .importance import available as importance_names
+from .ranking import is_margin
 
 STAGES = ("init", "trained", "trained_nofinetune")
 TARGETS = ("speedup", "params", "latency_speedup")
@@ -195,8 +196,7 @@ def _prune_options(d) -> PruneOptions:
          "true, false or val (chosen per network on val)"),
         (isinstance(opts.ranking_probe_steps, int) and not isinstance(opts.ranking_probe_steps, bool)
          and opts.ranking_probe_steps >= 0, "ranking_probe_steps", "an integer >= 0 (SGD steps per candidate)"),
-        (not isinstance(opts.ranking_margin, bool) and isinstance(opts.ranking_margin, (int, float))
-         and 0 <= opts.ranking_margin < 1, "ranking_margin",
+        (is_margin(opts.ranking_margin), "ranking_margin",
          "a number in [0, 1) (how far global ranking must lead on val; 0.05 = 5 points)"),
         (r is None or r == "auto" or (isinstance(r, int) and not isinstance(r, bool) and r >= 1), "round_to",
          "null, auto or an integer >= 1"),

@@ -67,9 +67,14 @@ def choose(scores: dict[str, float], margin: float = 0.0, higher_is_better: bool
     return "global" if (lead if higher_is_better else -lead) >= margin else "per_layer"
 
 
+def is_margin(margin) -> bool:
+    """Whether ``margin`` is a valid ranking margin: a number in [0, 1) (a fraction of val accuracy)."""
+    return not isinstance(margin, bool) and isinstance(margin, (int, float)) and 0 <= margin < 1
+
+
 def check_margin(margin, key: str = "ranking_margin") -> float:
-    """A ranking margin: a number in [0, 1) (a fraction of val accuracy), else one ``ValueError`` naming ``key``."""
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
+    """A ranking margin (:func:`is_margin`), else one ``ValueError`` naming ``key``."""
+    if not is_margin(margin):
         raise ValueError(f"{key}={margin!r} must be a number in [0, 1): how far global ranking must lead per-layer "
                          "ranking on val to be kept (0.05 = 5 points of val accuracy; 0: the higher score wins)")
     return float(margin)
