@@ -169,6 +169,12 @@ def assemble(base_acc: float, family: str, cells: dict) -> dict:
     return rec
 
 
+def cell_of(rec: dict, method: str) -> dict:
+    """``method``'s cell back from a network-seed record (the inverse of :func:`assemble`)."""
+    return {**rec[method], **{k: rec[f"{method}_{k}"] for k in LIFTED if f"{method}_{k}" in rec},
+            "seconds": rec["seconds"][method]}
+
+
 def _cells(per_net: dict, method: str, s, phase: str) -> dict[str, float]:
     """network -> value at (method, speedup, phase), averaged over the network's pruning seeds."""
     by_net: dict[str, list[float]] = {}
@@ -342,8 +348,7 @@ def cells_from_results(c: dict, cells_dir: Path, paths) -> int:
             for method in oc["methods"]:
                 if method in REWRITES or method not in rec:
                     continue
-                cell = {**rec[method], **{k: rec[f"{method}_{k}"] for k in LIFTED if f"{method}_{k}" in rec},
-                        "seconds": rec["seconds"][method]}
+                cell = cell_of(rec, method)
                 path = _cell_path(cells_dir, name, int(seed), method, oc)
                 have = json.loads(path.read_text()) if path.is_file() else {}
                 if set(cell) - set(have):

@@ -41,6 +41,7 @@ import torch  # noqa: E402
 from metaprune.data import get_data  # noqa: E402
 from metaprune.io import atomic_write_json  # noqa: E402
 from metaprune.prune import prune  # noqa: E402
+from metaprune.prune.ranking import choose  # noqa: E402
 from metaprune.train import evaluate, recalibrate_norms  # noqa: E402
 from metaprune.train.loop import RECALIBRATE_BATCHES, probe_trained  # noqa: E402
 from metaprune.zoo import load_zoo  # noqa: E402
@@ -65,20 +66,21 @@ def score_candidates(base, data, speedup, probes, lr):
     return out
 
 
+def regret(rows: list[dict], score: str, margin: float = 0.0) -> dict:
+    """How ``choose`` does on ``rows`` by ``score`` with ``margin``: choices right and the accuracy points lost after
+    the finetune against the better ranking, mean and largest (losses: lower is better)."""
+    lost = []
+    for r in rows:
+        pick = choose({n: r[n][score] for n in RANKINGS}, margin, higher_is_better=not score.endswith("loss"))
+        lost.append(100 * (max(r[n]["final"] for n in RANKINGS) - r[pick]["final"]))
+    return {"right": sum(g == 0 for g in lost), "n": len(lost), "mean_regret": sum(lost) / max(len(lost), 1),
+            "max_regret": max(lost, default=0.0)}
+
+
 def summarise(rows: list[dict]) -> dict:
     """Per score: choices right, mean and largest regret (accuracy points after the finetune)."""
-    from metaprune.prune.ranking import choose
-
     scores = [k for k in rows[0]["global"] if k != "final"] if rows else []
-    out = {}
-    for sc in scores:
-        regret = []
-        for r in rows:
-            pick = choose({n: r[n][sc] for n in RANKINGS}, 0.0, higher_is_better=not sc.endswith("loss"))
-            regret.append(100 * (max(r[n]["final"] for n in RANKINGS) - r[pick]["final"]))
-        out[sc] = {"right": sum(g == 0 for g in regret), "n": len(regret),
-                   "mean_regret": sum(regret) / max(len(regret), 1), "max_regret": max(regret, default=0.0)}
-    return out
+    return {sc: regret(rows, sc) for sc in scores}
 
 
 def margin_sweep(rows: list[dict], score: str = "recal_acc") -> dict:
@@ -86,19 +88,13 @@ def margin_sweep(rows: list[dict], score: str = "recal_acc") -> dict:
     is kept when its lead is >= the margin, so every margin in (lo, hi] between two observed leads makes the same
     choices: one entry per such interval (hi None: no upper end), after the margin 0 itself; ``selected`` is the
     middle of the least-regret interval (the lowest such interval on a tie; lo + 0.01 when it has no upper end)."""
-    from metaprune.prune.ranking import choose
-
     leads = sorted({round(r["global"][score] - r["per_layer"][score], 6) for r in rows} - {0.0})
     edges = [0.0, *(x for x in leads if x > 0)]
     spans = [(0.0, 0.0), *zip(edges, [*edges[1:], None])]
     intervals = []
     for lo, hi in spans:
         m = lo if hi == lo else (lo + 0.01 if hi is None else (lo + hi) / 2)
-        regret = [100 * (max(r[n]["final"] for n in RANKINGS)
-                         - r[choose({n: r[n][score] for n in RANKINGS}, m)]["final"]) for r in rows]
-        intervals.append({"from": lo, "to": hi, "margin": round(m, 6), "right": sum(g == 0 for g in regret),
-                          "n": len(regret), "mean_regret": sum(regret) / max(len(regret), 1),
-                          "max_regret": max(regret, default=0.0)})
+        intervals.append({"from": lo, "to": hi, "margin": round(m, 6), **regret(rows, score, m)})
     best = min(intervals, key=lambda i: round(i["mean_regret"], 9))
     return {"score": score, "intervals": intervals, "selected": round(best["margin"], 3)}
 
