@@ -10,17 +10,21 @@ Every method receives the same trained checkpoint and trains ``pre_epochs + fine
   depgraph_local    the same criterion with one pruning ratio per layer (per-layer ranking); E + F
   depgraph_val      the same criterion, global or per-layer ranking chosen per network and target on val
                     (``metaprune.prune.ranking``: both pruned, batch norms re-estimated, scored on val); E + F
+  depgraph_attention  the same criterion, ranked globally in networks with attention layers and per layer in the
+                    others (``prune.global_pruning=attention``, selected on the zoo's meta-train and meta-val); E + F
   depgraph_sl       DepGraph sparse learning (GroupNormPruner regulariser) for E, prune, finetune F
   metaprune         metanetwork rewrite, E epochs of recovery finetuning, prune (global), finetune F
   metaprune_direct  metanetwork rewrite, prune at once (global), finetune E + F
   metaprune_identity  metaprune's pipeline without the rewrite (E epochs of training, prune, F): what the
                     rewrite itself adds
 ``metaprune_global=false`` ranks the metaprune methods per layer (for a metanetwork selected that way),
-``metaprune_global=val`` chooses their ranking on val as ``depgraph_val`` does (its matched baseline).
+``metaprune_global=val`` chooses their ranking on val as ``depgraph_val`` does (its matched baseline),
+``metaprune_global=attention`` ranks them as ``depgraph_attention`` does (its matched baseline).
 ``metaprune_max_val_drop=P`` undoes a rewrite that costs more than P points of val accuracy (batch norms re-estimated),
 as ``prune.py metanet.max_val_drop=P`` does: that network goes on with its own weights (and metaprune's E epochs).
 Accuracy on the test split right after pruning ("no finetune") and after the final finetune, whose epoch is
-kept by **val** accuracy; nothing is selected on test. ``recalibrate_after_prune=N`` also scores the pruned
+kept by **val** accuracy (that val accuracy is kept too, ``finetuned_val``, for choices made on val); nothing is
+selected on test. ``recalibrate_after_prune=N`` also scores the pruned
 network right after pruning with its batch-norm statistics re-estimated on N train batches ("recalibrated":
 forward passes only, on a copy; the stored statistics are stale once channels are gone, which puts every
 method at chance at 3x and hides the differences the paper's figure shows); ``prune_only=true`` stops there
@@ -55,8 +59,8 @@ sys.path.insert(0, str(ROOT))
 from metaprune.cli import check_points, friendly_errors, sweep_context, to_dict  # noqa: E402
 from metaprune.io import atomic_write_json  # noqa: E402
 
-METHODS = ("random", "depgraph", "depgraph_local", "depgraph_val", "depgraph_sl", "metaprune", "metaprune_direct",
-           "metaprune_identity")
+METHODS = ("random", "depgraph", "depgraph_local", "depgraph_val", "depgraph_attention", "depgraph_sl", "metaprune",
+           "metaprune_direct", "metaprune_identity")
 PRE_TRAINED = ("depgraph_sl", "metaprune", "metaprune_identity")  # methods that spend E epochs before pruning
 REWRITES = ("metaprune", "metaprune_direct")  # methods that apply the metanetwork
 LIFTED = ("rewritten_acc", "recovered_acc", "recalibrate_batches",  # per network in a cell, not per speedup
@@ -70,20 +74,23 @@ def _ft_cfg(c: dict, epochs: int, seed: int, select: str = "last") -> dict:
 
 
 def _metaprune_ranking(c: dict) -> bool | str:
-    """``metaprune_global``: true (global), false (per layer) or "val" (chosen per network on val)."""
+    """``metaprune_global``: true (global), false (per layer), "val" (chosen per network on val) or "attention"
+    (global for networks with attention layers, per layer for the others)."""
     g = c.get("metaprune_global", True)
-    if g not in (True, False, "val"):
-        raise ValueError(f"metaprune_global={g!r} must be true, false or val")
+    if g not in (True, False, "val", "attention"):
+        raise ValueError(f"metaprune_global={g!r} must be true, false, val or attention")
     return g
 
 
 def _criterion(method: str, c: dict) -> tuple[str, bool | str]:
-    """(importance, ranking: True global, False per layer, "val" chosen on val) each method prunes with."""
+    """(importance, ranking: True global, False per layer, "val" chosen on val, "attention" by architecture) each
+    method prunes with."""
     if method == "random":
         return "random", False
     if method.startswith("metaprune"):
         return c["importance"], _metaprune_ranking(c)
-    return c["importance"], {"depgraph_local": False, "depgraph_val": "val"}.get(method, True)
+    return c["importance"], {"depgraph_local": False, "depgraph_val": "val", "depgraph_attention": "attention"}.get(
+        method, True)
 
 
 def run_method(base, data, metanet, c: dict, seed: int, method: str, speedups=None) -> dict:
@@ -152,6 +159,7 @@ def run_method(base, data, metanet, c: dict, seed: int, method: str, speedups=No
         if not prune_only:
             fit(m, data, _ft_cfg(c, pre + post - spent, seed, select="best_val"), desc="ft")
             cell["finetuned"] = acc(m)
+            cell["finetuned_val"] = evaluate(m, data.loader("val", 512, shuffle=False), c["device"])["acc"]
         out[str(s)] = cell
     out["seconds"] = time.perf_counter() - t0
     return out
@@ -221,11 +229,11 @@ def summarise(per_net: dict, methods, speedups) -> dict:
 def comparisons(per_net: dict, methods, speedups) -> dict:
     """Paired differences: every method against ``depgraph`` and against ``random``, and the metanetwork arms
     against ``depgraph_sl`` (the paper's comparison), ``depgraph_local`` (their matched baseline when they rank
-    per layer, ``metaprune_global=false``) and ``depgraph_val`` (matched when ``metaprune_global=val``), per speedup
-    and phase."""
+    per layer, ``metaprune_global=false``), ``depgraph_val`` (matched when ``metaprune_global=val``) and
+    ``depgraph_attention`` (matched when ``metaprune_global=attention``), per speedup and phase."""
     out = {}
-    for ref in ("depgraph", "random", "depgraph_sl", "depgraph_local", "depgraph_val"):
-        arms_only = ref in ("depgraph_sl", "depgraph_local", "depgraph_val")
+    for ref in ("depgraph", "random", "depgraph_sl", "depgraph_local", "depgraph_val", "depgraph_attention"):
+        arms_only = ref in ("depgraph_sl", "depgraph_local", "depgraph_val", "depgraph_attention")
         for method in methods:
             if method == ref or ref not in methods or (arms_only and not method.startswith("metaprune")):
                 continue
@@ -403,7 +411,8 @@ def _cell_path(cells_dir: Path, name: str, seed: int, method: str, c: dict) -> P
         own = _metanet_digest(c["metanet_checkpoint"]) if method in REWRITES else "identity"
         recal = _recalibration(c) if method in REWRITES else 0
         own = f"{own}-recal{recal}" if recal else own  # (0: the key cells had before recalibration existed)
-        own = {True: own, False: f"{own}-local", "val": f"{own}-valrank"}[_metaprune_ranking(c)]
+        own = {True: own, False: f"{own}-local", "val": f"{own}-valrank",
+               "attention": f"{own}-attnrank"}[_metaprune_ranking(c)]
         drop = _max_val_drop(c) if method in REWRITES else None
         if drop is not None:
             own = f"{own}-guard{drop:g}"

@@ -14,12 +14,15 @@ Scores (all on val, each on a copy whose batch norms are re-estimated on 20 trai
         --quality benchmarks/results/quality-fashion_mnist-val_ranking.json \
         --out benchmarks/results/ranking_choice-fashion_mnist-val.json
 
-Select a score on the meta-val networks (``--split val``); held-out networks are for the final report only.
+Select a score on the meta-train and meta-val networks (``--split train``, ``--split val``); held-out networks are
+for the final report only. ``--final finetuned_val`` reads which ranking finished better from the val accuracy after
+the finetune (quality.py records it since 2026-12-01), so nothing is selected on test.
 
 It also sweeps the margin of ``prune.ranking_margin`` for ``recal_acc`` (global ranking kept only when its val
 accuracy leads per-layer ranking's by at least the margin): the regret of every interval of margins between the
 observed leads, and the selected margin, the middle of the least-regret interval. ``--rows-from`` re-summarises
-an earlier result's scores without scoring again:
+earlier results' scores together without scoring again. ``family_rules`` scores, at the selected margin, rules
+that fix the ViTs' ranking to global (and the CNNs' to per layer) instead of letting the score choose:
 
     python benchmarks/ranking_choice.py --rows-from benchmarks/results/ranking_choice-fashion_mnist-val.json \
         --out benchmarks/results/ranking_choice-fashion_mnist-val.json
@@ -66,12 +69,19 @@ def score_candidates(base, data, speedup, probes, lr):
     return out
 
 
-def regret(rows: list[dict], score: str, margin: float = 0.0) -> dict:
+def family(row: dict) -> str:
+    """A row's zoo family: the network name up to its first ``-`` (``vit-d2-c48-h4-p4-s0`` -> ``vit``)."""
+    return row["net"].split("-", 1)[0]
+
+
+def regret(rows: list[dict], score: str, margin: float = 0.0, fixed: dict | None = None) -> dict:
     """How ``choose`` does on ``rows`` by ``score`` with ``margin``: choices right and the accuracy points lost after
-    the finetune against the better ranking, mean and largest (losses: lower is better)."""
+    the finetune against the better ranking, mean and largest (losses: lower is better). ``fixed``
+    ({family: ranking}) gives those families that ranking whatever the score says."""
     lost = []
     for r in rows:
-        pick = choose({n: r[n][score] for n in RANKINGS}, margin, higher_is_better=not score.endswith("loss"))
+        pick = (fixed and fixed.get(family(r))) or choose({n: r[n][score] for n in RANKINGS}, margin,
+                                                       higher_is_better=not score.endswith("loss"))
         lost.append(100 * (max(r[n]["final"] for n in RANKINGS) - r[pick]["final"]))
     return {"right": sum(g == 0 for g in lost), "n": len(lost), "mean_regret": sum(lost) / max(len(lost), 1),
             "max_regret": max(lost, default=0.0)}
@@ -99,21 +109,41 @@ def margin_sweep(rows: list[dict], score: str = "recal_acc") -> dict:
     return {"score": score, "intervals": intervals, "selected": round(best["margin"], 3)}
 
 
+def family_rules(rows: list[dict], margin: float, score: str = "recal_acc") -> list[dict]:
+    """Regret of fixing the ViTs' ranking (attention networks: no layer of theirs is off the residual stream, so
+    global ranking cannot cut the network) and choosing the others' by ``score`` with ``margin`` or fixing theirs
+    too, next to choosing every network's by the score."""
+    rules = {"every network by the score": None, "ViTs global, the rest by the score": {"vit": "global"},
+             "ViTs global, the rest per layer": {"vit": "global", **{family(r): "per_layer" for r in rows
+                                                                       if family(r) != "vit"}}}
+    return [{"rule": name, "margin": margin, **regret(rows, score, margin, fixed)} for name, fixed in rules.items()]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--zoo", default="checkpoints/zoo/fashion_mnist")
     ap.add_argument("--split", default="val")
     ap.add_argument("--quality", help="quality.py JSON with depgraph and depgraph_local cells")
-    ap.add_argument("--rows-from", help="an earlier result of this script: re-summarise its rows, score nothing")
+    ap.add_argument("--rows-from", nargs="+", help="earlier results of this script: re-summarise their rows "
+                    "together (e.g. the meta-train and the meta-val networks'), score nothing")
     ap.add_argument("--speedups", type=float, nargs="+", default=[3.0, 4.0])
-    ap.add_argument("--probes", type=int, nargs="+", default=[10, 30])
+    ap.add_argument("--probes", type=int, nargs="*", default=[10, 30], help="SGD steps of each probe score (none: "
+                    "accuracy and loss right after pruning only)")
+    ap.add_argument("--final", default="finetuned", choices=["finetuned", "finetuned_val"],
+                    help="which accuracy after the finetune says which ranking finished better: test (the quality "
+                         "result's table) or val (finetuned_val, recorded since 2026-12-01; select on this)")
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--train-subset", type=int, default=5000)
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     if a.rows_from:
-        result = json.loads(Path(a.rows_from).read_text())
+        parts = [json.loads(Path(p).read_text()) for p in a.rows_from]
+        result = parts[0] if len(parts) == 1 else {
+            "benchmark": "ranking_choice", "date": time.strftime("%Y-%m-%d"), "rows_from": a.rows_from,
+            **{k: [pt.get(k) for pt in parts] for k in ("zoo", "split", "quality", "final", "speedups")},
+            "rows": [r for pt in parts for r in pt["rows"]]}
         result.update(summary=summarise(result["rows"]), margin=margin_sweep(result["rows"]))
+        result["family_rules"] = family_rules(result["rows"], result["margin"]["selected"])
         return _write(result, a.out)
     if not a.quality:
         ap.error("--quality is required unless --rows-from is given")
@@ -128,7 +158,7 @@ def main(argv=None):
             continue
         base = zoo.load(name)
         for s in a.speedups:
-            finals = {n: cells.get(m, {}).get(str(s), {}).get("finetuned") for n, (m, _) in RANKINGS.items()}
+            finals = {n: cells.get(m, {}).get(str(s), {}).get(a.final) for n, (m, _) in RANKINGS.items()}
             if None in finals.values():
                 continue
             row = {"net": name, "speedup": s, **score_candidates(base, data, s, a.probes, a.lr)}
@@ -137,10 +167,11 @@ def main(argv=None):
             rows.append(row)
             print(f"{name} {s}x: " + ", ".join(f"{n} final {row[n]['final']:.3f}" for n in RANKINGS), flush=True)
     result = {"benchmark": "ranking_choice", "date": time.strftime("%Y-%m-%d"), "zoo": a.zoo, "split": a.split,
-              "quality": a.quality, "speedups": a.speedups, "probes": a.probes, "lr": a.lr,
+              "quality": a.quality, "final": a.final, "speedups": a.speedups, "probes": a.probes, "lr": a.lr,
               "machine": {"machine": platform.machine(), "threads": 1, "torch": torch.__version__},
               "seconds": round(time.perf_counter() - t0, 1), "summary": summarise(rows),
               "margin": margin_sweep(rows), "rows": rows}
+    result["family_rules"] = family_rules(rows, result["margin"]["selected"])
     _write(result, a.out)
 
 
@@ -155,6 +186,9 @@ def _write(result: dict, out: str) -> None:
         print(f"margin {span:>22s} pts: right {i['right']}/{i['n']}  "
               f"mean regret {i['mean_regret']:.2f}  max {i['max_regret']:.1f}")
     print(f"selected margin: {m['selected']} ({m['score']})")
+    for r in result["family_rules"]:
+        print(f"{r['rule']:38s} (margin {r['margin']}): right {r['right']}/{r['n']}  "
+              f"mean regret {r['mean_regret']:.2f}  max {r['max_regret']:.1f}")
 
 
 if __name__ == "__main__":

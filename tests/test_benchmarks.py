@@ -259,3 +259,46 @@ def test_metanet_seeds_summary_reads_the_sign_over_seeds():
     assert row["mean_of_means"] == pytest.approx(-0.07) and row["std_of_means"] == pytest.approx(0.02)
     assert row["same_sign"] and row["separated_below_zero"] == 2 and row["separated_above_zero"] == 0
     assert "-7.0 ± 2.0 | yes |" in seeds.markdown(s)
+
+
+def test_quality_pool_reads_two_network_sets_as_one_and_refuses_other_protocols(tmp_path, capsys):
+    """benchmarks/quality_pool.py: two results on disjoint networks pool into the paired differences over all of
+    them (the same numbers quality.py gives one run holding every network); results of another protocol, or that
+    share a network, are refused with one error naming the setting or network, and nothing is written."""
+    pool = _bench("quality_pool")
+    quality = _bench("quality")
+
+    def result(zoo, nets):
+        per_net = {f"{n}/seed0": {"family": "resnet", "base_acc": 0.9, "depgraph": {"3.0": {"finetuned": a}},
+                                  "depgraph_val": {"3.0": {"finetuned": b}}} for n, (a, b) in nets.items()}
+        cfg = {"zoo": {"name": zoo}, "tag": zoo, "methods": ["depgraph", "depgraph_val"], "speedups": [3.0],
+               "seeds": [0], "ranking_margin": 0.077}
+        return {"benchmark": "quality", "config": cfg, "networks": list(nets), "per_network": per_net,
+                "method_seconds": {"depgraph": 1.0, "depgraph_val": 2.0}}
+
+    a = result("fresh", {"r7": (0.50, 0.80), "r8": (0.80, 0.82)})
+    b = result("fresh2", {"r9": (0.70, 0.69), "r10": (0.40, 0.78)})
+    paths = []
+    for r in (a, b):
+        paths.append(tmp_path / f"{r['config']['zoo']['name']}.json")
+        paths[-1].write_text(json.dumps(r))
+    assert pool.main([*map(str, paths), "--tag", "pooled", "--out-dir", str(tmp_path)]) == 0
+    out = json.loads((tmp_path / "quality-pooled.json").read_text())
+    both = {**a["per_network"], **b["per_network"]}
+    want = quality.paired(both, "depgraph_val", "depgraph", 3.0, "finetuned")
+    got = out["paired"]["depgraph_val - depgraph"]["3.0"]["finetuned"]
+    assert got == want and got["n"] == 4 and (got["wins"], got["losses"]) == (3, 1)
+    assert out["pooled_from"] == list(map(str, paths)) and out["method_seconds"]["depgraph_val"] == 4.0
+    assert (tmp_path / "quality-pooled.png").is_file()
+
+    other = {**b, "config": {**b["config"], "ranking_margin": 0.0}}
+    paths[1].write_text(json.dumps(other))
+    assert pool.main([*map(str, paths), "--tag", "refused", "--out-dir", str(tmp_path)]) == 2
+    assert "'ranking_margin' differs" in capsys.readouterr().err
+    paths[1].write_text(json.dumps(a | {"config": {**a["config"], "zoo": {"name": "fresh2"}}}))
+    assert pool.main([*map(str, paths), "--tag", "refused", "--out-dir", str(tmp_path)]) == 2
+    assert "r7/seed0 is already in" in capsys.readouterr().err
+    paths[1].write_text("[1, 2]")
+    assert pool.main([*map(str, paths), "--tag", "refused", "--out-dir", str(tmp_path)]) == 2
+    assert "not a quality.py result" in capsys.readouterr().err
+    assert not list(tmp_path.glob("quality-refused*"))

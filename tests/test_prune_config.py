@@ -154,7 +154,7 @@ def test_every_prune_experiment_composes_and_validates(name, tmp_path):
 
 def test_fashion_mnist_experiments_are_the_protocol_with_and_without_the_metanetwork(tmp_path):
     """The README's Fashion-MNIST protocol: the shipped metanetwork (named: auto does not apply it), rewritten and
-    recalibrated, no recovery epoch, l2_max to 3x with the ranking chosen on val, 2 finetune epochs; the matched
+    recalibrated, no recovery epoch, l2_max to 3x ranked by architecture, 2 finetune epochs; the matched
     baseline prunes the same network the same way with the same 2 finetune epochs."""
     meta = PruneConfig.from_dict(_compose("prune", "prune_experiment=fashion_mnist", f"output_dir={tmp_path}"))
     base = PruneConfig.from_dict(_compose("prune", "prune_experiment=fashion_mnist_depgraph", f"output_dir={tmp_path}"))
@@ -164,7 +164,7 @@ def test_fashion_mnist_experiments_are_the_protocol_with_and_without_the_metanet
 
     assert recovery_epochs(REPO / meta.metanet_checkpoint, "auto") == 0
     assert recalibration_batches(REPO / meta.metanet_checkpoint, "auto") == 20
-    assert meta.prune == base.prune and meta.prune.importance == "l2_max" and meta.prune.global_pruning == "val"
+    assert meta.prune == base.prune and meta.prune.importance == "l2_max" and meta.prune.global_pruning == "attention"
     assert meta.raw["model"] == base.raw["model"] and meta.metanet.max_val_drop == 0.5
 
 

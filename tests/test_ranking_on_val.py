@@ -290,3 +290,20 @@ def test_ranking_choice_benchmark_selects_the_middle_of_the_least_regret_margins
     assert by_span[(0.02, 0.06)] == pytest.approx(2 / 3) and by_span[(0.06, 0.2)] == pytest.approx(0.0)
     assert by_span[(0.2, None)] == pytest.approx(5 / 3)
     assert sweep["selected"] == pytest.approx(0.13)
+
+
+def test_ranking_choice_benchmark_scores_rules_that_fix_a_familys_ranking():
+    """benchmarks/ranking_choice.py's family rules: fixing the ViTs to global ranking overrides the score for them
+    only, and its regret is the points those fixed choices lose after the finetune."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import ranking_choice
+
+    def row(net, g, pl, fg, fl):
+        return {"net": net, "global": {"recal_acc": g, "final": fg}, "per_layer": {"recal_acc": pl, "final": fl}}
+    rows = [row("vit-d2-s0", 0.10, 0.20, 0.60, 0.80),          # the score picks per layer, right; global loses 20
+            row("resnet-d14-s0", 0.30, 0.10, 0.80, 0.84)]      # the score picks global, wrong by 4
+    rules = {r["rule"]: r for r in ranking_choice.family_rules(rows, margin=0.05)}
+    assert rules["every network by the score"]["mean_regret"] == pytest.approx(2.0)
+    assert rules["ViTs global, the rest by the score"]["mean_regret"] == pytest.approx(12.0)
+    assert rules["ViTs global, the rest per layer"]["mean_regret"] == pytest.approx(10.0)
+    assert rules["ViTs global, the rest per layer"]["right"] == 1

@@ -33,7 +33,8 @@ class PruneOptions:
     importance: str = "l2"
     init_criterion: str = "snip"
     global_pruning: bool | str | None = None   # None: the route's default (OBS ranks globally, the others per
-                                               # layer); "val": global or per layer, chosen on val (prune.ranking)
+                                               # layer); "val": global or per layer, chosen on val (prune.ranking);
+                                               # "attention": global for transformers, per layer for the others
     ranking_probe_steps: int = 0               # with global_pruning=val: 0 scores each candidate's val accuracy
                                                # (batch norms re-estimated); N > 0 its val loss after N SGD steps
     ranking_margin: float = 0.0                # with global_pruning=val: global ranking must lead per-layer ranking
@@ -135,6 +136,9 @@ class PruneConfig:
         if prune.global_pruning == "val" and (special or "latency_speedup" in target):
             raise UsageError("prune.global_pruning=val chooses the ranking of one-shot pruning to a MACs or parameter "
                              f"target; give true or false with {special or 'target.latency_speedup'}")
+        if prune.global_pruning == "attention" and special:
+            raise UsageError("prune.global_pruning=attention chooses the ranking of metaprune's own pruner; give true "
+                             f"or false with {special}")
         metanet = _metanet_options(cfg.get("metanet"))
         return cls(model=model, data=data, output_dir=str(cfg["output_dir"]),
                    target=target, stage=stage, prune=prune, metanet=metanet,
@@ -192,8 +196,8 @@ def _prune_options(d) -> PruneOptions:
     return _checked(opts, [
         (str(opts.importance).lower() in names, "importance", f"one of {', '.join(names)}"),
         (opts.init_criterion in INIT_CRITERIA, "init_criterion", f"one of {', '.join(INIT_CRITERIA)}"),
-        (opts.global_pruning in (True, False, None, "val"), "global_pruning",
-         "true, false or val (chosen per network on val)"),
+        (opts.global_pruning in (True, False, None, "val", "attention"), "global_pruning",
+         "true, false, val (chosen per network on val) or attention (global for transformers, per layer otherwise)"),
         (isinstance(opts.ranking_probe_steps, int) and not isinstance(opts.ranking_probe_steps, bool)
          and opts.ranking_probe_steps >= 0, "ranking_probe_steps", "an integer >= 0 (SGD steps per candidate)"),
         (is_margin(opts.ranking_margin), "ranking_margin",

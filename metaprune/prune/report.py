@@ -52,13 +52,19 @@ def _fmt_n(n: float) -> str:
     return f"{n:.0f}"
 
 
+def _asked(r: dict):
+    """The ranking the run's config asked for (``prune.global_pruning``), when it says."""
+    return ((r.get("config") or {}).get("prune") or {}).get("global_pruning")
+
+
 def format_report(r: dict) -> str:
     """The one-screen summary printed at the end of ``prune.py``."""
     tgt = ", ".join(f"{k} {v:g}x" for k, v in r["target"].items())
     p = r["pruning"]
     rows = [
         f"metaprune prune: {r['model']} ({r['checkpoint']}) on {r['data']}; target {tgt}",
-        f"  criterion {p['importance']}, {'global' if p['global_pruning'] else 'per-layer'} ranking, "
+        f"  criterion {p['importance']}, {'global' if p['global_pruning'] else 'per-layer'} ranking"
+        f"{' (by architecture: prune.global_pruning=attention)' if _asked(r) == 'attention' else ''}, "
         f"round_to {p['round_to'] or 1}, protected: {', '.join(p['protected']) or 'none'}",
         "",
         f"  {'':<22}{'base':>12}{'pruned':>12}{'finetuned':>12}",

@@ -45,7 +45,8 @@ def reach_target(model: nn.Module, data: DataBundle, cfg, device, score=None) ->
         from ..hardware import default_round_to
 
         round_to = default_round_to(device, latency_dtype(cfg, device))
-    kw = dict(importance=opts.importance, global_pruning=bool(opts.global_pruning), round_to=round_to,
+    ranking = opts.global_pruning if opts.global_pruning == "attention" else bool(opts.global_pruning)
+    kw = dict(importance=opts.importance, global_pruning=ranking, round_to=round_to,
               ignored_layers=tuple(opts.ignored_layers), calibration=(calib[0].to(device), calib[1].to(device)),
               seed=cfg.seed, attention_unit=opts.attention_unit)
     if cfg.stage == "init" or opts.importance == "obs":
