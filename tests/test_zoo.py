@@ -201,11 +201,12 @@ def test_the_committed_fashion_mnist_zoo_meets_its_spec():
         assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("name,others", [("fashion_mnist_fresh", ()), ("fashion_mnist_fresh2", ("fashion_mnist_fresh",))])
+@pytest.mark.parametrize("name,others", [("fashion_mnist_fresh", ()), ("fashion_mnist_fresh2", ("fashion_mnist_fresh",)),
+                                         ("fashion_mnist_fresh3", ("fashion_mnist_fresh", "fashion_mnist_fresh2"))])
 def test_the_committed_fresh_seed_zoo_is_held_out_and_trained_like_the_zoo(name, others):
-    """``fashion_mnist_fresh`` / ``fashion_mnist_fresh2``: the zoo's held-out architectures of every family, trained
-    by the same recipe with seeds the zoo (and the earlier fresh set) never uses, every member held out (evaluation
-    zoos: README, "Networks no zoo holds", "A ranking choice with a margin")."""
+    """``fashion_mnist_fresh`` / ``_fresh2`` / ``_fresh3``: the zoo's held-out architectures of every family, trained
+    by the same recipe with seeds the zoo (and the earlier fresh sets) never uses, every member held out (evaluation
+    zoos: README, "Networks no zoo holds", "A ranking choice with a margin", "A ranking rule by architecture")."""
     repo = Path(__file__).resolve().parents[1]
     zoo, main = load_zoo(repo / "checkpoints/zoo" / name), load_zoo(repo / "checkpoints/zoo/fashion_mnist")
     for other in others:
