@@ -30,7 +30,7 @@ MAX_KEPT_WHOLE = 8
 # global_pruning="attention": global ranking for networks with attention groups (transformers), per-layer ranking
 # for the others. Selected on the Fashion-MNIST zoo's meta-train and meta-val networks (README, "A ranking rule
 # by architecture"): there per-layer ranking finished ahead on the CNNs, where global ranking can all but empty a
-# layer, and global ranking on the ViTs, where every pruned width sits on a residual branch.
+# layer, and global ranking on the ViTs, whose attention and MLP widths sit on residual branches.
 ATTENTION_RULE = "attention"
 
 
