@@ -164,7 +164,7 @@ def prune(model: nn.Module, example_inputs: torch.Tensor, target_speedup: float 
     if round_to is not None and int(round_to) < 1:
         raise ValueError(f"round_to={round_to} must be a positive integer or null")
     check_attention_unit(attention_unit)
-    if not isinstance(global_pruning, bool) and global_pruning != ATTENTION_RULE:
+    if isinstance(global_pruning, str) and global_pruning != ATTENTION_RULE:  # other values count as a flag
         raise ValueError(f"global_pruning={global_pruning!r} must be true, false or 'attention' (global ranking for "
                          "networks with attention layers, per-layer ranking for the others)")
     crit = make_importance(importance, **({"seed": seed} if importance == "random" else {}))
