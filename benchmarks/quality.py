@@ -66,6 +66,10 @@ REWRITES = ("metaprune", "metaprune_direct")  # methods that apply the metanetwo
 LIFTED = ("rewritten_acc", "recovered_acc", "recalibrate_batches",  # per network in a cell, not per speedup
           "rewrite_kept", "rewritten_val_acc", "base_val_acc")
 PHASES = ("no_finetune", "recalibrated", "finetuned")
+# metaprune_global -> its cells' key suffix (true keeps the key cells had before the other rankings existed)
+METAPRUNE_RANKINGS = {True: "", False: "-local", "val": "-valrank", "attention": "-attnrank"}
+# the metanetwork arms' baselines beside depgraph and random: depgraph_sl (the paper's) and the matched ones
+MATCHED = ("depgraph_sl", "depgraph_local", "depgraph_val", "depgraph_attention")
 
 
 def _ft_cfg(c: dict, epochs: int, seed: int, select: str = "last") -> dict:
@@ -77,7 +81,7 @@ def _metaprune_ranking(c: dict) -> bool | str:
     """``metaprune_global``: true (global), false (per layer), "val" (chosen per network on val) or "attention"
     (global for networks with attention layers, per layer for the others)."""
     g = c.get("metaprune_global", True)
-    if g not in (True, False, "val", "attention"):
+    if g not in METAPRUNE_RANKINGS:
         raise ValueError(f"metaprune_global={g!r} must be true, false, val or attention")
     return g
 
@@ -103,7 +107,7 @@ def run_method(base, data, metanet, c: dict, seed: int, method: str, speedups=No
 
     seed_everything(seed)  # each method's cell is reproducible on its own, whichever others ran
     x = data.example_inputs()
-    test = data.loader("test", 512, shuffle=False)
+    test, val = data.loader("test", 512, shuffle=False), data.loader("val", 512, shuffle=False)
     acc = lambda m: evaluate(m, test, c["device"])["acc"]
     pre, post = int(c["pre_epochs"]), int(c["finetune_epochs"])
     after_recal, prune_only = _after_prune(c)
@@ -123,7 +127,6 @@ def run_method(base, data, metanet, c: dict, seed: int, method: str, speedups=No
             out["rewritten_acc"] = acc(start)
             drop = _max_val_drop(c)
             if drop is not None:  # the rewrite is undone where it costs more than ``drop`` points on val
-                val = data.loader("val", 512, shuffle=False)
                 out["rewritten_val_acc"] = evaluate(start, val, c["device"])["acc"]
                 out["base_val_acc"] = evaluate(base, val, c["device"])["acc"]
                 out["rewrite_kept"] = out["rewritten_val_acc"] >= out["base_val_acc"] - drop / 100
@@ -159,7 +162,7 @@ def run_method(base, data, metanet, c: dict, seed: int, method: str, speedups=No
         if not prune_only:
             fit(m, data, _ft_cfg(c, pre + post - spent, seed, select="best_val"), desc="ft")
             cell["finetuned"] = acc(m)
-            cell["finetuned_val"] = evaluate(m, data.loader("val", 512, shuffle=False), c["device"])["acc"]
+            cell["finetuned_val"] = evaluate(m, val, c["device"])["acc"]
         out[str(s)] = cell
     out["seconds"] = time.perf_counter() - t0
     return out
@@ -232,8 +235,8 @@ def comparisons(per_net: dict, methods, speedups) -> dict:
     per layer, ``metaprune_global=false``), ``depgraph_val`` (matched when ``metaprune_global=val``) and
     ``depgraph_attention`` (matched when ``metaprune_global=attention``), per speedup and phase."""
     out = {}
-    for ref in ("depgraph", "random", "depgraph_sl", "depgraph_local", "depgraph_val", "depgraph_attention"):
-        arms_only = ref in ("depgraph_sl", "depgraph_local", "depgraph_val", "depgraph_attention")
+    for ref in ("depgraph", "random", *MATCHED):
+        arms_only = ref in MATCHED
         for method in methods:
             if method == ref or ref not in methods or (arms_only and not method.startswith("metaprune")):
                 continue
@@ -411,8 +414,7 @@ def _cell_path(cells_dir: Path, name: str, seed: int, method: str, c: dict) -> P
         own = _metanet_digest(c["metanet_checkpoint"]) if method in REWRITES else "identity"
         recal = _recalibration(c) if method in REWRITES else 0
         own = f"{own}-recal{recal}" if recal else own  # (0: the key cells had before recalibration existed)
-        own = {True: own, False: f"{own}-local", "val": f"{own}-valrank",
-               "attention": f"{own}-attnrank"}[_metaprune_ranking(c)]
+        own = f"{own}{METAPRUNE_RANKINGS[_metaprune_ranking(c)]}"
         drop = _max_val_drop(c) if method in REWRITES else None
         if drop is not None:
             own = f"{own}-guard{drop:g}"

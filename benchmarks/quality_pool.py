@@ -24,8 +24,8 @@ from quality import by_family, comparisons, markdown, plot, summarise  # noqa: E
 
 from metaprune.io import atomic_write_json  # noqa: E402
 
+NEEDED = ("config", "networks", "per_network", "method_seconds")  # what a quality.py result holds that pool reads
 # settings that say where a run looked or wrote, or which networks it ran, not how it pruned them
-NEEDED = ("config", "networks", "per_network", "method_seconds")
 FREE = ("zoo", "tag", "cells_dir", "cells_from", "out_dir", "shard", "num_shards", "report_only", "logger")
 
 

@@ -110,9 +110,9 @@ def margin_sweep(rows: list[dict], score: str = "recal_acc") -> dict:
 
 
 def family_rules(rows: list[dict], margin: float, score: str = "recal_acc") -> list[dict]:
-    """Regret of fixing the ViTs' ranking (attention networks: no layer of theirs is off the residual stream, so
-    global ranking cannot cut the network) and choosing the others' by ``score`` with ``margin`` or fixing theirs
-    too, next to choosing every network's by the score."""
+    """Regret of fixing the ViTs' ranking to global (their attention and MLP widths sit on residual branches, so
+    global ranking can thin one hard without cutting the network) and choosing the others' by ``score`` with
+    ``margin`` or fixing theirs to per layer, next to choosing every network's by the score."""
     rules = {"every network by the score": None, "ViTs global, the rest by the score": {"vit": "global"},
              "ViTs global, the rest per layer": {"vit": "global", **{family(r): "per_layer" for r in rows
                                                                        if family(r) != "vit"}}}

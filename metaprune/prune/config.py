@@ -18,7 +18,7 @@ from ..train import TrainConfig, split_data_cfg
 from ..train.loop import check_options, refuse_unknown
 from .at_init import CRITERIA as INIT_CRITERIA
 from .importance import available as importance_names
-from .ranking import is_margin
+from .ranking import ATTENTION_RULE, is_margin
 
 STAGES = ("init", "trained", "trained_nofinetune")
 TARGETS = ("speedup", "params", "latency_speedup")
@@ -136,7 +136,7 @@ class PruneConfig:
         if prune.global_pruning == "val" and (special or "latency_speedup" in target):
             raise UsageError("prune.global_pruning=val chooses the ranking of one-shot pruning to a MACs or parameter "
                              f"target; give true or false with {special or 'target.latency_speedup'}")
-        if prune.global_pruning == "attention" and special:
+        if prune.global_pruning == ATTENTION_RULE and special:
             raise UsageError("prune.global_pruning=attention chooses the ranking of metaprune's own pruner; give true "
                              f"or false with {special}")
         metanet = _metanet_options(cfg.get("metanet"))
@@ -196,7 +196,7 @@ def _prune_options(d) -> PruneOptions:
     return _checked(opts, [
         (str(opts.importance).lower() in names, "importance", f"one of {', '.join(names)}"),
         (opts.init_criterion in INIT_CRITERIA, "init_criterion", f"one of {', '.join(INIT_CRITERIA)}"),
-        (opts.global_pruning in (True, False, None, "val", "attention"), "global_pruning",
+        (opts.global_pruning in (True, False, None, "val", ATTENTION_RULE), "global_pruning",
          "true, false, val (chosen per network on val) or attention (global for transformers, per layer otherwise)"),
         (isinstance(opts.ranking_probe_steps, int) and not isinstance(opts.ranking_probe_steps, bool)
          and opts.ranking_probe_steps >= 0, "ranking_probe_steps", "an integer >= 0 (SGD steps per candidate)"),

@@ -23,15 +23,11 @@ from ..cost import CostModel, macs_and_params, trace_modules
 from ..depgraph import DepGraph, check_attention_unit, merge_pruners
 from ..utils import preserve_mode
 from .importance import Importance, importance as make_importance
+from .ranking import ATTENTION_RULE
 from .safety import PruningFailed, check_output_shapes, failing_module, output_shapes, unchanged_on_error
 
 # how many failing layers (or layer types) one prune may keep whole before it gives up
 MAX_KEPT_WHOLE = 8
-# global_pruning="attention": global ranking for networks with attention groups (transformers), per-layer ranking
-# for the others. Selected on the Fashion-MNIST zoo's meta-train and meta-val networks (README, "A ranking rule
-# by architecture"): there per-layer ranking finished ahead on the CNNs, where global ranking can all but empty a
-# layer, and global ranking on the ViTs, whose attention and MLP widths sit on residual branches.
-ATTENTION_RULE = "attention"
 
 
 class UnreachableTarget(ValueError):

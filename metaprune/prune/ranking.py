@@ -24,6 +24,12 @@ from typing import Callable
 import torch.nn as nn
 
 CHOICES = {"global": True, "per_layer": False}
+# prune.global_pruning="attention": global ranking for networks with attention groups (transformers), per-layer
+# ranking for the others, decided by ``prune`` from the DepGraph groups. Selected on the Fashion-MNIST zoo's meta-train
+# and meta-val networks (README, "A ranking rule by architecture"): there per-layer ranking finished ahead on the CNNs,
+# where global ranking can all but empty a layer, and global ranking on the ViTs, whose attention and MLP widths sit
+# on residual branches.
+ATTENTION_RULE = "attention"
 
 
 def prune_ranked_on_val(model: nn.Module, prune_fn: Callable[[nn.Module, bool], object],

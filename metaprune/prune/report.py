@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..logging import active_run
 from ..metrics import device_name
+from .ranking import ATTENTION_RULE
 
 EXPORT_REPORT = {"onnx": ("onnx", "max_abs_diff_onnxruntime"),  # export format -> report key, its diff's key
                  "torch": ("torch_export", "max_abs_diff_reloaded")}
@@ -64,7 +65,7 @@ def format_report(r: dict) -> str:
     rows = [
         f"metaprune prune: {r['model']} ({r['checkpoint']}) on {r['data']}; target {tgt}",
         f"  criterion {p['importance']}, {'global' if p['global_pruning'] else 'per-layer'} ranking"
-        f"{' (by architecture: prune.global_pruning=attention)' if _asked(r) == 'attention' else ''}, "
+        f"{' (by architecture: prune.global_pruning=attention)' if _asked(r) == ATTENTION_RULE else ''}, "
         f"round_to {p['round_to'] or 1}, protected: {', '.join(p['protected']) or 'none'}",
         "",
         f"  {'':<22}{'base':>12}{'pruned':>12}{'finetuned':>12}",

@@ -16,6 +16,7 @@ import torch.nn as nn
 from ..data import DataBundle
 from ..metrics import macs_and_params
 from .pruner import PruneResult, prune
+from .ranking import ATTENTION_RULE, prune_ranked_on_val
 from .safety import check_output_shapes, output_shapes
 
 
@@ -45,7 +46,7 @@ def reach_target(model: nn.Module, data: DataBundle, cfg, device, score=None) ->
         from ..hardware import default_round_to
 
         round_to = default_round_to(device, latency_dtype(cfg, device))
-    ranking = opts.global_pruning if opts.global_pruning == "attention" else bool(opts.global_pruning)
+    ranking = opts.global_pruning if opts.global_pruning == ATTENTION_RULE else bool(opts.global_pruning)
     kw = dict(importance=opts.importance, global_pruning=ranking, round_to=round_to,
               ignored_layers=tuple(opts.ignored_layers), calibration=(calib[0].to(device), calib[1].to(device)),
               seed=cfg.seed, attention_unit=opts.attention_unit)
@@ -64,8 +65,6 @@ def reach_target(model: nn.Module, data: DataBundle, cfg, device, score=None) ->
     to_target = lambda net, **more: one_shot(net, x, target_speedup=cfg.target.get("speedup"),  # noqa: E731
                                              target_params=cfg.target.get("params"), **{**kw, **more})
     if opts.global_pruning == "val":  # both rankings, the better on val kept (metaprune.prune.ranking)
-        from .ranking import prune_ranked_on_val
-
         net, result, record = prune_ranked_on_val(model, lambda net, g: to_target(net, global_pruning=g), score,
                                                   margin=float(opts.ranking_margin))
         return Pruned(net, result, ranking=record)
